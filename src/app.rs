@@ -1,0 +1,374 @@
+//! What one `lcrun` call does: an invocation becomes a key; the key meets the
+//! store; a hit replays; a miss runs, streams and records. The cache never
+//! breaks the command: when it fails, lcrun warns once and runs uncached.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::cli::{CacheMode, Cli, RunArgs, Sub};
+use crate::display::{Display, Style};
+use crate::exit::Exit;
+use crate::invocation::Invocation;
+use crate::key::{Key, Resolved};
+use crate::lock::KeyLock;
+use crate::messages::{error, Messages};
+use crate::output::{RawOut, Stream};
+use crate::progress::{self, LineMatcher, ProgressFile};
+use crate::runner::{self, Ending, Job, Observer, RunError};
+use crate::store::{Entry, Recording, Store, StoreError};
+use crate::duration;
+
+/// How often a waiter checks whether an identical run has finished.
+const WAIT_POLL: Duration = Duration::from_millis(50);
+
+/// Runs one lcrun call; `Err` is lcrun's own error (status 125).
+pub fn run(cli: Cli) -> anyhow::Result<Exit> {
+    match cli.subcommand {
+        Some(Sub::Progress { position, message }) => report_progress(&position, &message),
+        None => run_command(&cli.run),
+    }
+}
+
+/// `lcrun progress`: appends one line to `LCRUN_PROGRESS`. Outside lcrun, or
+/// when the file is gone, it does nothing, so scripts run unchanged.
+fn report_progress(position: &str, message: &[String]) -> anyhow::Result<Exit> {
+    let mut line = position.to_owned();
+    for word in message {
+        line.push(' ');
+        line.push_str(word);
+    }
+    if progress::parse_line(&line).is_none() {
+        anyhow::bail!("bad progress '{line}': expected POS, POS/TOTAL or PCT% and an optional message");
+    }
+    if let Some(path) = std::env::var_os("LCRUN_PROGRESS") {
+        line.push('\n');
+        if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(path) {
+            // One write on an O_APPEND file: lines from parallel writers never mix.
+            let _ = file.write_all(line.as_bytes());
+        }
+    }
+    Ok(Exit::Command(0))
+}
+
+fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
+    let messages = Messages::new(args.quiet);
+    let invocation = Invocation::new(args)?;
+    let matcher = args.progress_regex.as_deref().map(LineMatcher::new).transpose().map_err(anyhow::Error::msg)?;
+    let program = match &invocation.program {
+        Resolved::Found(path) => path.clone(),
+        Resolved::NotExecutable(path) => {
+            error(format!("{}: permission denied", path.display()));
+            return Ok(Exit::NotExecutable);
+        }
+        Resolved::NotFound => {
+            error(format!("{}: command not found", invocation.argv[0].to_string_lossy()));
+            return Ok(Exit::NotFound);
+        }
+    };
+    let mode = args.effective_cache_mode();
+    let style = Style::choose(args.progress, args.quiet);
+    let run = Run { args, invocation: &invocation, program, messages, style, matcher };
+    if mode == CacheMode::Off {
+        return run.execute(None, None, None);
+    }
+    let (key, stdin) = invocation.key(args, &run.program)?;
+    let mut cache = Cache::open(args.cache_dir.clone(), messages);
+
+    if mode.reads() && !args.refresh {
+        if let Some(entry) = cache.lookup(&key, args.expire) {
+            return Ok(run.replay(&cache, &entry));
+        }
+    }
+    let mut lock = None;
+    if mode.writes() {
+        match cache.wait_for_key(&key, args.no_wait) {
+            Claim::Owner(held) => lock = Some(held),
+            Claim::Busy => {}
+            Claim::Free => {}
+        }
+        // An identical run may have stored the result while we waited.
+        if lock.is_some() && mode.reads() && !args.refresh {
+            if let Some(entry) = cache.lookup(&key, args.expire) {
+                return Ok(run.replay(&cache, &entry));
+            }
+        }
+    }
+    let recording = match lock {
+        Some(_) => cache.begin(&key, &invocation),
+        None => None,
+    };
+    let exit = run.execute(stdin, recording, Some(&cache));
+    drop(lock);
+    exit
+}
+
+/// The parts of one call that running and replaying share.
+struct Run<'a> {
+    args: &'a RunArgs,
+    invocation: &'a Invocation,
+    program: PathBuf,
+    messages: Messages,
+    style: Style,
+    matcher: Option<LineMatcher>,
+}
+
+impl Run<'_> {
+    /// Replays a hit and exits with its recorded status.
+    fn replay(self, cache: &Cache, entry: &Entry) -> Exit {
+        let started = Instant::now();
+        let mut out = RawOut::new();
+        let Some(store) = cache.store.as_ref() else { return Exit::Command(entry.status) };
+        let result = store.replay(entry, |stream, bytes| {
+            out.write(stream, bytes)?;
+            if out.stdout_closed() {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => {}
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(err) => {
+                // Part of the output may be out already: running the command
+                // now would print it twice, so this is an error of our own.
+                error(format!("cannot replay cached output: {err}"));
+                return Exit::Usage;
+            }
+        }
+        let _ = store.record_hit(entry);
+        if self.style == Style::Bar && std::io::stderr().is_terminal() {
+            let saved = entry.duration.saturating_sub(started.elapsed());
+            self.messages.warn(format!(
+                "replayed from cache ({} old, saved {})",
+                duration::short(entry.age()),
+                duration::short(saved)
+            ));
+        }
+        Exit::Command(entry.status)
+    }
+
+    /// Runs the command live, recording it when `recording` is given.
+    fn execute(
+        self,
+        stdin: Option<std::fs::File>,
+        recording: Option<Recording<'_>>,
+        cache: Option<&Cache>,
+    ) -> anyhow::Result<Exit> {
+        let progress_file = tempfile::Builder::new()
+            .prefix("lcrun-progress-")
+            .tempfile()
+            .context("cannot create the progress file")?;
+        let mut observer = RunObserver {
+            display: Display::new(self.style, &self.invocation.label(), self.args.interval, self.matcher),
+            recording,
+            progress: ProgressFile::open(progress_file.path()).ok(),
+            messages: self.messages,
+        };
+        let job = Job {
+            program: self.program,
+            argv: self.invocation.argv.clone(),
+            stdin,
+            env: vec![("LCRUN_PROGRESS".into(), progress_file.path().as_os_str().to_owned())],
+            timeout: self.args.timeout,
+            kill_after: self.args.kill_after,
+        };
+        let started = Instant::now();
+        let result = runner::run(job, &mut observer);
+        observer.tick();
+        observer.display.finish();
+        let duration = started.elapsed();
+        let ending = match result {
+            Ok(ending) => ending,
+            Err(RunError::Spawn(err)) => {
+                if let Some(recording) = observer.recording.take() {
+                    let _ = recording.abandon();
+                }
+                let name = self.invocation.argv[0].to_string_lossy();
+                error(format!("{name}: {err}"));
+                return Ok(match err.kind() {
+                    std::io::ErrorKind::NotFound => Exit::NotFound,
+                    _ => Exit::NotExecutable,
+                });
+            }
+            Err(RunError::Io(err)) => return Err(err).context("while running the command"),
+        };
+        let (exit, storable) = match ending {
+            Ending::Exited(status) => {
+                let exit = Exit::from_status(status);
+                let ok = status.code() == Some(0) || (self.args.cache_failures && status.code().is_some());
+                (exit, ok)
+            }
+            Ending::Cancelled(signal) => {
+                self.messages.warn(format!("cancelled ({}); nothing cached", signal_name(signal)));
+                (Exit::Cancelled(signal), false)
+            }
+            Ending::TimedOut => {
+                let limit = self.args.timeout.map(duration::short).unwrap_or_default();
+                self.messages.warn(format!("timed out after {limit}; nothing cached"));
+                (Exit::TimedOut, false)
+            }
+        };
+        if let Some(recording) = observer.recording.take() {
+            let result = if storable { recording.finish(exit.code(), duration) } else { recording.abandon() };
+            if let (Err(err), Some(cache)) = (result, cache) {
+                cache.warn(&format!("cannot store the result: {err}"));
+            }
+        }
+        Ok(exit)
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "signal",
+    }
+}
+
+/// Streams output to the display and into the recording.
+struct RunObserver<'s> {
+    display: Display,
+    recording: Option<Recording<'s>>,
+    progress: Option<ProgressFile>,
+    messages: Messages,
+}
+
+impl Observer for RunObserver<'_> {
+    fn output(&mut self, stream: Stream, bytes: &[u8]) {
+        self.display.output(stream, bytes);
+        if let Some(recording) = &mut self.recording {
+            if let Err(err) = recording.write(stream, bytes) {
+                // A full disk, say: the command goes on, uncached.
+                self.messages.warn(format!("cannot store the result ({err}); the command goes on uncached"));
+                if let Some(recording) = self.recording.take() {
+                    let _ = recording.abandon();
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        if let Some(progress) = &mut self.progress {
+            for update in progress.updates() {
+                self.display.progress(update);
+            }
+        }
+        self.display.tick();
+    }
+}
+
+/// The outcome of trying to become the one process that runs a key.
+enum Claim {
+    /// We hold the key's lock: run and record.
+    Owner(KeyLock),
+    /// Another run holds it and `--no-wait` says not to wait: run unrecorded.
+    Busy,
+    /// No lock could be had at all (the cache is unusable): run unrecorded.
+    Free,
+}
+
+/// The local cache as this run sees it: a store, or none after a failure
+/// that has been reported once.
+struct Cache {
+    store: Option<Store>,
+    messages: Messages,
+    warned: std::cell::Cell<bool>,
+}
+
+impl Cache {
+    fn open(dir: Option<PathBuf>, messages: Messages) -> Cache {
+        let mut cache = Cache { store: None, messages, warned: false.into() };
+        let Some(dir) = dir.or_else(|| dirs::cache_dir().map(|d| d.join("lcrun"))) else {
+            cache.warn("no cache directory (set LCRUN_CACHE_DIR or --cache-dir)");
+            return cache;
+        };
+        match Store::open_or_recover(&dir) {
+            Ok((store, note)) => {
+                if let Some(note) = note {
+                    messages.warn(note);
+                }
+                cache.store = Some(store);
+            }
+            Err(err) => cache.warn(&format!("cannot open the cache in {}: {err}", dir.display())),
+        }
+        cache
+    }
+
+    /// Warns, once per run, that the cache is not used.
+    fn warn(&self, what: &str) {
+        if !self.warned.replace(true) {
+            self.messages.warn(format!("{what}; running uncached"));
+        }
+    }
+
+    fn dir(&self) -> Option<&Path> {
+        self.store.as_ref().map(Store::dir)
+    }
+
+    /// The fresh entry for `key`, if any.
+    fn lookup(&mut self, key: &Key, expire: Option<Duration>) -> Option<Entry> {
+        let store = self.store.as_ref()?;
+        match store.lookup(&key.hex) {
+            Ok(entry) => entry.filter(|e| expire.is_none_or(|max| e.age() <= max)),
+            Err(err) if err.is_corrupt() => {
+                let dir = store.dir().to_owned();
+                self.store = None;
+                match Store::open_or_recover(&dir) {
+                    Ok((store, _)) => {
+                        self.messages.warn(format!("cache database was damaged ({err}); started a new one"));
+                        self.store = Some(store);
+                    }
+                    Err(again) => self.warn(&format!("cache database is damaged ({again})")),
+                }
+                None
+            }
+            Err(err) => {
+                self.warn(&format!("cannot read the cache: {err}"));
+                self.store = None;
+                None
+            }
+        }
+    }
+
+    /// Becomes the one process that runs `key`, waiting while an identical
+    /// run holds it (unless `no_wait`).
+    fn wait_for_key(&mut self, key: &Key, no_wait: bool) -> Claim {
+        let Some(dir) = self.dir().map(Path::to_owned) else { return Claim::Free };
+        let mut said = false;
+        loop {
+            match KeyLock::try_acquire(&dir, &key.hex) {
+                Ok(Some(lock)) => return Claim::Owner(lock),
+                Ok(None) if no_wait => return Claim::Busy,
+                Ok(None) => {
+                    if !said {
+                        said = true;
+                        self.messages.warn("waiting for an identical run in progress");
+                    }
+                    std::thread::sleep(WAIT_POLL);
+                }
+                Err(err) => {
+                    self.warn(&format!("cannot lock the cache entry: {err}"));
+                    self.store = None;
+                    return Claim::Free;
+                }
+            }
+        }
+    }
+
+    /// Starts recording, or warns and returns `None`.
+    fn begin(&self, key: &Key, invocation: &Invocation) -> Option<Recording<'_>> {
+        let store = self.store.as_ref()?;
+        match store.begin(key, &invocation.label(), &invocation.cwd.to_string_lossy()) {
+            Ok(recording) => Some(recording),
+            Err(err) => {
+                self.warn(&format!("cannot write the cache: {err}"));
+                None
+            }
+        }
+    }
+}

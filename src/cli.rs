@@ -1,0 +1,195 @@
+//! The whole command-line surface of lcrun: flags, their environment
+//! fallbacks and subcommands. Doc comments here are the `--help` text, the man
+//! page and the shell completions.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::FalseyValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::duration;
+
+/// Run a command as a long callback: live output, progress, clean
+/// cancellation, and a cache that replays identical runs instantly.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lcrun",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  \
+        lcrun -c hash:src -- make test\n  \
+        lcrun -e 1h -c git -- ./slow-report.sh\n  \
+        lcrun --shell 'curl -s https://example.org | wc -l'"
+)]
+pub struct Cli {
+    /// A helper subcommand instead of running a command.
+    #[command(subcommand)]
+    pub subcommand: Option<Sub>,
+
+    /// How to run and cache the command.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Helper subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Sub {
+    /// Report progress from inside a command that lcrun runs (a no-op
+    /// outside lcrun).
+    Progress {
+        /// POS, POS/TOTAL or PCT%.
+        position: String,
+        /// A message to show beside the bar.
+        message: Vec<String>,
+    },
+}
+
+/// What the cache may do on this run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheMode {
+    /// Replay hits and store new results.
+    Rw,
+    /// Replay hits, never store (for untrusted builds).
+    Ro,
+    /// Always run, store the result.
+    Wo,
+    /// No cache at all.
+    Off,
+}
+
+impl CacheMode {
+    /// Whether a stored entry may be replayed.
+    pub fn reads(self) -> bool {
+        matches!(self, CacheMode::Rw | CacheMode::Ro)
+    }
+
+    /// Whether a new result may be stored.
+    pub fn writes(self) -> bool {
+        matches!(self, CacheMode::Rw | CacheMode::Wo)
+    }
+}
+
+/// How progress is shown while the command runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// A bar on a terminal, plain heartbeat lines otherwise.
+    Auto,
+    /// Always draw the bar.
+    Bar,
+    /// Plain lines, no escape codes.
+    Plain,
+    /// Nothing.
+    None,
+}
+
+/// The options of a run, and the command itself.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run this string through /bin/sh -c instead of a command after `--`.
+    #[arg(long, value_name = "STRING", conflicts_with = "command")]
+    pub shell: Option<OsString>,
+
+    /// Add EXPR to the cache key (repeatable): mtime:PATH, hash:PATH_OR_GLOB,
+    /// git, git:DIR, env:NAME, cmd:SHELL_COMMAND, value:STRING, stdin.
+    #[arg(short = 'c', long = "cache-by", value_name = "EXPR")]
+    pub cache_by: Vec<String>,
+
+    /// Leave argument N of the command out of the key (the command is 0).
+    #[arg(long, value_name = "N")]
+    pub ignore_arg: Vec<usize>,
+
+    /// Leave the working directory out of the key.
+    #[arg(long)]
+    pub no_cwd: bool,
+
+    /// Add a namespace to the key.
+    #[arg(long, value_name = "NAME")]
+    pub scope: Option<OsString>,
+
+    /// Entries older than this are misses (90s, 10m, 2h, 7d).
+    #[arg(short, long, env = "LCRUN_EXPIRE", value_name = "DURATION", value_parser = duration::parse)]
+    pub expire: Option<Duration>,
+
+    /// Run even on a hit and replace the entry.
+    #[arg(long)]
+    pub refresh: bool,
+
+    /// What the cache may do: rw, ro (never store), wo (never replay), off.
+    #[arg(long, env = "LCRUN_CACHE_MODE", value_name = "MODE", default_value = "rw")]
+    pub cache_mode: CacheMode,
+
+    /// Same as --cache-mode off.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Store results with a non-zero exit status too.
+    #[arg(long)]
+    pub cache_failures: bool,
+
+    /// Where the cache lives [default: the platform cache dir /lcrun].
+    #[arg(long, env = "LCRUN_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Don't wait for an identical run in progress: run the command now.
+    #[arg(long)]
+    pub no_wait: bool,
+
+    /// Print only errors.
+    #[arg(short, long, env = "LCRUN_QUIET", value_parser = FalseyValueParser::new())]
+    pub quiet: bool,
+
+    /// How to show progress.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub progress: ProgressMode,
+
+    /// Print a plain heartbeat line this often when stderr is not a terminal.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub interval: Option<Duration>,
+
+    /// Read progress from output lines; named groups pos, total, pct, msg.
+    #[arg(long, value_name = "REGEX")]
+    pub progress_regex: Option<String>,
+
+    /// Cancel the command after this long and exit 124.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub timeout: Option<Duration>,
+
+    /// After cancelling, wait this long before SIGKILL.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, default_value = "5s")]
+    pub kill_after: Duration,
+
+    /// The command and its arguments.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+impl RunArgs {
+    /// The cache mode after `--no-cache`.
+    pub fn effective_cache_mode(&self) -> CacheMode {
+        if self.no_cache {
+            CacheMode::Off
+        } else {
+            self.cache_mode
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn command_after_double_dash() {
+        let cli = Cli::try_parse_from(["lcrun", "-c", "value:x", "--", "echo", "-c"]).unwrap();
+        assert_eq!(cli.run.command, ["echo", "-c"]);
+        assert_eq!(cli.run.cache_by, ["value:x"]);
+    }
+}

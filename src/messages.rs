@@ -1,0 +1,34 @@
+//! lcrun's own messages: on stderr only, each line starting with `lcrun:`,
+//! silenced by `-q` except for errors.
+
+use std::io::Write;
+
+/// Where lcrun's own messages go.
+#[derive(Debug, Clone, Copy)]
+pub struct Messages {
+    quiet: bool,
+}
+
+impl Messages {
+    /// Messages, silenced when `quiet`.
+    pub fn new(quiet: bool) -> Messages {
+        Messages { quiet }
+    }
+
+    /// Whether notes and warnings are shown.
+    pub fn quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// A warning or note; dropped with `-q`.
+    pub fn warn(&self, text: impl std::fmt::Display) {
+        if !self.quiet {
+            error(text);
+        }
+    }
+}
+
+/// An error: always shown.
+pub fn error(text: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr().lock(), "lcrun: {text}");
+}
