@@ -257,9 +257,12 @@ impl Display {
 
 fn bar_style() -> ProgressStyle {
     ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {pos}/{len} {percent}% {per_sec} ETA {eta} {wide_msg}",
+        "{prefix} [{bar:30}] {pos}/{len} {percent}% {rate} ETA {eta} {wide_msg}",
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+        let _ = write!(w, "{:.1}/s", state.per_sec());
+    })
     .progress_chars("=> ")
 }
 

@@ -142,37 +142,12 @@ pub fn run(job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError> {
     let mut exited_at: Option<Instant> = None;
     let mut open_pipes = 2;
     let mut last_tick = Instant::now();
+    let mut leftovers_killed = false;
     loop {
-        match rx.recv_timeout(TICK) {
-            Ok(Msg::Data(stream, buf)) => {
-                observer.output(stream, &buf);
-                if let Ok(mut pool) = pool.lock() {
-                    pool.push(buf);
-                }
-            }
-            Ok(Msg::Eof) => open_pipes -= 1,
-            Ok(Msg::Exited(result)) => {
-                status = Some(result?);
-                exited_at = Some(Instant::now());
-                if cancel.is_some() {
-                    // The command is gone; whatever it left in its group is
-                    // an orphan of a cancelled job.
-                    group.kill();
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        if status.is_some() && open_pipes == 0 {
-            break;
-        }
-        if last_tick.elapsed() < TICK {
-            continue;
-        }
-        last_tick = Instant::now();
+        let msg = rx.recv_timeout(TICK);
+        // Signals first: the one that killed the command arrives with its exit.
         for origin in signals.pending() {
-            let own = origin.process.is_some_and(|p| p.pid == std::process::id() as i32);
-            if own {
+            if origin.process.is_some_and(|p| p.pid == std::process::id() as i32) {
                 continue; // our own forward, delivered to us as a group member
             }
             match &cancel {
@@ -187,6 +162,30 @@ pub fn run(job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError> {
                 Some(_) => group.kill(), // a second signal: no more grace
             }
         }
+        match msg {
+            Ok(Msg::Data(stream, buf)) => {
+                observer.output(stream, &buf);
+                if let Ok(mut pool) = pool.lock() {
+                    pool.push(buf);
+                }
+            }
+            Ok(Msg::Eof) => open_pipes -= 1,
+            Ok(Msg::Exited(result)) => {
+                status = Some(result?);
+                exited_at = Some(Instant::now());
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if cancel.is_some() && status.is_some() && !leftovers_killed {
+            // The command is gone; whatever it left in its group is an
+            // orphan of a cancelled job.
+            leftovers_killed = true;
+            group.kill();
+        }
+        if status.is_some() && open_pipes == 0 {
+            break;
+        }
         if cancel.is_none() && deadline.is_some_and(|d| Instant::now() >= d) {
             cancel = Some(Cancel::new(Ending::TimedOut, job.kill_after));
             group.signal(SIGTERM);
@@ -200,7 +199,10 @@ pub fn run(job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError> {
                 break;
             }
         }
-        observer.tick();
+        if last_tick.elapsed() >= TICK {
+            last_tick = Instant::now();
+            observer.tick();
+        }
     }
     drop(group);
     Ok(match (cancel, status) {
@@ -267,8 +269,11 @@ impl Terminal {
             return None;
         }
         // SAFETY: plain queries of our own process state.
-        let (own_group, foreground) = unsafe { (libc::getpgrp(), libc::tcgetpgrp(0)) };
-        (foreground == own_group).then_some(Terminal { own_group })
+        let (own_group, foreground, session, pid) =
+            unsafe { (libc::getpgrp(), libc::tcgetpgrp(0), libc::getsid(0), libc::getpid()) };
+        // A session leader cannot join another process group, so it could not
+        // hear the terminal's Ctrl-C once the command owned the terminal.
+        (foreground == own_group && session != pid).then_some(Terminal { own_group })
     }
 }
 
