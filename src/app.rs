@@ -35,6 +35,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
 /// `lcrun progress`: appends one line to `LCRUN_PROGRESS`. Outside lcrun, or
 /// when the file is gone, it does nothing, so scripts run unchanged.
 fn report_progress(position: &str, message: &[String]) -> anyhow::Result<Exit> {
+    let Some(path) = std::env::var_os("LCRUN_PROGRESS") else {
+        return Ok(Exit::Command(0));
+    };
     let mut line = position.to_owned();
     for word in message {
         line.push(' ');
@@ -43,12 +46,10 @@ fn report_progress(position: &str, message: &[String]) -> anyhow::Result<Exit> {
     if progress::parse_line(&line).is_none() {
         anyhow::bail!("bad progress '{line}': expected POS, POS/TOTAL or PCT% and an optional message");
     }
-    if let Some(path) = std::env::var_os("LCRUN_PROGRESS") {
-        line.push('\n');
-        if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(path) {
-            // One write on an O_APPEND file: lines from parallel writers never mix.
-            let _ = file.write_all(line.as_bytes());
-        }
+    line.push('\n');
+    if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(path) {
+        // One write on an O_APPEND file: lines from parallel writers never mix.
+        let _ = file.write_all(line.as_bytes());
     }
     Ok(Exit::Command(0))
 }

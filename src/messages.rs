@@ -28,7 +28,9 @@ impl Messages {
     }
 }
 
-/// An error: always shown.
+/// An error: always shown, always one line.
 pub fn error(text: impl std::fmt::Display) {
-    let _ = writeln!(std::io::stderr().lock(), "lcrun: {text}");
+    let text = text.to_string();
+    let line = text.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+    let _ = writeln!(std::io::stderr().lock(), "lcrun: {line}");
 }

@@ -114,7 +114,13 @@ pub struct LineMatcher {
 impl LineMatcher {
     /// Compiles the regex; it must have at least one of the named groups.
     pub fn new(pattern: &str) -> Result<LineMatcher, String> {
-        let regex = Regex::new(pattern).map_err(|err| format!("bad --progress-regex: {err}"))?;
+        let regex = Regex::new(pattern).map_err(|err| {
+            // The regex crate draws a multi-line caret diagram; its last line
+            // names the problem.
+            let text = err.to_string();
+            let reason = text.lines().last().unwrap_or_default().trim_start_matches("error: ").to_owned();
+            format!("bad --progress-regex '{pattern}': {reason}")
+        })?;
         let names: Vec<_> = regex.capture_names().flatten().collect();
         if !names.iter().any(|n| ["pos", "total", "pct", "msg"].contains(n)) {
             return Err("--progress-regex needs a named group: (?P<pos>..), (?P<total>..), (?P<pct>..) or (?P<msg>..)".into());
