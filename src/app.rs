@@ -73,7 +73,7 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
     let style = Style::choose(args.progress, args.quiet);
     let run = Run { args, invocation: &invocation, program, messages, style, matcher };
     if mode == CacheMode::Off {
-        return run.execute(None, None, None);
+        return run.execute(None, None, None, None);
     }
     let (key, stdin) = invocation.key(args, &run.program)?;
     let mut cache = Cache::open(args.cache_dir.clone(), messages);
@@ -85,10 +85,9 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
     }
     let mut lock = None;
     if mode.writes() {
-        match cache.wait_for_key(&key, args.no_wait) {
+        match cache.wait_for_key(&key, args.no_wait, &run) {
             Claim::Owner(held) => lock = Some(held),
-            Claim::Busy => {}
-            Claim::Free => {}
+            Claim::Busy | Claim::Free => {}
         }
         // An identical run may have stored the result while we waited.
         if lock.is_some() && mode.reads() && !args.refresh {
@@ -97,11 +96,11 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
             }
         }
     }
-    let recording = match lock {
-        Some(_) => cache.begin(&key, &invocation),
-        None => None,
+    let (recording, job) = match lock {
+        Some(_) => (cache.begin(&key, &invocation), cache.job_start(&key, &invocation)),
+        None => (None, None),
     };
-    let exit = run.execute(stdin, recording, Some(&cache));
+    let exit = run.execute(stdin, recording, Some(&cache), job);
     drop(lock);
     exit
 }
@@ -157,7 +156,9 @@ impl Run<'_> {
         stdin: Option<std::fs::File>,
         recording: Option<Recording<'_>>,
         cache: Option<&Cache>,
+        job: Option<String>,
     ) -> anyhow::Result<Exit> {
+        let store = cache.and_then(|c| c.store.as_ref());
         let progress_file = tempfile::Builder::new()
             .prefix("lcrun-progress-")
             .tempfile()
@@ -167,8 +168,9 @@ impl Run<'_> {
             recording,
             progress: ProgressFile::open(progress_file.path()).ok(),
             messages: self.messages,
+            job: job.as_deref().zip(store).map(|(id, store)| Publisher::new(store, id)),
         };
-        let job = Job {
+        let spec = Job {
             program: self.program,
             argv: self.invocation.argv.clone(),
             stdin,
@@ -177,7 +179,7 @@ impl Run<'_> {
             kill_after: self.args.kill_after,
         };
         let started = Instant::now();
-        let result = runner::run(job, &mut observer);
+        let result = runner::run(spec, &mut observer);
         observer.tick();
         observer.display.finish();
         let duration = started.elapsed();
@@ -218,6 +220,14 @@ impl Run<'_> {
                 cache.warn(&format!("cannot store the result: {err}"));
             }
         }
+        if let (Some(id), Some(store)) = (&job, store) {
+            let state = match ending {
+                Ending::Exited(status) if status.success() => "done",
+                Ending::Exited(_) => "failed",
+                Ending::Cancelled(_) | Ending::TimedOut => "cancelled",
+            };
+            let _ = store.job_finish(id, state, exit.code());
+        }
         Ok(exit)
     }
 }
@@ -231,12 +241,38 @@ fn signal_name(signal: i32) -> &'static str {
     }
 }
 
+/// How often a running job's progress is published to its waiters.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// Publishes a running job's progress in the jobs table, for waiters.
+struct Publisher<'s> {
+    store: &'s Store,
+    id: &'s str,
+    published: progress::State,
+    at: Instant,
+}
+
+impl<'s> Publisher<'s> {
+    fn new(store: &'s Store, id: &'s str) -> Publisher<'s> {
+        Publisher { store, id, published: progress::State::default(), at: Instant::now() }
+    }
+
+    fn publish(&mut self, state: &progress::State) {
+        if *state != self.published && self.at.elapsed() >= PUBLISH_EVERY {
+            self.at = Instant::now();
+            self.published = state.clone();
+            let _ = self.store.job_progress(self.id, state);
+        }
+    }
+}
+
 /// Streams output to the display and into the recording.
 struct RunObserver<'s> {
     display: Display,
     recording: Option<Recording<'s>>,
     progress: Option<ProgressFile>,
     messages: Messages,
+    job: Option<Publisher<'s>>,
 }
 
 impl Observer for RunObserver<'_> {
@@ -260,6 +296,9 @@ impl Observer for RunObserver<'_> {
             }
         }
         self.display.tick();
+        if let Some(job) = &mut self.job {
+            job.publish(self.display.state());
+        }
     }
 }
 
@@ -337,28 +376,47 @@ impl Cache {
     }
 
     /// Becomes the one process that runs `key`, waiting while an identical
-    /// run holds it (unless `no_wait`).
-    fn wait_for_key(&mut self, key: &Key, no_wait: bool) -> Claim {
+    /// run holds it (unless `no_wait`), and showing that run's progress.
+    fn wait_for_key(&mut self, key: &Key, no_wait: bool, run: &Run<'_>) -> Claim {
         let Some(dir) = self.dir().map(Path::to_owned) else { return Claim::Free };
-        let mut said = false;
-        loop {
+        let mut display: Option<Display> = None;
+        let mut polled = Instant::now() - PUBLISH_EVERY;
+        let claim = loop {
             match KeyLock::try_acquire(&dir, &key.hex) {
-                Ok(Some(lock)) => return Claim::Owner(lock),
-                Ok(None) if no_wait => return Claim::Busy,
+                Ok(Some(lock)) => break Claim::Owner(lock),
+                Ok(None) if no_wait => break Claim::Busy,
                 Ok(None) => {
-                    if !said {
-                        said = true;
+                    let display = display.get_or_insert_with(|| {
                         self.messages.warn("waiting for an identical run in progress");
+                        let label = format!("waiting: {}", run.invocation.label());
+                        Display::new(run.style, &label, run.args.interval, None).waiting()
+                    });
+                    if polled.elapsed() >= PUBLISH_EVERY {
+                        polled = Instant::now();
+                        let job = self.store.as_ref().and_then(|s| s.running_job(&key.hex).ok().flatten());
+                        if let Some(job) = job {
+                            display.set_state(job.progress);
+                        }
                     }
+                    display.tick();
                     std::thread::sleep(WAIT_POLL);
                 }
                 Err(err) => {
                     self.warn(&format!("cannot lock the cache entry: {err}"));
                     self.store = None;
-                    return Claim::Free;
+                    break Claim::Free;
                 }
             }
+        };
+        if let Some(mut display) = display {
+            display.finish();
         }
+        claim
+    }
+
+    /// Registers this process as the one running `key`.
+    fn job_start(&self, key: &Key, invocation: &Invocation) -> Option<String> {
+        self.store.as_ref()?.job_start(&key.hex, &invocation.label()).ok()
     }
 
     /// Starts recording, or warns and returns `None`.

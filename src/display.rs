@@ -63,6 +63,7 @@ pub struct Display {
     matcher: Option<LineMatcher>,
     interval: Option<Duration>,
     next_heartbeat: Option<Instant>,
+    verb: &'static str,
 }
 
 impl Display {
@@ -84,6 +85,7 @@ impl Display {
             matcher,
             interval: interval.filter(|i| !i.is_zero()),
             next_heartbeat: None,
+            verb: "running",
         };
         display.next_heartbeat = display.interval.map(|i| started + i);
         if style == Style::Bar {
@@ -154,6 +156,20 @@ impl Display {
         }
     }
 
+    /// Makes heartbeats say `waiting` rather than `running`.
+    pub fn waiting(mut self) -> Display {
+        self.verb = "waiting";
+        self
+    }
+
+    /// Replaces the progress shown (a waiter showing another run's progress).
+    pub fn set_state(&mut self, state: State) {
+        if state != self.state {
+            self.state = state;
+            self.refresh();
+        }
+    }
+
     /// The progress seen so far.
     pub fn state(&self) -> &State {
         &self.state
@@ -178,9 +194,9 @@ impl Display {
         let summary = self.state.summary();
         let elapsed = duration::short(self.started.elapsed());
         let line = if summary.is_empty() {
-            format!("lcrun: running {elapsed}\n")
+            format!("lcrun: {} {elapsed}\n", self.verb)
         } else {
-            format!("lcrun: running {elapsed}, {summary}\n")
+            format!("lcrun: {} {elapsed}, {summary}\n", self.verb)
         };
         self.write(Stream::Stderr, line.as_bytes());
     }

@@ -20,7 +20,7 @@ pub struct Update {
 }
 
 /// The progress known so far.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct State {
     /// Units done.
     pub pos: Option<u64>,

@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::output::Stream;
+use crate::progress::State;
+use sha2::{Digest, Sha256};
 
 /// The schema this build writes; `PRAGMA user_version` carries it.
 const SCHEMA_VERSION: i64 = 1;
@@ -318,6 +320,73 @@ impl Store {
         tx.execute("DELETE FROM entries WHERE id = ?1", [id])?;
         tx.commit()?;
         Ok(())
+    }
+}
+
+/// A job as the `jobs` table records it.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    /// The opaque job id.
+    pub id: String,
+    /// The pid of the lcrun that runs it.
+    pub pid: i64,
+    /// When it started (ms since the epoch).
+    pub started_ms: i64,
+    /// Its last reported progress.
+    pub progress: State,
+}
+
+impl Store {
+    /// Records that this process now runs `key`. Any other job still marked
+    /// running for the key is lost: we hold the key's lock, so its owner died.
+    pub fn job_start(&self, key: &str, command: &str) -> Result<String, StoreError> {
+        let pid = std::process::id();
+        let now = now_ms();
+        let id = crate::key::hex(&Sha256::digest(format!("{key}:{pid}:{:?}", SystemTime::now())))[..16].to_owned();
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        tx.execute("UPDATE jobs SET state = 'lost', updated_ms = ?2 WHERE key = ?1 AND state = 'running'", params![key, now])?;
+        tx.execute(
+            "INSERT INTO jobs (id, key, command, pid, state, started_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?5)",
+            params![id, key, command, pid, now],
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Publishes a running job's progress for the processes waiting on it.
+    pub fn job_progress(&self, id: &str, progress: &State) -> Result<(), StoreError> {
+        let json = serde_json::to_string(progress).unwrap_or_default();
+        self.conn.execute("UPDATE jobs SET progress = ?2, updated_ms = ?3 WHERE id = ?1", params![id, json, now_ms()])?;
+        Ok(())
+    }
+
+    /// Records how a job ended: `done`, `failed` or `cancelled`.
+    pub fn job_finish(&self, id: &str, state: &str, status: u8) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE jobs SET state = ?2, status = ?3, updated_ms = ?4 WHERE id = ?1",
+            params![id, state, status, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// The newest job marked running for `key`.
+    pub fn running_job(&self, key: &str) -> Result<Option<JobRecord>, StoreError> {
+        let job = self
+            .conn
+            .prepare_cached(
+                "SELECT id, pid, started_ms, progress FROM jobs WHERE key = ?1 AND state = 'running'
+                 ORDER BY started_ms DESC LIMIT 1",
+            )?
+            .query_row([key], |row| {
+                Ok(JobRecord {
+                    id: row.get(0)?,
+                    pid: row.get(1)?,
+                    started_ms: row.get(2)?,
+                    progress: serde_json::from_str(&row.get::<_, String>(3)?).unwrap_or_default(),
+                })
+            })
+            .optional()?;
+        Ok(job)
     }
 }
 
