@@ -1,0 +1,241 @@
+//! Concurrency, owner death, crash safety and bounded memory: the cache must
+//! be impossible to break.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+#[test]
+fn identical_concurrent_runs_execute_once() {
+    let env = Env::new();
+    let script = format!("{}; sleep 1.5; echo out; echo err >&2; exit 0", env.tally("runs"));
+    let children: Vec<_> = (0..12)
+        .map(|_| env.lcrun().args(["--", "sh", "-c", &script]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+        .collect();
+    let outputs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    assert_eq!(env.count("runs"), 1, "the command ran more than once");
+    for out in &outputs {
+        assert_code(out, 0);
+        assert_eq!(stdout(out), "out\n");
+        assert!(stderr(out).contains("err\n"), "{}", stderr(out));
+    }
+}
+
+#[test]
+fn waiter_runs_the_command_when_the_owner_stores_nothing() {
+    let env = Env::new();
+    // The first run fails (not cached); the waiter must then run it itself.
+    let script = format!("{}; sleep 1; [ -e ok ] || {{ touch ok; exit 3; }}; echo fine", env.tally("runs"));
+    let first = env.lcrun().args(["--", "sh", "-c", &script]).stdout(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let second = env.run(["--", "sh", "-c", &script]);
+    let first = first.wait_with_output().unwrap();
+    assert_code(&first, 3);
+    assert_code(&second, 0);
+    assert_eq!(stdout(&second), "fine\n");
+    assert_eq!(env.count("runs"), 2);
+}
+
+#[test]
+fn no_wait_runs_at_once() {
+    let env = Env::new();
+    let script = format!("{}; sleep 2", env.tally("runs"));
+    let mut first = env.lcrun().args(["--", "sh", "-c", &script]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let quick = env.run(["--no-wait", "--", "sh", "-c", &format!("{}; echo now", env.tally("runs"))]);
+    assert_code(&quick, 0);
+    assert!(start.elapsed() < Duration::from_millis(1500));
+    first.wait().unwrap();
+}
+
+#[test]
+fn parallel_distinct_runs_never_fail() {
+    let env = Env::new();
+    let children: Vec<_> = (0..32)
+        .map(|i| {
+            env.lcrun()
+                .args(["--", "sh", "-c", &format!("{}; echo job {i}; head -c 200000 /dev/zero", env.tally("runs"))])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_code(&out, 0);
+        assert!(out.stdout.starts_with(format!("job {i}\n").as_bytes()));
+        assert_eq!(out.stdout.len(), format!("job {i}\n").len() + 200_000);
+        assert_eq!(stderr(&out), "", "job {i} printed on stderr");
+    }
+    assert_eq!(env.count("runs"), 32);
+    // Every entry was stored: all 32 are hits now.
+    for i in 0..32 {
+        let out = env.run(["--", "sh", "-c", &format!("{}; echo job {i}; head -c 200000 /dev/zero", env.tally("runs"))]);
+        assert_code(&out, 0);
+    }
+    assert_eq!(env.count("runs"), 32, "an entry was lost");
+}
+
+#[test]
+fn killed_owner_does_not_block_the_next_run() {
+    let env = Env::new();
+    let script = format!("{}; echo $$ > pid; sleep 30; echo late", env.tally("runs"));
+    let mut owner = env.lcrun().args(["--", "sh", "-c", &script]).spawn().unwrap();
+    let start = Instant::now();
+    while !env.path("pid").exists() {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(owner.id() as i32, libc::SIGKILL) };
+    owner.wait().unwrap();
+    // The orphaned command is still running, but it holds no lock.
+    let fresh = format!("{}; echo fresh", env.tally("runs"));
+    let start = Instant::now();
+    let out = env.run(["--", "sh", "-c", &fresh]);
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "fresh\n");
+    assert!(start.elapsed() < Duration::from_secs(10));
+    // The same key as the killed owner: it must run, not wait 30 s, not replay.
+    let start = Instant::now();
+    let mut same = env.lcrun().args(["--timeout", "60s", "--", "sh", "-c", &script]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(env.count("runs"), 3, "a run of the dead owner's key did not start");
+    unsafe { libc::kill(same.id() as i32, libc::SIGTERM) };
+    same.wait().unwrap();
+    assert!(start.elapsed() < Duration::from_secs(10));
+    for pid in pids(&env.path("pid")) {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+#[test]
+fn sigkill_during_a_large_write_never_corrupts_or_replays_partial_output() {
+    let env = Env::new();
+    env.write("gen.sh", "seq 1 7000000\n"); // about 50 MB
+    let run = || env.lcrun().args(["--", "sh", "gen.sh"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    for i in 0..10 {
+        let mut child = run();
+        std::thread::sleep(Duration::from_millis(50 + 97 * (i % 7)));
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        let _ = Command::new("pkill").args(["-f", "seq 1 7000000"]).status();
+    }
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    drop(conn);
+    let expected = Command::new("sh").arg(env.path("gen.sh")).output().unwrap().stdout;
+    for _ in 0..2 {
+        let out = env.run(["--", "sh", "gen.sh"]);
+        assert_code(&out, 0);
+        assert!(out.stdout == expected, "output differs from a direct run ({} vs {} bytes)", out.stdout.len(), expected.len());
+    }
+}
+
+#[test]
+fn garbage_over_the_database_is_moved_aside() {
+    let env = Env::new();
+    let script = format!("{}; echo real; exit 3", env.tally("runs"));
+    assert_code(&env.run(["--cache-failures", "--", "sh", "-c", &script]), 3);
+    std::fs::write(env.db(), vec![0x5a; 64 * 1024]).unwrap();
+    let out = env.run(["--cache-failures", "--", "sh", "-c", &script]);
+    assert_code(&out, 3);
+    assert_eq!(stdout(&out), "real\n");
+    assert_eq!(stderr(&out).lines().filter(|l| l.starts_with("lcrun:")).count(), 1, "{}", stderr(&out));
+    let moved = std::fs::read_dir(&env.cache)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("cache.db.corrupt-"))
+        .count();
+    assert_eq!(moved, 1, "the damaged file was not kept aside");
+    // The fresh database works as a cache.
+    assert_code(&env.run(["--cache-failures", "--", "sh", "-c", &script]), 3);
+    assert_eq!(env.count("runs"), 2);
+}
+
+#[test]
+fn truncated_database_still_runs_the_command() {
+    let env = Env::new();
+    for i in 0..20 {
+        env.run(["--", "sh", "-c", &format!("seq {i} 20000")]);
+    }
+    let len = std::fs::metadata(env.db()).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(env.db()).unwrap();
+    file.set_len(len / 3).unwrap();
+    drop(file);
+    let _ = std::fs::remove_file(env.cache.join("cache.db-wal"));
+    for i in 0..20 {
+        let out = env.run(["--", "sh", "-c", &format!("seq {i} 20000")]);
+        assert_code(&out, 0);
+        let expected: String = (i..=20000).map(|n| format!("{n}\n")).collect();
+        assert!(stdout(&out) == expected, "run {i}: wrong output; stderr: {}", stderr(&out));
+    }
+}
+
+/// Peak resident memory (KiB) of lcrun while it pushes `bytes` through, on a
+/// miss and on a hit.
+fn peak_rss_kib(env: &Env, args: &[&str]) -> (i64, Vec<u8>) {
+    let child = env.lcrun().args(args).stdout(Stdio::piped()).spawn().unwrap();
+    let pid = child.id() as i32;
+    let mut stdout = child.stdout.unwrap();
+    let mut counted = 0usize;
+    let mut head = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        use std::io::Read;
+        let n = stdout.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        if head.len() < 64 {
+            head.extend_from_slice(&buf[..n.min(64)]);
+        }
+        counted += n;
+    }
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(status, 0, "lcrun failed");
+    head.truncate(64);
+    head.extend_from_slice(&counted.to_be_bytes());
+    (usage.ru_maxrss, head)
+}
+
+#[test]
+fn huge_output_streams_in_bounded_memory() {
+    let env = Env::new();
+    // 256 MiB of incompressible-ish text through a debug build; the release
+    // benchmark pushes 1 GiB.
+    let args = ["--", "sh", "-c", "seq 1 40000000 | head -c 268435456"];
+    let (miss, first) = peak_rss_kib(&env, &args);
+    let (hit, second) = peak_rss_kib(&env, &args);
+    assert_eq!(first, second, "replay differs");
+    assert!(first.ends_with(&268435456usize.to_be_bytes()));
+    assert!(miss < 32 * 1024, "miss peak RSS {miss} KiB");
+    assert!(hit < 32 * 1024, "hit peak RSS {hit} KiB");
+}
+
+#[test]
+fn build_logs_are_stored_compressed() {
+    let env = Env::new();
+    let log = "for i in $(seq 1 20000); do echo \"[$i/20000] CC src/module_$((i % 97))/file_$i.o -O2 -Wall -Iinclude\"; \
+               [ $((i % 50)) = 0 ] && echo \"warning: unused variable 'x' in src/module_$((i % 97))/file_$i.c:$((i % 300))\" >&2; done; true";
+    let out = env.run(["--", "sh", "-c", log]);
+    assert_code(&out, 0);
+    let raw = out.stdout.len() + out.stderr.len();
+    assert!(raw > 1_000_000);
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    let (stored, counted): (i64, i64) = conn
+        .query_row("SELECT stored_bytes, stdout_bytes + stderr_bytes FROM entries WHERE complete = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(counted as usize, raw);
+    let ratio = stored as f64 / raw as f64;
+    assert!(ratio <= 0.2, "stored {stored} of {raw} bytes: ratio {ratio:.3}");
+    // And it replays identically.
+    let again = env.run(["--", "sh", "-c", log]);
+    assert!(again.stdout == out.stdout && again.stderr == out.stderr);
+}
