@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use crate::cli::{CacheMode, Cli, RunArgs, Sub};
 use crate::display::{Display, Style};
+use crate::duration;
 use crate::exit::Exit;
 use crate::invocation::Invocation;
 use crate::key::{Key, Resolved};
@@ -19,7 +20,6 @@ use crate::output::{RawOut, Stream};
 use crate::progress::{self, LineMatcher, ProgressFile};
 use crate::runner::{self, Ending, Job, Observer, RunError};
 use crate::store::{Entry, Recording, Store, StoreError};
-use crate::duration;
 
 /// How often a waiter checks whether an identical run has finished.
 const WAIT_POLL: Duration = Duration::from_millis(50);
@@ -57,7 +57,12 @@ fn report_progress(position: &str, message: &[String]) -> anyhow::Result<Exit> {
 fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
     let messages = Messages::new(args.quiet);
     let invocation = Invocation::new(args)?;
-    let matcher = args.progress_regex.as_deref().map(LineMatcher::new).transpose().map_err(anyhow::Error::msg)?;
+    let matcher = args
+        .progress_regex
+        .as_deref()
+        .map(LineMatcher::new)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let program = match &invocation.program {
         Resolved::Found(path) => path.clone(),
         Resolved::NotExecutable(path) => {
@@ -65,13 +70,23 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::NotExecutable);
         }
         Resolved::NotFound => {
-            error(format!("{}: command not found", invocation.argv[0].to_string_lossy()));
+            error(format!(
+                "{}: command not found",
+                invocation.argv[0].to_string_lossy()
+            ));
             return Ok(Exit::NotFound);
         }
     };
     let mode = args.effective_cache_mode();
     let style = Style::choose(args.progress, args.quiet);
-    let run = Run { args, invocation: &invocation, program, messages, style, matcher };
+    let run = Run {
+        args,
+        invocation: &invocation,
+        program,
+        messages,
+        style,
+        matcher,
+    };
     if mode == CacheMode::Off {
         return run.execute(None, None, None, None);
     }
@@ -120,7 +135,9 @@ impl Run<'_> {
     fn replay(self, cache: &Cache, entry: &Entry) -> Exit {
         let started = Instant::now();
         let mut out = RawOut::new();
-        let Some(store) = cache.store.as_ref() else { return Exit::Command(entry.status) };
+        let Some(store) = cache.store.as_ref() else {
+            return Exit::Command(entry.status);
+        };
         let result = store.replay(entry, |stream, bytes| {
             out.write(stream, bytes)?;
             if out.stdout_closed() {
@@ -164,17 +181,28 @@ impl Run<'_> {
             .tempfile()
             .context("cannot create the progress file")?;
         let mut observer = RunObserver {
-            display: Display::new(self.style, &self.invocation.label(), self.args.interval, self.matcher),
+            display: Display::new(
+                self.style,
+                &self.invocation.label(),
+                self.args.interval,
+                self.matcher,
+            ),
             recording,
             progress: ProgressFile::open(progress_file.path()).ok(),
             messages: self.messages,
-            job: job.as_deref().zip(store).map(|(id, store)| Publisher::new(store, id)),
+            job: job
+                .as_deref()
+                .zip(store)
+                .map(|(id, store)| Publisher::new(store, id)),
         };
         let spec = Job {
             program: self.program,
             argv: self.invocation.argv.clone(),
             stdin,
-            env: vec![("LCRUN_PROGRESS".into(), progress_file.path().as_os_str().to_owned())],
+            env: vec![(
+                "LCRUN_PROGRESS".into(),
+                progress_file.path().as_os_str().to_owned(),
+            )],
             timeout: self.args.timeout,
             kill_after: self.args.kill_after,
         };
@@ -205,17 +233,23 @@ impl Run<'_> {
                 (exit, ok)
             }
             Ending::Cancelled(signal) => {
-                self.messages.warn(format!("cancelled ({}); nothing cached", signal_name(signal)));
+                self.messages
+                    .warn(format!("cancelled ({}); nothing cached", signal_name(signal)));
                 (Exit::Cancelled(signal), false)
             }
             Ending::TimedOut => {
                 let limit = self.args.timeout.map(duration::short).unwrap_or_default();
-                self.messages.warn(format!("timed out after {limit}; nothing cached"));
+                self.messages
+                    .warn(format!("timed out after {limit}; nothing cached"));
                 (Exit::TimedOut, false)
             }
         };
         if let Some(recording) = observer.recording.take() {
-            let result = if storable { recording.finish(exit.code(), duration) } else { recording.abandon() };
+            let result = if storable {
+                recording.finish(exit.code(), duration)
+            } else {
+                recording.abandon()
+            };
             if let (Err(err), Some(cache)) = (result, cache) {
                 cache.warn(&format!("cannot store the result: {err}"));
             }
@@ -254,7 +288,12 @@ struct Publisher<'s> {
 
 impl<'s> Publisher<'s> {
     fn new(store: &'s Store, id: &'s str) -> Publisher<'s> {
-        Publisher { store, id, published: progress::State::default(), at: Instant::now() }
+        Publisher {
+            store,
+            id,
+            published: progress::State::default(),
+            at: Instant::now(),
+        }
     }
 
     fn publish(&mut self, state: &progress::State) {
@@ -281,7 +320,9 @@ impl Observer for RunObserver<'_> {
         if let Some(recording) = &mut self.recording {
             if let Err(err) = recording.write(stream, bytes) {
                 // A full disk, say: the command goes on, uncached.
-                self.messages.warn(format!("cannot store the result ({err}); the command goes on uncached"));
+                self.messages.warn(format!(
+                    "cannot store the result ({err}); the command goes on uncached"
+                ));
                 if let Some(recording) = self.recording.take() {
                     let _ = recording.abandon();
                 }
@@ -322,7 +363,11 @@ struct Cache {
 
 impl Cache {
     fn open(dir: Option<PathBuf>, messages: Messages) -> Cache {
-        let mut cache = Cache { store: None, messages, warned: false.into() };
+        let mut cache = Cache {
+            store: None,
+            messages,
+            warned: false.into(),
+        };
         let Some(dir) = dir.or_else(|| dirs::cache_dir().map(|d| d.join("lcrun"))) else {
             cache.warn("no cache directory (set LCRUN_CACHE_DIR or --cache-dir)");
             return cache;
@@ -360,7 +405,8 @@ impl Cache {
                 self.store = None;
                 match Store::open_or_recover(&dir) {
                     Ok((store, _)) => {
-                        self.messages.warn(format!("cache database was damaged ({err}); started a new one"));
+                        self.messages
+                            .warn(format!("cache database was damaged ({err}); started a new one"));
                         self.store = Some(store);
                     }
                     Err(again) => self.warn(&format!("cache database is damaged ({again})")),
@@ -378,7 +424,9 @@ impl Cache {
     /// Becomes the one process that runs `key`, waiting while an identical
     /// run holds it (unless `no_wait`), and showing that run's progress.
     fn wait_for_key(&mut self, key: &Key, no_wait: bool, run: &Run<'_>) -> Claim {
-        let Some(dir) = self.dir().map(Path::to_owned) else { return Claim::Free };
+        let Some(dir) = self.dir().map(Path::to_owned) else {
+            return Claim::Free;
+        };
         let mut display: Option<Display> = None;
         let mut polled = Instant::now() - PUBLISH_EVERY;
         let claim = loop {
@@ -393,7 +441,10 @@ impl Cache {
                     });
                     if polled.elapsed() >= PUBLISH_EVERY {
                         polled = Instant::now();
-                        let job = self.store.as_ref().and_then(|s| s.running_job(&key.hex).ok().flatten());
+                        let job = self
+                            .store
+                            .as_ref()
+                            .and_then(|s| s.running_job(&key.hex).ok().flatten());
                         if let Some(job) = job {
                             display.set_state(job.progress);
                         }

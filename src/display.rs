@@ -68,7 +68,12 @@ pub struct Display {
 
 impl Display {
     /// A view for a command shown as `label`.
-    pub fn new(style: Style, label: &str, interval: Option<Duration>, matcher: Option<LineMatcher>) -> Display {
+    pub fn new(
+        style: Style,
+        label: &str,
+        interval: Option<Duration>,
+        matcher: Option<LineMatcher>,
+    ) -> Display {
         let started = Instant::now();
         let mut display = Display {
             out: RawOut::new(),
@@ -248,7 +253,11 @@ impl Display {
 
     fn refresh(&mut self) {
         let Some(bar) = &self.bar else { return };
-        let message = if self.state.message.is_empty() { &self.last_line } else { &self.state.message };
+        let message = if self.state.message.is_empty() {
+            &self.last_line
+        } else {
+            &self.state.message
+        };
         match (self.state.pos, self.state.total) {
             (Some(pos), Some(total)) => {
                 if bar.length() != Some(total) {
@@ -272,14 +281,15 @@ impl Display {
 }
 
 fn bar_style() -> ProgressStyle {
-    ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {pos}/{len} {percent}% {rate} ETA {eta} {wide_msg}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-        let _ = write!(w, "{:.1}/s", state.per_sec());
-    })
-    .progress_chars("=> ")
+    ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {percent}% {rate} ETA {eta} {wide_msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1}/s", state.per_sec());
+            },
+        )
+        .progress_chars("=> ")
 }
 
 fn spinner_style(with_pos: bool) -> ProgressStyle {

@@ -76,6 +76,9 @@ mod tests {
     fn child_status_maps_to_code_or_128_plus_signal() {
         // A raw wait status: exit code in the high byte, signal in the low bits.
         assert_eq!(Exit::from_status(ExitStatus::from_raw(3 << 8)), Exit::Command(3));
-        assert_eq!(Exit::from_status(ExitStatus::from_raw(libc::SIGKILL)), Exit::Command(137));
+        assert_eq!(
+            Exit::from_status(ExitStatus::from_raw(libc::SIGKILL)),
+            Exit::Command(137)
+        );
     }
 }

@@ -37,7 +37,9 @@ impl Invocation {
         let argv = match &args.shell {
             Some(script) => vec!["/bin/sh".into(), "-c".into(), script.clone()],
             None if args.command.is_empty() => {
-                bail!("no command given; usage: lcrun [OPTIONS] -- COMMAND [ARGS...] or lcrun --shell 'STRING'")
+                bail!(
+                    "no command given; usage: lcrun [OPTIONS] -- COMMAND [ARGS...] or lcrun --shell 'STRING'"
+                )
             }
             None => args.command.clone(),
         };
@@ -55,20 +57,35 @@ impl Invocation {
         }
         let cwd = std::env::current_dir().context("cannot read the working directory")?;
         let program = key::resolve_program(&argv[0], &cwd);
-        Ok(Invocation { argv, shell: args.shell.clone(), cwd, cache_by, program })
+        Ok(Invocation {
+            argv,
+            shell: args.shell.clone(),
+            cwd,
+            cache_by,
+            program,
+        })
     }
 
     /// The command as a shell would show it, for messages and listings.
     pub fn label(&self) -> String {
         match &self.shell {
             Some(script) => String::from_utf8_lossy(script.as_bytes()).into_owned(),
-            None => self.argv.iter().map(|a| shell_quote(&String::from_utf8_lossy(a.as_bytes()))).collect::<Vec<_>>().join(" "),
+            None => self
+                .argv
+                .iter()
+                .map(|a| shell_quote(&String::from_utf8_lossy(a.as_bytes())))
+                .collect::<Vec<_>>()
+                .join(" "),
         }
     }
 
     /// Derives the key. Evaluates every cache-by expression in order; a
     /// `stdin` expression spools our stdin into the returned file.
-    pub fn key(&self, args: &RunArgs, program: &std::path::Path) -> Result<(Key, Option<File>), key::KeyError> {
+    pub fn key(
+        &self,
+        args: &RunArgs,
+        program: &std::path::Path,
+    ) -> Result<(Key, Option<File>), key::KeyError> {
         let mut builder = KeyBuilder::new();
         match &self.shell {
             Some(script) => builder.field("shell", script.as_bytes()),
@@ -92,7 +109,9 @@ impl Invocation {
 /// Quotes an argument for display when a shell would need it.
 fn shell_quote(arg: &str) -> String {
     let plain = !arg.is_empty()
-        && arg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
     if plain {
         arg.to_owned()
     } else {

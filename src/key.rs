@@ -110,7 +110,9 @@ impl FromStr for CacheBy {
             },
             "stdin" if arg.is_none() => Ok(CacheBy::Stdin),
             "stdin" => Err(malformed("'stdin' takes no argument")),
-            _ => Err(malformed(&format!("unknown kind '{kind}' (expected one of {KINDS})"))),
+            _ => Err(malformed(&format!(
+                "unknown kind '{kind}' (expected one of {KINDS})"
+            ))),
         }
     }
 }
@@ -154,7 +156,10 @@ impl KeyBuilder {
     pub fn new() -> KeyBuilder {
         let mut hasher = Sha256::new();
         hasher.update(KEY_VERSION);
-        KeyBuilder { inputs: Vec::new(), hasher }
+        KeyBuilder {
+            inputs: Vec::new(),
+            hasher,
+        }
     }
 
     /// Adds a field whose canonical bytes are `bytes`.
@@ -167,12 +172,18 @@ impl KeyBuilder {
         self.hasher.update((label.len() as u64).to_be_bytes());
         self.hasher.update(label.as_bytes());
         self.hasher.update(digest);
-        self.inputs.push(KeyInput { label: label.to_owned(), digest: hex(&digest) });
+        self.inputs.push(KeyInput {
+            label: label.to_owned(),
+            digest: hex(&digest),
+        });
     }
 
     /// The finished key.
     pub fn finish(self) -> Key {
-        Key { hex: hex(&self.hasher.finalize()), inputs: self.inputs }
+        Key {
+            hex: hex(&self.hasher.finalize()),
+            inputs: self.inputs,
+        }
     }
 }
 
@@ -273,12 +284,22 @@ fn stat_bytes(path: &Path) -> Vec<u8> {
 impl CacheBy {
     /// Computes the expression's value and adds it to `key`. `stdin_spool`
     /// receives lcrun's stdin when the expression is `stdin`.
-    pub fn add_to(&self, expr: &str, key: &mut KeyBuilder, stdin_spool: &mut Option<File>) -> Result<(), KeyError> {
+    pub fn add_to(
+        &self,
+        expr: &str,
+        key: &mut KeyBuilder,
+        stdin_spool: &mut Option<File>,
+    ) -> Result<(), KeyError> {
         let label = format!("cache-by {expr}");
-        let eval = |reason: String| KeyError::Eval { expr: expr.to_owned(), reason };
+        let eval = |reason: String| KeyError::Eval {
+            expr: expr.to_owned(),
+            reason,
+        };
         match self {
             CacheBy::Mtime(path) => key.field(&label, &stat_bytes(path)),
-            CacheBy::Hash(pattern) => key.digest_field(&label, hash_paths(pattern).map_err(|e| eval(e.to_string()))?),
+            CacheBy::Hash(pattern) => {
+                key.digest_field(&label, hash_paths(pattern).map_err(|e| eval(e.to_string()))?)
+            }
             CacheBy::Git(dir) => {
                 let dir = dir.clone().unwrap_or_else(|| PathBuf::from("."));
                 key.digest_field(&label, git_state(&dir).map_err(eval)?)
@@ -387,7 +408,11 @@ fn git_state(dir: &Path) -> Result<[u8; 32], String> {
     let born = git_into(dir, &["rev-parse", "--verify", "-q", "HEAD"], &mut hasher).is_ok();
     let diff_base = if born { "HEAD" } else { "--cached" };
     hasher.update(b"\0diff\0");
-    git_into(dir, &["diff", "--binary", "--no-ext-diff", "--no-textconv", diff_base], &mut hasher)?;
+    git_into(
+        dir,
+        &["diff", "--binary", "--no-ext-diff", "--no-textconv", diff_base],
+        &mut hasher,
+    )?;
     hasher.update(b"\0untracked\0");
     let mut list = Vec::new();
     let output = Command::new("git")
@@ -463,7 +488,10 @@ mod tests {
     #[test]
     fn parses_every_kind() {
         assert_eq!(parse("mtime:a/b").unwrap(), CacheBy::Mtime("a/b".into()));
-        assert_eq!(parse("hash:src/**/*.rs").unwrap(), CacheBy::Hash("src/**/*.rs".into()));
+        assert_eq!(
+            parse("hash:src/**/*.rs").unwrap(),
+            CacheBy::Hash("src/**/*.rs".into())
+        );
         assert_eq!(parse("git").unwrap(), CacheBy::Git(None));
         assert_eq!(parse("git:..").unwrap(), CacheBy::Git(Some("..".into())));
         assert_eq!(parse("env:HOME").unwrap(), CacheBy::Env("HOME".into()));
@@ -475,7 +503,10 @@ mod tests {
 
     #[test]
     fn rejects_malformed_expressions() {
-        for bad in ["", "mtime", "mtime:", "hash:", "hash:[", "env:", "env:A=B", "cmd:", "value", "stdin:x", "git:", "time:x", "MTIME:x"] {
+        for bad in [
+            "", "mtime", "mtime:", "hash:", "hash:[", "env:", "env:A=B", "cmd:", "value", "stdin:x", "git:",
+            "time:x", "MTIME:x",
+        ] {
             let err = parse(bad).expect_err(bad);
             assert!(err.to_string().contains(&format!("'{bad}'")), "{err}");
         }
@@ -492,14 +523,29 @@ mod tests {
     #[test]
     fn different_inputs_never_share_an_encoding() {
         let args = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
-        assert_ne!(encode_argv(&args(&["ab", "c"]), &[]), encode_argv(&args(&["a", "bc"]), &[]));
-        assert_ne!(encode_argv(&args(&["a", ""]), &[]), encode_argv(&args(&["a"]), &[]));
-        assert_ne!(encode_argv(&args(&["a", "x", "b"]), &[1]), encode_argv(&args(&["a", "b"]), &[]));
-        assert_eq!(encode_argv(&args(&["a", "x", "b"]), &[1]), encode_argv(&args(&["a", "y", "b"]), &[1]));
+        assert_ne!(
+            encode_argv(&args(&["ab", "c"]), &[]),
+            encode_argv(&args(&["a", "bc"]), &[])
+        );
+        assert_ne!(
+            encode_argv(&args(&["a", ""]), &[]),
+            encode_argv(&args(&["a"]), &[])
+        );
+        assert_ne!(
+            encode_argv(&args(&["a", "x", "b"]), &[1]),
+            encode_argv(&args(&["a", "b"]), &[])
+        );
+        assert_eq!(
+            encode_argv(&args(&["a", "x", "b"]), &[1]),
+            encode_argv(&args(&["a", "y", "b"]), &[1])
+        );
         // Label and value boundaries cannot shift.
         assert_ne!(key_of(&[("ab", b"c")]), key_of(&[("a", b"bc")]));
         // Order matters, and so does presence.
-        assert_ne!(key_of(&[("a", b"1"), ("b", b"2")]), key_of(&[("b", b"2"), ("a", b"1")]));
+        assert_ne!(
+            key_of(&[("a", b"1"), ("b", b"2")]),
+            key_of(&[("b", b"2"), ("a", b"1")])
+        );
         assert_ne!(key_of(&[("a", b"1")]), key_of(&[("a", b"1"), ("cwd", b"")]));
         assert_eq!(key_of(&[("a", b"1")]), key_of(&[("a", b"1")]));
     }
@@ -509,7 +555,10 @@ mod tests {
         // The key names entries on disk and on remote servers: changing it
         // silently would orphan every cache. Bump KEY_VERSION instead.
         assert_eq!(
-            key_of(&[("argv", &encode_argv(&[OsString::from("echo"), OsString::from("hi")], &[]))]),
+            key_of(&[(
+                "argv",
+                &encode_argv(&[OsString::from("echo"), OsString::from("hi")], &[])
+            )]),
             key_of(&[("argv", b"\0\0\0\0\0\0\0\x04echo\0\0\0\0\0\0\0\x02hi")])
         );
         assert_eq!(key_of(&[]), hex(&Sha256::digest(KEY_VERSION)));
@@ -518,9 +567,22 @@ mod tests {
     #[test]
     fn resolves_like_execvp() {
         let cwd = std::env::current_dir().unwrap();
-        assert!(matches!(resolve_program(OsStr::new("sh"), &cwd), Resolved::Found(_)));
-        assert_eq!(resolve_program(OsStr::new("no-such-program-lcrun"), &cwd), Resolved::NotFound);
-        assert!(matches!(resolve_program(OsStr::new("/etc/hostname"), &cwd), Resolved::NotExecutable(_)));
-        assert!(matches!(resolve_program(OsStr::new("/"), &cwd), Resolved::NotExecutable(_)));
+        assert!(matches!(
+            resolve_program(OsStr::new("sh"), &cwd),
+            Resolved::Found(_)
+        ));
+        assert_eq!(
+            resolve_program(OsStr::new("no-such-program-lcrun"), &cwd),
+            Resolved::NotFound
+        );
+        let plain = tempfile::NamedTempFile::new().unwrap();
+        assert!(matches!(
+            resolve_program(plain.path().as_os_str(), &cwd),
+            Resolved::NotExecutable(_)
+        ));
+        assert!(matches!(
+            resolve_program(OsStr::new("/"), &cwd),
+            Resolved::NotExecutable(_)
+        ));
     }
 }

@@ -21,7 +21,12 @@ impl KeyLock {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&locks)?;
         let path = locks.join(key);
         loop {
-            let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path)?;
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)?;
             match file.try_lock() {
                 Ok(()) => {}
                 Err(fs::TryLockError::WouldBlock) => return Ok(None),

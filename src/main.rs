@@ -34,7 +34,10 @@ fn usage_error(err: clap::Error) -> ExitCode {
         _ => {
             let rendered = err.render().to_string();
             let first = rendered.lines().next().unwrap_or("bad arguments");
-            error(format!("{} (see 'lcrun --help')", first.trim_start_matches("error: ")));
+            error(format!(
+                "{} (see 'lcrun --help')",
+                first.trim_start_matches("error: ")
+            ));
             Exit::Usage.into()
         }
     }

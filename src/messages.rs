@@ -31,6 +31,11 @@ impl Messages {
 /// An error: always shown, always one line.
 pub fn error(text: impl std::fmt::Display) {
     let text = text.to_string();
-    let line = text.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+    let line = text
+        .split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     let _ = writeln!(std::io::stderr().lock(), "lcrun: {line}");
 }

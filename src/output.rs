@@ -51,9 +51,15 @@ impl RawOut {
         // SAFETY: fds 1 and 2 are open for the life of the process, and
         // ManuallyDrop keeps us from ever closing them.
         let files = unsafe {
-            [ManuallyDrop::new(File::from_raw_fd(1)), ManuallyDrop::new(File::from_raw_fd(2))]
+            [
+                ManuallyDrop::new(File::from_raw_fd(1)),
+                ManuallyDrop::new(File::from_raw_fd(2)),
+            ]
         };
-        RawOut { files, broken: [false; 2] }
+        RawOut {
+            files,
+            broken: [false; 2],
+        }
     }
 
     /// Writes all of `bytes` to `stream`. A closed reader (EPIPE) is remembered

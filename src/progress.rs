@@ -76,16 +76,26 @@ pub fn parse_line(line: &str) -> Option<Update> {
     };
     let message = rest.filter(|m| !m.is_empty()).map(str::to_owned);
     if head == "msg" {
-        return Some(Update { message: Some(message.unwrap_or_default()), ..Update::default() });
+        return Some(Update {
+            message: Some(message.unwrap_or_default()),
+            ..Update::default()
+        });
     }
     let (pos, total) = parse_position(head)?;
-    Some(Update { pos: Some(pos), total, message })
+    Some(Update {
+        pos: Some(pos),
+        total,
+        message,
+    })
 }
 
 /// `POS`, `POS/TOTAL` or `PCT%` as (pos, total).
 pub fn parse_position(text: &str) -> Option<(u64, Option<u64>)> {
     if let Some(pct) = text.strip_suffix('%') {
-        let pct: f64 = pct.parse().ok().filter(|p: &f64| p.is_finite() && (0.0..=100.0).contains(p))?;
+        let pct: f64 = pct
+            .parse()
+            .ok()
+            .filter(|p: &f64| p.is_finite() && (0.0..=100.0).contains(p))?;
         return Some((pct.round() as u64, Some(PERCENT_TOTAL)));
     }
     match text.split_once('/') {
@@ -118,7 +128,12 @@ impl LineMatcher {
             // The regex crate draws a multi-line caret diagram; its last line
             // names the problem.
             let text = err.to_string();
-            let reason = text.lines().last().unwrap_or_default().trim_start_matches("error: ").to_owned();
+            let reason = text
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_owned();
             format!("bad --progress-regex '{pattern}': {reason}")
         })?;
         let names: Vec<_> = regex.capture_names().flatten().collect();
@@ -131,13 +146,19 @@ impl LineMatcher {
     /// The progress one output line reports, if it matches.
     pub fn update(&self, line: &str) -> Option<Update> {
         let caps = self.regex.captures(line)?;
-        let number = |name| caps.name(name).and_then(|m| m.as_str().trim().parse::<u64>().ok());
+        let number = |name| {
+            caps.name(name)
+                .and_then(|m| m.as_str().trim().parse::<u64>().ok())
+        };
         let mut update = Update {
             pos: number("pos"),
             total: number("total"),
             message: caps.name("msg").map(|m| m.as_str().trim().to_owned()),
         };
-        if let Some(pct) = caps.name("pct").and_then(|m| m.as_str().trim().trim_end_matches('%').parse::<f64>().ok()) {
+        if let Some(pct) = caps
+            .name("pct")
+            .and_then(|m| m.as_str().trim().trim_end_matches('%').parse::<f64>().ok())
+        {
             if pct.is_finite() && (0.0..=100.0).contains(&pct) {
                 update.pos = Some(pct.round() as u64);
                 update.total = Some(PERCENT_TOTAL);
@@ -157,7 +178,10 @@ pub struct ProgressFile {
 impl ProgressFile {
     /// Opens the file for following.
     pub fn open(path: &Path) -> io::Result<ProgressFile> {
-        Ok(ProgressFile { file: File::open(path)?, partial: Vec::new() })
+        Ok(ProgressFile {
+            file: File::open(path)?,
+            partial: Vec::new(),
+        })
     }
 
     /// Every update appended since the last call, in order.
@@ -182,24 +206,53 @@ mod tests {
     use super::*;
 
     fn upd(pos: Option<u64>, total: Option<u64>, message: Option<&str>) -> Option<Update> {
-        Some(Update { pos, total, message: message.map(str::to_owned) })
+        Some(Update {
+            pos,
+            total,
+            message: message.map(str::to_owned),
+        })
     }
 
     #[test]
     fn parses_every_line_form() {
         assert_eq!(parse_line("3/10"), upd(Some(3), Some(10), None));
-        assert_eq!(parse_line("3/10 compiling foo.c\n"), upd(Some(3), Some(10), Some("compiling foo.c")));
-        assert_eq!(parse_line("45% linking"), upd(Some(45), Some(100), Some("linking")));
+        assert_eq!(
+            parse_line("3/10 compiling foo.c\n"),
+            upd(Some(3), Some(10), Some("compiling foo.c"))
+        );
+        assert_eq!(
+            parse_line("45% linking"),
+            upd(Some(45), Some(100), Some("linking"))
+        );
         assert_eq!(parse_line("12.6%"), upd(Some(13), Some(100), None));
         assert_eq!(parse_line("7 files"), upd(Some(7), None, Some("files")));
         assert_eq!(parse_line("msg warming up"), upd(None, None, Some("warming up")));
-        assert_eq!(parse_line(r#"{"pos":3,"total":10,"message":"x"}"#), upd(Some(3), Some(10), Some("x")));
+        assert_eq!(
+            parse_line(r#"{"pos":3,"total":10,"message":"x"}"#),
+            upd(Some(3), Some(10), Some("x"))
+        );
         assert_eq!(parse_line(r#"{"message":"only"}"#), upd(None, None, Some("only")));
     }
 
     #[test]
     fn ignores_garbage() {
-        for bad in ["", "   ", "hello", "3/", "/10", "a/b", "-1", "101%", "x%", "{", "{}", "[1,2]", r#"{"pos":-3}"#, "3/10/2", "\u{0}\u{1}"] {
+        for bad in [
+            "",
+            "   ",
+            "hello",
+            "3/",
+            "/10",
+            "a/b",
+            "-1",
+            "101%",
+            "x%",
+            "{",
+            "{}",
+            "[1,2]",
+            r#"{"pos":-3}"#,
+            "3/10/2",
+            "\u{0}\u{1}",
+        ] {
             assert_eq!(parse_line(bad), None, "{bad:?}");
         }
     }
@@ -217,7 +270,10 @@ mod tests {
     #[test]
     fn regex_reads_named_groups() {
         let m = LineMatcher::new(r"\[(?P<pos>\d+)/(?P<total>\d+)\] (?P<msg>.*)").unwrap();
-        assert_eq!(m.update("[2/7] Building x.o"), upd(Some(2), Some(7), Some("Building x.o")));
+        assert_eq!(
+            m.update("[2/7] Building x.o"),
+            upd(Some(2), Some(7), Some("Building x.o"))
+        );
         assert_eq!(m.update("unrelated"), None);
         let pct = LineMatcher::new(r"(?P<pct>[\d.]+)%").unwrap();
         assert_eq!(pct.update(" 42.4% done"), upd(Some(42), Some(100), None));
@@ -233,6 +289,9 @@ mod tests {
         write!(tmp, "1/3\ngarbage\n2/3").unwrap();
         assert_eq!(follow.updates(), vec![parse_line("1/3").unwrap()]);
         write!(tmp, " two\n3/3\n").unwrap();
-        assert_eq!(follow.updates(), vec![parse_line("2/3 two").unwrap(), parse_line("3/3").unwrap()]);
+        assert_eq!(
+            follow.updates(),
+            vec![parse_line("2/3 two").unwrap(), parse_line("3/3").unwrap()]
+        );
     }
 }

@@ -98,7 +98,10 @@ pub fn run(job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError> {
     let terminal = Terminal::claimable();
 
     let mut command = Command::new(&job.program);
-    command.arg0(&job.argv[0]).args(&job.argv[1..]).envs(job.env.iter().map(|(k, v)| (k, v)));
+    command
+        .arg0(&job.argv[0])
+        .args(&job.argv[1..])
+        .envs(job.env.iter().map(|(k, v)| (k, v)));
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     command.stdin(match job.stdin {
         Some(file) => Stdio::from(file),
@@ -127,8 +130,14 @@ pub fn run(job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError> {
     let (tx, rx) = mpsc::sync_channel(CHANNEL_DEPTH);
     let pool: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
     for (stream, pipe) in [
-        (Stream::Stdout, child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
-        (Stream::Stderr, child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+        (
+            Stream::Stdout,
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+        (
+            Stream::Stderr,
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
     ] {
         if let Some(pipe) = pipe {
             spawn_reader(stream, pipe, tx.clone(), Arc::clone(&pool));
@@ -220,11 +229,20 @@ struct Cancel {
 
 impl Cancel {
     fn new(ending: Ending, grace: Duration) -> Cancel {
-        Cancel { ending, kill_at: Instant::now() + grace, killed: false }
+        Cancel {
+            ending,
+            kill_at: Instant::now() + grace,
+            killed: false,
+        }
     }
 }
 
-fn spawn_reader(stream: Stream, mut pipe: Box<dyn Read + Send>, tx: mpsc::SyncSender<Msg>, pool: Arc<Mutex<Vec<Vec<u8>>>>) {
+fn spawn_reader(
+    stream: Stream,
+    mut pipe: Box<dyn Read + Send>,
+    tx: mpsc::SyncSender<Msg>,
+    pool: Arc<Mutex<Vec<Vec<u8>>>>,
+) {
     thread::spawn(move || {
         loop {
             let mut buf = pool.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default();
@@ -269,8 +287,14 @@ impl Terminal {
             return None;
         }
         // SAFETY: plain queries of our own process state.
-        let (own_group, foreground, session, pid) =
-            unsafe { (libc::getpgrp(), libc::tcgetpgrp(0), libc::getsid(0), libc::getpid()) };
+        let (own_group, foreground, session, pid) = unsafe {
+            (
+                libc::getpgrp(),
+                libc::tcgetpgrp(0),
+                libc::getsid(0),
+                libc::getpid(),
+            )
+        };
         // A session leader cannot join another process group, so it could not
         // hear the terminal's Ctrl-C once the command owned the terminal.
         (foreground == own_group && session != pid).then_some(Terminal { own_group })
@@ -288,7 +312,11 @@ struct Group {
 
 impl Group {
     fn new(leader: libc::pid_t, terminal: Option<Terminal>) -> Group {
-        let group = Group { id: leader, terminal, joined: false.into() };
+        let group = Group {
+            id: leader,
+            terminal,
+            joined: false.into(),
+        };
         if terminal.is_some() {
             // SAFETY: process-group calls on our child and ourselves. The
             // child also made itself leader; doing it here too closes the

@@ -131,7 +131,9 @@ impl Entry {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The SQLite tier.
@@ -146,7 +148,10 @@ pub fn create_dir(dir: &Path) -> Result<(), StoreError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| StoreError::Io { path: dir.to_owned(), source })
+        .map_err(|source| StoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })
 }
 
 impl Store {
@@ -156,7 +161,12 @@ impl Store {
         let path = dir.join("cache.db");
         // Create the file ourselves so it is 0600 from its first byte; SQLite
         // gives the -wal and -shm files the same mode.
-        if let Err(source) = OpenOptions::new().create(true).append(true).mode(0o600).open(&path) {
+        if let Err(source) = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+        {
             return Err(StoreError::Io { path, source });
         }
         let conn = Connection::open_with_flags(
@@ -167,7 +177,10 @@ impl Store {
         // runs wait their turn instead of failing with "database is locked".
         conn.busy_timeout(Duration::from_secs(20))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let store = Store { conn, dir: dir.to_owned() };
+        let store = Store {
+            conn,
+            dir: dir.to_owned(),
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -180,7 +193,13 @@ impl Store {
             Err(err) if err.is_corrupt() => {
                 let moved = move_aside(dir)?;
                 let store = Store::open(dir)?;
-                Ok((store, Some(format!("cache database was damaged ({err}); moved it to {}", moved.display()))))
+                Ok((
+                    store,
+                    Some(format!(
+                        "cache database was damaged ({err}); moved it to {}",
+                        moved.display()
+                    )),
+                ))
             }
             Err(err) => Err(err),
         }
@@ -192,7 +211,9 @@ impl Store {
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
-        let version: i64 = self.conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))?;
         if version == SCHEMA_VERSION {
             return Ok(());
         }
@@ -200,7 +221,8 @@ impl Store {
             return Err(StoreError::TooNew(version));
         }
         // WAL is a property of the file; set it once, outside a transaction.
-        self.conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+        self.conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         // Another process may have created the schema while we waited.
         let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
@@ -238,14 +260,16 @@ impl Store {
         entry: &Entry,
         mut sink: impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
     ) -> Result<(), StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT stream, codec, raw_len, data FROM chunks WHERE entry_id = ?1 ORDER BY seq")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT stream, codec, raw_len, data FROM chunks WHERE entry_id = ?1 ORDER BY seq",
+        )?;
         let mut rows = stmt.query([entry.id])?;
-        let mut decompressor = zstd::bulk::Decompressor::new().map_err(|e| StoreError::Damaged(e.to_string()))?;
+        let mut decompressor =
+            zstd::bulk::Decompressor::new().map_err(|e| StoreError::Damaged(e.to_string()))?;
         let mut buf = Vec::new();
         while let Some(row) = rows.next()? {
-            let stream = Stream::from_tag(row.get(0)?).ok_or_else(|| StoreError::Damaged("unknown stream".into()))?;
+            let stream =
+                Stream::from_tag(row.get(0)?).ok_or_else(|| StoreError::Damaged("unknown stream".into()))?;
             let codec: i64 = row.get(1)?;
             let raw_len = row.get::<_, i64>(2)?.max(0) as usize;
             let data = row.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
@@ -265,7 +289,10 @@ impl Store {
                 return Err(StoreError::Damaged("chunk length mismatch".into()));
             }
             if let Err(source) = sink(stream, bytes) {
-                return Err(StoreError::Io { path: PathBuf::from("<output>"), source });
+                return Err(StoreError::Io {
+                    path: PathBuf::from("<output>"),
+                    source,
+                });
             }
         }
         Ok(())
@@ -282,14 +309,20 @@ impl Store {
 
     /// Starts recording a new result for `key`. The caller must hold the key's
     /// lock: pending rows of this key left by a writer that died are removed.
-    pub fn begin(&self, key: &crate::key::Key, command: &str, cwd: &str) -> Result<Recording<'_>, StoreError> {
+    pub fn begin(
+        &self,
+        key: &crate::key::Key,
+        command: &str,
+        cwd: &str,
+    ) -> Result<Recording<'_>, StoreError> {
         self.delete_pending(&key.hex)?;
         let inputs = serde_json::to_string(&key.inputs).unwrap_or_else(|_| "[]".into());
         self.conn.execute(
             "INSERT INTO entries (key, complete, command, cwd, inputs, created_ms) VALUES (?1, 0, ?2, ?3, ?4, ?5)",
             params![key.hex, command, cwd, inputs, now_ms()],
         )?;
-        let compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|e| StoreError::Damaged(e.to_string()))?;
+        let compressor =
+            zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|e| StoreError::Damaged(e.to_string()))?;
         Ok(Recording {
             store: self,
             key: key.hex.clone(),
@@ -342,9 +375,13 @@ impl Store {
     pub fn job_start(&self, key: &str, command: &str) -> Result<String, StoreError> {
         let pid = std::process::id();
         let now = now_ms();
-        let id = crate::key::hex(&Sha256::digest(format!("{key}:{pid}:{:?}", SystemTime::now())))[..16].to_owned();
+        let id =
+            crate::key::hex(&Sha256::digest(format!("{key}:{pid}:{:?}", SystemTime::now())))[..16].to_owned();
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        tx.execute("UPDATE jobs SET state = 'lost', updated_ms = ?2 WHERE key = ?1 AND state = 'running'", params![key, now])?;
+        tx.execute(
+            "UPDATE jobs SET state = 'lost', updated_ms = ?2 WHERE key = ?1 AND state = 'running'",
+            params![key, now],
+        )?;
         tx.execute(
             "INSERT INTO jobs (id, key, command, pid, state, started_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?5)",
             params![id, key, command, pid, now],
@@ -356,7 +393,10 @@ impl Store {
     /// Publishes a running job's progress for the processes waiting on it.
     pub fn job_progress(&self, id: &str, progress: &State) -> Result<(), StoreError> {
         let json = serde_json::to_string(progress).unwrap_or_default();
-        self.conn.execute("UPDATE jobs SET progress = ?2, updated_ms = ?3 WHERE id = ?1", params![id, json, now_ms()])?;
+        self.conn.execute(
+            "UPDATE jobs SET progress = ?2, updated_ms = ?3 WHERE id = ?1",
+            params![id, json, now_ms()],
+        )?;
         Ok(())
     }
 
@@ -394,7 +434,10 @@ impl Store {
 fn move_aside(dir: &Path) -> Result<PathBuf, StoreError> {
     let path = dir.join("cache.db");
     let moved = dir.join(format!("cache.db.corrupt-{}", now_ms()));
-    fs::rename(&path, &moved).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+    fs::rename(&path, &moved).map_err(|source| StoreError::Io {
+        path: path.clone(),
+        source,
+    })?;
     for suffix in ["-wal", "-shm"] {
         let side = dir.join(format!("cache.db{suffix}"));
         let _ = fs::rename(&side, dir.join(format!("{}{suffix}", moved.display())));
@@ -437,7 +480,10 @@ impl Recording<'_> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let compressed = self.compressor.compress(&self.pending).map_err(|e| StoreError::Damaged(e.to_string()))?;
+        let compressed = self
+            .compressor
+            .compress(&self.pending)
+            .map_err(|e| StoreError::Damaged(e.to_string()))?;
         let (codec, data) = if compressed.len() < self.pending.len() {
             (CODEC_ZSTD, &compressed[..])
         } else {
@@ -459,7 +505,11 @@ impl Recording<'_> {
         let conn = &self.store.conn;
         let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
         let old: Option<i64> = tx
-            .query_row("SELECT id FROM entries WHERE key = ?1 AND complete = 1", [&self.key], |row| row.get(0))
+            .query_row(
+                "SELECT id FROM entries WHERE key = ?1 AND complete = 1",
+                [&self.key],
+                |row| row.get(0),
+            )
             .optional()?;
         if let Some(old) = old {
             tx.execute("DELETE FROM chunks WHERE entry_id = ?1", [old])?;

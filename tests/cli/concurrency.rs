@@ -11,9 +11,19 @@ fn identical_concurrent_runs_execute_once() {
     let env = Env::new();
     let script = format!("{}; sleep 1.5; echo out; echo err >&2; exit 0", env.tally("runs"));
     let children: Vec<_> = (0..12)
-        .map(|_| env.lcrun().args(["--", "sh", "-c", &script]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+        .map(|_| {
+            env.lcrun()
+                .args(["--", "sh", "-c", &script])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
         .collect();
-    let outputs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
     assert_eq!(env.count("runs"), 1, "the command ran more than once");
     for out in &outputs {
         assert_code(out, 0);
@@ -26,8 +36,16 @@ fn identical_concurrent_runs_execute_once() {
 fn waiter_runs_the_command_when_the_owner_stores_nothing() {
     let env = Env::new();
     // The first run fails (not cached); the waiter must then run it itself.
-    let script = format!("{}; sleep 1; [ -e ok ] || {{ touch ok; exit 3; }}; echo fine", env.tally("runs"));
-    let first = env.lcrun().args(["--", "sh", "-c", &script]).stdout(Stdio::piped()).spawn().unwrap();
+    let script = format!(
+        "{}; sleep 1; [ -e ok ] || {{ touch ok; exit 3; }}; echo fine",
+        env.tally("runs")
+    );
+    let first = env
+        .lcrun()
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let second = env.run(["--", "sh", "-c", &script]);
     let first = first.wait_with_output().unwrap();
@@ -44,7 +62,13 @@ fn no_wait_runs_at_once() {
     let mut first = env.lcrun().args(["--", "sh", "-c", &script]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let start = Instant::now();
-    let quick = env.run(["--no-wait", "--", "sh", "-c", &format!("{}; echo now", env.tally("runs"))]);
+    let quick = env.run([
+        "--no-wait",
+        "--",
+        "sh",
+        "-c",
+        &format!("{}; echo now", env.tally("runs")),
+    ]);
     assert_code(&quick, 0);
     assert!(start.elapsed() < Duration::from_millis(1500));
     first.wait().unwrap();
@@ -56,7 +80,12 @@ fn parallel_distinct_runs_never_fail() {
     let children: Vec<_> = (0..32)
         .map(|i| {
             env.lcrun()
-                .args(["--", "sh", "-c", &format!("{}; echo job {i}; head -c 200000 /dev/zero", env.tally("runs"))])
+                .args([
+                    "--",
+                    "sh",
+                    "-c",
+                    &format!("{}; echo job {i}; head -c 200000 /dev/zero", env.tally("runs")),
+                ])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -73,7 +102,12 @@ fn parallel_distinct_runs_never_fail() {
     assert_eq!(env.count("runs"), 32);
     // Every entry was stored: all 32 are hits now.
     for i in 0..32 {
-        let out = env.run(["--", "sh", "-c", &format!("{}; echo job {i}; head -c 200000 /dev/zero", env.tally("runs"))]);
+        let out = env.run([
+            "--",
+            "sh",
+            "-c",
+            &format!("{}; echo job {i}; head -c 200000 /dev/zero", env.tally("runs")),
+        ]);
         assert_code(&out, 0);
     }
     assert_eq!(env.count("runs"), 32, "an entry was lost");
@@ -100,9 +134,17 @@ fn killed_owner_does_not_block_the_next_run() {
     assert!(start.elapsed() < Duration::from_secs(10));
     // The same key as the killed owner: it must run, not wait 30 s, not replay.
     let start = Instant::now();
-    let mut same = env.lcrun().args(["--timeout", "60s", "--", "sh", "-c", &script]).spawn().unwrap();
+    let mut same = env
+        .lcrun()
+        .args(["--timeout", "60s", "--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(env.count("runs"), 3, "a run of the dead owner's key did not start");
+    assert_eq!(
+        env.count("runs"),
+        3,
+        "a run of the dead owner's key did not start"
+    );
     unsafe { libc::kill(same.id() as i32, libc::SIGTERM) };
     same.wait().unwrap();
     assert!(start.elapsed() < Duration::from_secs(10));
@@ -115,7 +157,14 @@ fn killed_owner_does_not_block_the_next_run() {
 fn sigkill_during_a_large_write_never_corrupts_or_replays_partial_output() {
     let env = Env::new();
     env.write("gen.sh", "seq 1 7000000\n"); // about 50 MB
-    let run = || env.lcrun().args(["--", "sh", "gen.sh"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let run = || {
+        env.lcrun()
+            .args(["--", "sh", "gen.sh"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
     for i in 0..10 {
         let mut child = run();
         std::thread::sleep(Duration::from_millis(50 + 97 * (i % 7)));
@@ -124,14 +173,25 @@ fn sigkill_during_a_large_write_never_corrupts_or_replays_partial_output() {
         let _ = Command::new("pkill").args(["-f", "seq 1 7000000"]).status();
     }
     let conn = rusqlite::Connection::open(env.db()).unwrap();
-    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(check, "ok");
     drop(conn);
-    let expected = Command::new("sh").arg(env.path("gen.sh")).output().unwrap().stdout;
+    let expected = Command::new("sh")
+        .arg(env.path("gen.sh"))
+        .output()
+        .unwrap()
+        .stdout;
     for _ in 0..2 {
         let out = env.run(["--", "sh", "gen.sh"]);
         assert_code(&out, 0);
-        assert!(out.stdout == expected, "output differs from a direct run ({} vs {} bytes)", out.stdout.len(), expected.len());
+        assert!(
+            out.stdout == expected,
+            "output differs from a direct run ({} vs {} bytes)",
+            out.stdout.len(),
+            expected.len()
+        );
     }
 }
 
@@ -144,10 +204,21 @@ fn garbage_over_the_database_is_moved_aside() {
     let out = env.run(["--cache-failures", "--", "sh", "-c", &script]);
     assert_code(&out, 3);
     assert_eq!(stdout(&out), "real\n");
-    assert_eq!(stderr(&out).lines().filter(|l| l.starts_with("lcrun:")).count(), 1, "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).lines().filter(|l| l.starts_with("lcrun:")).count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
     let moved = std::fs::read_dir(&env.cache)
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("cache.db.corrupt-"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("cache.db.corrupt-")
+        })
         .count();
     assert_eq!(moved, 1, "the damaged file was not kept aside");
     // The fresh database works as a cache.
@@ -170,12 +241,17 @@ fn truncated_database_still_runs_the_command() {
         let out = env.run(["--", "sh", "-c", &format!("seq {i} 20000")]);
         assert_code(&out, 0);
         let expected: String = (i..=20000).map(|n| format!("{n}\n")).collect();
-        assert!(stdout(&out) == expected, "run {i}: wrong output; stderr: {}", stderr(&out));
+        assert!(
+            stdout(&out) == expected,
+            "run {i}: wrong output; stderr: {}",
+            stderr(&out)
+        );
     }
 }
 
 /// Peak resident memory (KiB) of lcrun while it pushes `bytes` through, on a
-/// miss and on a hit.
+/// miss and on a hit. The child is reaped by `wait4`, which reports its usage.
+#[allow(clippy::zombie_processes)]
 fn peak_rss_kib(env: &Env, args: &[&str]) -> (i64, Vec<u8>) {
     let child = env.lcrun().args(args).stdout(Stdio::piped()).spawn().unwrap();
     let pid = child.id() as i32;
@@ -228,9 +304,11 @@ fn build_logs_are_stored_compressed() {
     assert!(raw > 1_000_000);
     let conn = rusqlite::Connection::open(env.db()).unwrap();
     let (stored, counted): (i64, i64) = conn
-        .query_row("SELECT stored_bytes, stdout_bytes + stderr_bytes FROM entries WHERE complete = 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row(
+            "SELECT stored_bytes, stdout_bytes + stderr_bytes FROM entries WHERE complete = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
     assert_eq!(counted as usize, raw);
     let ratio = stored as f64 / raw as f64;

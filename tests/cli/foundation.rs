@@ -51,7 +51,10 @@ fn assert_lcrun_lines(output: &Output, lines: usize) {
     let got: Vec<&str> = text.lines().collect();
     assert_eq!(got.len(), lines, "expected {lines} stderr line(s), got: {text:?}");
     for line in got {
-        assert!(line.starts_with("lcrun: "), "stderr line without 'lcrun:' prefix: {line:?}");
+        assert!(
+            line.starts_with("lcrun: "),
+            "stderr line without 'lcrun:' prefix: {line:?}"
+        );
     }
 }
 
@@ -60,20 +63,34 @@ fn git(dir: &Path, args: &[&str]) {
     let output = Command::new("git")
         .arg("-C")
         .arg(dir)
-        .args(["-c", "user.name=lcrun test", "-c", "user.email=test@lcrun.invalid", "-c", "commit.gpgsign=false"])
+        .args([
+            "-c",
+            "user.name=lcrun test",
+            "-c",
+            "user.email=test@lcrun.invalid",
+            "-c",
+            "commit.gpgsign=false",
+        ])
         .args(args)
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .stdin(Stdio::null())
         .output()
         .expect("run git");
-    assert!(output.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Bytes from the kernel's random source.
 fn random_bytes(len: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; len];
-    File::open("/dev/urandom").expect("open /dev/urandom").read_exact(&mut bytes).expect("read /dev/urandom");
+    File::open("/dev/urandom")
+        .expect("open /dev/urandom")
+        .read_exact(&mut bytes)
+        .expect("read /dev/urandom");
     bytes
 }
 
@@ -155,8 +172,14 @@ fn own_errors_are_125_one_line_and_nothing_runs() {
         ("bad glob", with_sh(&["-c", "hash:["], &t)),
         ("stdin with argument", with_sh(&["-c", "stdin:x"], &t)),
         ("env name with =", with_sh(&["-c", "env:A=B"], &t)),
-        ("malformed after a good one", with_sh(&["-c", "value:ok", "-c", "bogus"], &t)),
-        ("ignore-arg with --shell", vec!["--ignore-arg".into(), "1".into(), "--shell".into(), t.clone()]),
+        (
+            "malformed after a good one",
+            with_sh(&["-c", "value:ok", "-c", "bogus"], &t),
+        ),
+        (
+            "ignore-arg with --shell",
+            vec!["--ignore-arg".into(), "1".into(), "--shell".into(), t.clone()],
+        ),
         ("ignore-arg past the end", with_sh(&["--ignore-arg", "3"], &t)),
         ("bad --expire", with_sh(&["--expire", "soon"], &t)),
         ("negative --expire", with_sh(&["-e", "-3"], &t)),
@@ -174,7 +197,12 @@ fn own_errors_are_125_one_line_and_nothing_runs() {
         assert_eq!(env.count("ran"), 0, "{what}: the command ran");
     }
     // A bad LCRUN_EXPIRE is an error of ours too.
-    let out = env.lcrun().env("LCRUN_EXPIRE", "soon").args(sh(&t)).output().expect("run");
+    let out = env
+        .lcrun()
+        .env("LCRUN_EXPIRE", "soon")
+        .args(sh(&t))
+        .output()
+        .expect("run");
     assert_code(&out, 125);
     assert_lcrun_lines(&out, 1);
     assert_eq!(env.count("ran"), 0);
@@ -187,7 +215,10 @@ fn timeout_is_124_promptly() {
     let out = env.run(["--timeout", "1s", "--", "sleep", "10"]);
     assert_code(&out, 124);
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(900), "returned before the timeout: {took:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "returned before the timeout: {took:?}"
+    );
     assert!(took < Duration::from_secs(4), "took {took:?}");
     assert!(out.stdout.is_empty());
     // A timed-out run is not cached.
@@ -219,7 +250,12 @@ fn own_messages_on_stderr_with_prefix_and_q_silences_them() {
     let bad_cache = env.path("file/cache");
     let script = format!("{}; echo out; echo err >&2; exit 4", env.tally("a"));
 
-    let out = env.lcrun().env("LCRUN_CACHE_DIR", &bad_cache).args(sh(&script)).output().expect("run");
+    let out = env
+        .lcrun()
+        .env("LCRUN_CACHE_DIR", &bad_cache)
+        .args(sh(&script))
+        .output()
+        .expect("run");
     assert_code(&out, 4);
     assert_eq!(out.stdout, b"out\n", "stderr: {}", stderr(&out));
     let text = stderr(&out);
@@ -229,7 +265,12 @@ fn own_messages_on_stderr_with_prefix_and_q_silences_them() {
     assert!(text.lines().any(|l| l == "err"), "{text:?}");
 
     for quiet in [&["-q"][..], &["--quiet"][..]] {
-        let out = env.lcrun().env("LCRUN_CACHE_DIR", &bad_cache).args(with_sh(quiet, &script)).output().expect("run");
+        let out = env
+            .lcrun()
+            .env("LCRUN_CACHE_DIR", &bad_cache)
+            .args(with_sh(quiet, &script))
+            .output()
+            .expect("run");
         assert_code(&out, 4);
         assert_eq!(out.stdout, b"out\n");
         assert_eq!(out.stderr, b"err\n", "{quiet:?} did not silence the warning");
@@ -270,7 +311,10 @@ fn second_identical_run_is_a_hit() {
 #[test]
 fn hit_replays_both_streams() {
     let env = Env::new();
-    let script = format!("{}; printf 'one\\n'; printf 'two\\n' >&2; printf 'three'; printf 'four' >&2", env.tally("a"));
+    let script = format!(
+        "{}; printf 'one\\n'; printf 'two\\n' >&2; printf 'three'; printf 'four' >&2",
+        env.tally("a")
+    );
     let miss = env.run(sh(&script));
     let hit = env.run(sh(&script));
     assert_eq!(env.count("a"), 1);
@@ -292,7 +336,11 @@ fn cache_by_mtime() {
     run();
     run();
     assert_eq!(env.count("a"), 1);
-    let touch = Command::new("touch").args(["-d", "2001-02-03 04:05:06"]).arg(&f).status().expect("touch");
+    let touch = Command::new("touch")
+        .args(["-d", "2001-02-03 04:05:06"])
+        .arg(&f)
+        .status()
+        .expect("touch");
     assert!(touch.success());
     run();
     assert_eq!(env.count("a"), 2, "a different mtime must be a miss");
@@ -300,7 +348,12 @@ fn cache_by_mtime() {
     assert_eq!(env.count("a"), 2);
     // Same mtime, different size.
     fs::write(&f, "longer content").expect("write");
-    assert!(Command::new("touch").args(["-d", "2001-02-03 04:05:06"]).arg(&f).status().expect("touch").success());
+    assert!(Command::new("touch")
+        .args(["-d", "2001-02-03 04:05:06"])
+        .arg(&f)
+        .status()
+        .expect("touch")
+        .success());
     run();
     assert_eq!(env.count("a"), 3, "a different size must be a miss");
     // A missing file is a value too.
@@ -326,7 +379,12 @@ fn cache_by_hash_of_a_file() {
     assert_eq!(env.count("a"), 2, "changed contents must be a miss");
     // Back to the old contents: the old entry again, whatever the mtime.
     fs::write(&f, "aaaa").expect("write");
-    assert!(Command::new("touch").args(["-d", "2001-02-03 04:05:06"]).arg(&f).status().expect("touch").success());
+    assert!(Command::new("touch")
+        .args(["-d", "2001-02-03 04:05:06"])
+        .arg(&f)
+        .status()
+        .expect("touch")
+        .success());
     assert_eq!(run().stdout, b"aaaa");
     assert_eq!(env.count("a"), 2, "hash: must not depend on mtime");
 }
@@ -388,7 +446,12 @@ fn cache_by_git() {
     git(&repo, &["commit", "-q", "-m", "first"]);
     let script = env.tally("a");
     let run = || {
-        let out = env.lcrun().current_dir(&repo).args(with_sh(&["-c", "git"], &script)).output().expect("run");
+        let out = env
+            .lcrun()
+            .current_dir(&repo)
+            .args(with_sh(&["-c", "git"], &script))
+            .output()
+            .expect("run");
         assert_code(&out, 0);
     };
     run();
@@ -496,7 +559,11 @@ fn cache_by_value() {
     assert_eq!(run(&["-c", "value:"]), 3, "an empty value is a value");
     assert_eq!(run(&[]), 4, "no cache-by differs from an empty value");
     assert_eq!(run(&["-c", "value:a", "-c", "value:b"]), 5);
-    assert_eq!(run(&["-c", "value:b", "-c", "value:a"]), 6, "order of expressions matters");
+    assert_eq!(
+        run(&["-c", "value:b", "-c", "value:a"]),
+        6,
+        "order of expressions matters"
+    );
     assert_eq!(run(&["-c", "value:alpha"]), 6);
 }
 
@@ -508,7 +575,11 @@ fn cache_by_stdin() {
     let out = run_with_stdin(&env, &args, first);
     assert_code(&out, 0);
     assert_eq!(out.stdout, first);
-    assert_eq!(fs::read(env.path("got.bin")).expect("read got.bin"), first, "the command got other stdin bytes");
+    assert_eq!(
+        fs::read(env.path("got.bin")).expect("read got.bin"),
+        first,
+        "the command got other stdin bytes"
+    );
     assert_eq!(env.count("a"), 1);
 
     let hit = run_with_stdin(&env, &args, first);
@@ -532,19 +603,28 @@ fn cache_by_stdin() {
 fn replay_keeps_interleaving_of_stdout_and_stderr() {
     let env = Env::new();
     let script = format!(
-        "{}; echo o1; sleep 0.05; echo e1 >&2; sleep 0.05; echo o2; sleep 0.05; echo e2 >&2; sleep 0.05; \
-         printf o3; sleep 0.05; printf e3 >&2",
+        "{}; echo o1; sleep 0.1; echo e1 >&2; sleep 0.1; echo o2; sleep 0.1; echo e2 >&2; sleep 0.1; \
+         printf o3; sleep 0.1; printf e3 >&2",
         env.tally("a")
     );
     let run_into = |name: &str| {
         let file = File::create(env.path(name)).expect("create");
         let err = file.try_clone().expect("clone");
-        let status = env.lcrun().args(sh(&script)).stdout(file).stderr(err).status().expect("run");
+        let status = env
+            .lcrun()
+            .args(sh(&script))
+            .stdout(file)
+            .stderr(err)
+            .status()
+            .expect("run");
         assert_eq!(status.code(), Some(0));
         fs::read(env.path(name)).expect("read")
     };
     let miss = run_into("miss.out");
-    assert_eq!(miss, b"o1\ne1\no2\ne2\no3e3", "the live run lost the interleaving");
+    assert_eq!(
+        miss, b"o1\ne1\no2\ne2\no3e3",
+        "the live run lost the interleaving"
+    );
     let hit = run_into("hit.out");
     assert_eq!(env.count("a"), 1);
     assert_eq!(String::from_utf8_lossy(&hit), String::from_utf8_lossy(&miss));
@@ -639,7 +719,11 @@ fn refresh_runs_on_a_hit_and_replaces_the_entry() {
     assert_code(&refreshed, 0);
     assert_eq!(refreshed.stdout, b"2\n");
     assert_eq!(env.count("a"), 2, "--refresh must run on a hit");
-    assert_eq!(env.run(sh(&script)).stdout, b"2\n", "the refreshed output must replace the entry");
+    assert_eq!(
+        env.run(sh(&script)).stdout,
+        b"2\n",
+        "the refreshed output must replace the entry"
+    );
     assert_eq!(env.count("a"), 2);
 }
 
@@ -693,7 +777,10 @@ fn cache_mode_off_and_no_cache_neither_read_nor_write() {
         assert_eq!(env.count("a"), 4, "{off:?} must not replay an rw entry");
         // --no-cache beats an explicit mode too.
         if off == ["--no-cache"] {
-            assert_code(&env.run(with_sh(&["--no-cache", "--cache-mode", "rw"], &script)), 0);
+            assert_code(
+                &env.run(with_sh(&["--no-cache", "--cache-mode", "rw"], &script)),
+                0,
+            );
             assert_eq!(env.count("a"), 5);
         }
     }
@@ -714,13 +801,26 @@ fn cache_mode_env_fallback_and_flag_beats_it() {
         env.count("a")
     };
     assert_eq!(run(&[], Some("off")), 1);
-    assert_eq!(run(&[], Some("off")), 2, "LCRUN_CACHE_MODE=off must not read or write");
+    assert_eq!(
+        run(&[], Some("off")),
+        2,
+        "LCRUN_CACHE_MODE=off must not read or write"
+    );
     assert_eq!(run(&[], None), 3, "LCRUN_CACHE_MODE=off wrote an entry");
     assert_eq!(run(&[], Some("off")), 4, "LCRUN_CACHE_MODE=off replayed an entry");
-    assert_eq!(run(&["--cache-mode", "rw"], Some("off")), 4, "the flag must beat LCRUN_CACHE_MODE");
+    assert_eq!(
+        run(&["--cache-mode", "rw"], Some("off")),
+        4,
+        "the flag must beat LCRUN_CACHE_MODE"
+    );
     assert_eq!(run(&[], Some("wo")), 5);
     assert_eq!(run(&[], Some("ro")), 5);
-    let bad = env.lcrun().env("LCRUN_CACHE_MODE", "sometimes").args(sh(&script)).output().expect("run");
+    let bad = env
+        .lcrun()
+        .env("LCRUN_CACHE_MODE", "sometimes")
+        .args(sh(&script))
+        .output()
+        .expect("run");
     assert_code(&bad, 125);
     assert_eq!(env.count("a"), 5);
 }
@@ -774,7 +874,12 @@ fn cwd_is_in_the_key_unless_no_cwd() {
     fs::create_dir(&d2).expect("mkdir");
     let script = format!("{}; echo hi", env.tally("a"));
     let run_in = |dir: &Path, opts: &[&str]| {
-        let out = env.lcrun().current_dir(dir).args(with_sh(opts, &script)).output().expect("run");
+        let out = env
+            .lcrun()
+            .current_dir(dir)
+            .args(with_sh(opts, &script))
+            .output()
+            .expect("run");
         assert_code(&out, 0);
         assert_eq!(out.stdout, b"hi\n");
         env.count("a")
@@ -783,7 +888,11 @@ fn cwd_is_in_the_key_unless_no_cwd() {
     assert_eq!(run_in(&d1, &[]), 1);
     assert_eq!(run_in(&d2, &[]), 2, "another directory must be a miss");
     assert_eq!(run_in(&d1, &["--no-cwd"]), 3);
-    assert_eq!(run_in(&d2, &["--no-cwd"]), 3, "--no-cwd: another directory must hit");
+    assert_eq!(
+        run_in(&d2, &["--no-cwd"]),
+        3,
+        "--no-cwd: another directory must hit"
+    );
 }
 
 #[test]
@@ -814,9 +923,17 @@ fn ignore_arg_leaves_an_argument_out_of_the_key() {
         env.count("a")
     };
     assert_eq!(run(&[], "ignored1"), 1);
-    assert_eq!(run(&[], "ignored2"), 2, "without --ignore-arg a different argument must miss");
+    assert_eq!(
+        run(&[], "ignored2"),
+        2,
+        "without --ignore-arg a different argument must miss"
+    );
     assert_eq!(run(&["--ignore-arg", "3"], "ignored1"), 3);
-    assert_eq!(run(&["--ignore-arg", "3"], "ignored2"), 3, "--ignore-arg 3 must hit");
+    assert_eq!(
+        run(&["--ignore-arg", "3"], "ignored2"),
+        3,
+        "--ignore-arg 3 must hit"
+    );
     assert_eq!(run(&["--ignore-arg", "3"], "anything"), 3);
     // Ignoring the script (argument 2) is allowed, and argument 3 still counts then.
     assert_eq!(run(&["--ignore-arg", "2"], "ignored1"), 4);
@@ -834,7 +951,10 @@ fn editing_a_script_is_a_miss() {
     assert_eq!(out.stdout, b"v1\n");
     assert_eq!(env.run(["--", "./run.sh"]).stdout, b"v1\n");
     assert_eq!(env.count("a"), 1);
-    env.script("run.sh", &format!("#!/bin/sh\n{}\necho version-two\n", env.tally("a")));
+    env.script(
+        "run.sh",
+        &format!("#!/bin/sh\n{}\necho version-two\n", env.tally("a")),
+    );
     let out = env.run(["--", "./run.sh"]);
     assert_eq!(env.count("a"), 2, "an edited script must be a miss");
     assert_eq!(out.stdout, b"version-two\n");
@@ -862,10 +982,17 @@ fn env_secret_never_reaches_the_cache_files() {
     assert_eq!(env.count("a"), 1);
     let mut files = Vec::new();
     files_under(&env.cache, &mut files);
-    assert!(files.iter().any(|f| f.ends_with("cache.db")), "no database in {files:?}");
+    assert!(
+        files.iter().any(|f| f.ends_with("cache.db")),
+        "no database in {files:?}"
+    );
     for file in files {
         let bytes = fs::read(&file).expect("read cache file");
-        assert!(!contains(&bytes, token.as_bytes()), "the secret is in {}", file.display());
+        assert!(
+            !contains(&bytes, token.as_bytes()),
+            "the secret is in {}",
+            file.display()
+        );
     }
 }
 
@@ -905,8 +1032,16 @@ fn unusable_cache_dir_runs_uncached_with_a_warning() {
     let env = Env::new();
     env.write("file", "a regular file");
     let script = format!("{}; echo out; exit 5", env.tally("a"));
-    for (n, cache) in [env.path("file/cache"), "/proc/lcrun-cannot-exist/cache".into()].iter().enumerate() {
-        let out = env.lcrun().env("LCRUN_CACHE_DIR", cache).args(sh(&script)).output().expect("run");
+    for (n, cache) in [env.path("file/cache"), "/proc/lcrun-cannot-exist/cache".into()]
+        .iter()
+        .enumerate()
+    {
+        let out = env
+            .lcrun()
+            .env("LCRUN_CACHE_DIR", cache)
+            .args(sh(&script))
+            .output()
+            .expect("run");
         assert_code(&out, 5);
         assert_eq!(out.stdout, b"out\n");
         assert_lcrun_lines(&out, 1);
@@ -936,7 +1071,11 @@ fn unusable_cache_dir_runs_uncached_with_a_warning() {
 fn cache_dir_is_0700_and_database_0600() {
     let env = Env::new();
     assert_code(&env.run(["--", "echo", "hi"]), 0);
-    let dir_mode = fs::metadata(&env.cache).expect("stat cache dir").permissions().mode() & 0o777;
+    let dir_mode = fs::metadata(&env.cache)
+        .expect("stat cache dir")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(dir_mode, 0o700, "cache dir mode {dir_mode:o}");
     let db_mode = fs::metadata(env.db()).expect("stat db").permissions().mode() & 0o777;
     assert_eq!(db_mode, 0o600, "database mode {db_mode:o}");
@@ -948,11 +1087,20 @@ fn cache_dir_is_0700_and_database_0600() {
     }
     // A nested cache dir is created too, and private.
     let nested = env.path("deep/er/cache");
-    let out = env.lcrun().env("LCRUN_CACHE_DIR", &nested).args(["--", "true"]).output().expect("run");
+    let out = env
+        .lcrun()
+        .env("LCRUN_CACHE_DIR", &nested)
+        .args(["--", "true"])
+        .output()
+        .expect("run");
     assert_code(&out, 0);
     let mode = fs::metadata(&nested).expect("stat nested").permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "nested cache dir mode {mode:o}");
-    let mode = fs::metadata(nested.join("cache.db")).expect("stat nested db").permissions().mode() & 0o777;
+    let mode = fs::metadata(nested.join("cache.db"))
+        .expect("stat nested db")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
 }
 

@@ -1,8 +1,12 @@
 //! Integration tests: the real `lcrun` binary against real processes, files,
 //! SQLite databases, git repositories and terminals.
 
+// Tests panic on what they cannot set up; that is their way of failing.
+#![allow(clippy::unwrap_used)]
+
 mod util;
 
-mod foundation;
-mod terminal;
 mod concurrency;
+mod foundation;
+mod packaging;
+mod terminal;

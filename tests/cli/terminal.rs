@@ -21,14 +21,26 @@ struct Pty {
 impl Pty {
     fn spawn(env: &Env, line: &str) -> Pty {
         let pair = native_pty_system()
-            .openpty(PtySize { rows: 30, cols: 160, pixel_width: 0, pixel_height: 0 })
+            .openpty(PtySize {
+                rows: 30,
+                cols: 160,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
             .expect("openpty");
         let bin_dir = std::path::Path::new(LCRUN).parent().expect("bin dir");
         let mut cmd = CommandBuilder::new("/bin/sh");
         cmd.arg("-c");
         cmd.arg(format!("{line}; echo EXIT=$?"));
         cmd.cwd(env.dir.path());
-        cmd.env("PATH", format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default()));
+        cmd.env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        );
         cmd.env("LCRUN_CACHE_DIR", &env.cache);
         cmd.env("TERM", "xterm-256color");
         cmd.env_remove("NO_COLOR");
@@ -44,7 +56,12 @@ impl Pty {
                 sink.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        Pty { _master: pair.master, writer, output, child }
+        Pty {
+            _master: pair.master,
+            writer,
+            output,
+            child,
+        }
     }
 
     fn text(&self) -> String {
@@ -56,7 +73,11 @@ impl Pty {
     fn expect(&self, needle: &str, within: Duration) {
         let start = Instant::now();
         while !self.text().contains(needle) {
-            assert!(start.elapsed() < within, "terminal never showed {needle:?}; it shows:\n{}", self.text());
+            assert!(
+                start.elapsed() < within,
+                "terminal never showed {needle:?}; it shows:\n{}",
+                self.text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -73,7 +94,12 @@ impl Pty {
         let _ = self.child.wait();
         let text = self.text();
         let tail = &text[text.rfind("EXIT=").unwrap() + 5..];
-        tail.trim().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+        tail.trim()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 }
 
@@ -88,7 +114,10 @@ fn bar_shows_positions_reported_through_lcrun_progress() {
     assert_eq!(pty.exit_status(Duration::from_secs(20)), 0);
     let screen = pty.text();
     for i in 1..=5 {
-        assert!(screen.contains(&format!("line {i}\r\n")), "line {i} missing:\n{screen}");
+        assert!(
+            screen.contains(&format!("line {i}\r\n")),
+            "line {i} missing:\n{screen}"
+        );
     }
     // The bar itself: position, total, percent and message.
     assert!(screen.contains("3/5 60%"), "no bar at 3/5:\n{screen}");
@@ -96,13 +125,20 @@ fn bar_shows_positions_reported_through_lcrun_progress() {
     // The bar never splits an output line: every "line N" starts a line.
     for i in 1..=5 {
         let at = screen.find(&format!("line {i}")).unwrap();
-        assert!(matches!(&screen[at.saturating_sub(1)..at], "\n" | "\r" | "K" | ""), "torn line {i}:\n{screen:?}");
+        assert!(
+            matches!(&screen[at.saturating_sub(1)..at], "\n" | "\r" | "K" | ""),
+            "torn line {i}:\n{screen:?}"
+        );
     }
 
     // A hit on a terminal says it was replayed.
     let mut again = Pty::spawn(&env, "lcrun -- ./steps.sh");
     assert_eq!(again.exit_status(Duration::from_secs(10)), 0);
-    assert!(again.text().contains("lcrun: replayed from cache"), "{}", again.text());
+    assert!(
+        again.text().contains("lcrun: replayed from cache"),
+        "{}",
+        again.text()
+    );
 }
 
 #[test]
@@ -123,7 +159,10 @@ fn ctrl_c_cancels_the_whole_tree_and_caches_nothing() {
     let env = Env::new();
     env.script(
         "tree.sh",
-        &format!("#!/bin/sh\n{}\nsleep 300 &\necho $! >> pids\necho $$ >> pids\necho started\nwait\n", env.tally("runs")),
+        &format!(
+            "#!/bin/sh\n{}\nsleep 300 &\necho $! >> pids\necho $$ >> pids\necho started\nwait\n",
+            env.tally("runs")
+        ),
     );
     let mut pty = Pty::spawn(&env, "lcrun -- ./tree.sh");
     pty.expect("started", Duration::from_secs(10));
@@ -132,7 +171,11 @@ fn ctrl_c_cancels_the_whole_tree_and_caches_nothing() {
     let start = Instant::now();
     pty.send(b"\x03");
     assert_eq!(pty.exit_status(Duration::from_secs(10)), 130);
-    assert!(start.elapsed() < Duration::from_secs(4), "cancellation took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "cancellation took {:?}",
+        start.elapsed()
+    );
     std::thread::sleep(Duration::from_millis(200));
     for pid in pids {
         assert!(!alive(pid), "process {pid} of the cancelled tree is still alive");
@@ -169,7 +212,10 @@ fn second_ctrl_c_kills_a_command_that_ignores_the_first() {
 #[test]
 fn interactive_command_reads_the_terminal() {
     let env = Env::new();
-    let mut pty = Pty::spawn(&env, "lcrun --no-cache -- sh -c 'printf \"name? \"; read n; echo \"hello $n\"'");
+    let mut pty = Pty::spawn(
+        &env,
+        "lcrun --no-cache -- sh -c 'printf \"name? \"; read n; echo \"hello $n\"'",
+    );
     pty.expect("name? ", Duration::from_secs(10));
     pty.send(b"bob\n");
     assert_eq!(pty.exit_status(Duration::from_secs(10)), 0);
@@ -188,9 +234,15 @@ fn no_escape_codes_off_a_terminal_and_heartbeats_with_interval() {
         "lcrun progress 3/10 compiling; echo work; sleep 1; echo done",
     ]);
     assert_code(&out, 0);
-    assert!(!out.stderr.contains(&0x1b) && !out.stdout.contains(&0x1b), "escape codes: {out:?}");
+    assert!(
+        !out.stderr.contains(&0x1b) && !out.stdout.contains(&0x1b),
+        "escape codes: {out:?}"
+    );
     assert_eq!(stdout(&out), "work\ndone\n");
-    let beats = stderr(&out).lines().filter(|l| l.starts_with("lcrun: running ")).count();
+    let beats = stderr(&out)
+        .lines()
+        .filter(|l| l.starts_with("lcrun: running "))
+        .count();
     assert!(beats >= 2, "too few heartbeats:\n{}", stderr(&out));
     assert!(stderr(&out).contains(", 3/10 compiling"), "{}", stderr(&out));
 
@@ -205,7 +257,12 @@ fn sigterm_and_sighup_cancel_with_their_statuses() {
         let env = Env::new();
         let mut child = env
             .lcrun()
-            .args(["--", "sh", "-c", &format!("{}; echo $$ > pid; sleep 300", env.tally("runs"))])
+            .args([
+                "--",
+                "sh",
+                "-c",
+                &format!("{}; echo $$ > pid; sleep 300", env.tally("runs")),
+            ])
             .spawn()
             .unwrap();
         wait_for_file(&env.path("pid"));
@@ -217,7 +274,12 @@ fn sigterm_and_sighup_cancel_with_their_statuses() {
         let pid = pids(&env.path("pid"))[0];
         assert!(!alive(pid), "command survived signal {signal}");
         // Not cached.
-        let out = env.run(["--", "sh", "-c", &format!("{}; echo $$ > pid; exit 0", env.tally("runs"))]);
+        let out = env.run([
+            "--",
+            "sh",
+            "-c",
+            &format!("{}; echo $$ > pid; exit 0", env.tally("runs")),
+        ]);
         assert_code(&out, 0);
         assert_eq!(env.count("runs"), 2);
     }
@@ -228,7 +290,14 @@ fn command_ignoring_signals_dies_after_kill_after() {
     let env = Env::new();
     let mut child = env
         .lcrun()
-        .args(["--kill-after", "1s", "--", "sh", "-c", "trap '' INT TERM; echo $$ > pid; sleep 300 & wait"])
+        .args([
+            "--kill-after",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            "trap '' INT TERM; echo $$ > pid; sleep 300 & wait",
+        ])
         .spawn()
         .unwrap();
     wait_for_file(&env.path("pid"));
@@ -237,7 +306,10 @@ fn command_ignoring_signals_dies_after_kill_after() {
     let status = child.wait().unwrap();
     let took = start.elapsed();
     assert_eq!(status.code(), Some(143));
-    assert!(took >= Duration::from_millis(900), "killed before the grace period: {took:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "killed before the grace period: {took:?}"
+    );
     assert!(took < Duration::from_secs(4), "took {took:?}");
     assert!(!alive(pids(&env.path("pid"))[0]));
 }
@@ -246,11 +318,25 @@ fn command_ignoring_signals_dies_after_kill_after() {
 fn timeout_cancels_quickly_with_124_and_caches_nothing() {
     let env = Env::new();
     let start = Instant::now();
-    let out = env.run(["--timeout", "1s", "--", "sh", "-c", &format!("{}; sleep 10", env.tally("runs"))]);
+    let out = env.run([
+        "--timeout",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        &format!("{}; sleep 10", env.tally("runs")),
+    ]);
     assert_code(&out, 124);
     assert!(start.elapsed() < Duration::from_secs(4));
     assert!(stderr(&out).starts_with("lcrun: "), "{}", stderr(&out));
-    let out = env.run(["--timeout", "1s", "--", "sh", "-c", &format!("{}; sleep 10", env.tally("runs"))]);
+    let out = env.run([
+        "--timeout",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        &format!("{}; sleep 10", env.tally("runs")),
+    ]);
     assert_code(&out, 124);
     assert_eq!(env.count("runs"), 2);
 }
@@ -271,7 +357,11 @@ fn bad_progress_and_time_options_exit_125_before_running() {
         args.extend(["--", "sh", "-c", &tally]);
         let out = env.run(&args);
         assert_code(&out, 125);
-        assert!(stderr(&out).starts_with("lcrun: ") && stderr(&out).lines().count() == 1, "{bad:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).starts_with("lcrun: ") && stderr(&out).lines().count() == 1,
+            "{bad:?}: {}",
+            stderr(&out)
+        );
     }
     assert_eq!(env.count("runs"), 0);
 }
@@ -279,7 +369,11 @@ fn bad_progress_and_time_options_exit_125_before_running() {
 #[test]
 fn progress_helper_is_a_no_op_outside_lcrun() {
     let env = Env::new();
-    for args in [&["progress", "3/10", "compiling"][..], &["progress", "50%"], &["progress", "garbage"]] {
+    for args in [
+        &["progress", "3/10", "compiling"][..],
+        &["progress", "50%"],
+        &["progress", "garbage"],
+    ] {
         let out = env.run(args);
         assert_code(&out, 0);
         assert!(out.stdout.is_empty() && out.stderr.is_empty());
@@ -292,7 +386,11 @@ fn progress_helper_is_a_no_op_outside_lcrun() {
 fn wait_for_file(path: &std::path::Path) {
     let start = Instant::now();
     while !path.exists() || std::fs::read_to_string(path).unwrap_or_default().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(10), "{} never appeared", path.display());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

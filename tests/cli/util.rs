@@ -18,7 +18,10 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
-        let dir = tempfile::Builder::new().prefix("lcrun-test-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("lcrun-test-")
+            .tempdir()
+            .expect("temp dir");
         let cache = dir.path().join("cache");
         Env { dir, cache }
     }
@@ -40,7 +43,14 @@ impl Env {
         cmd.env("LCRUN_CACHE_DIR", &self.cache);
         // Scripts under test call `lcrun progress`.
         let bin_dir = Path::new(LCRUN).parent().expect("bin dir");
-        cmd.env("PATH", format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default()));
+        cmd.env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        );
         cmd
     }
 
@@ -88,7 +98,10 @@ impl Env {
 
 /// Exit code of a finished lcrun.
 pub fn code(output: &Output) -> i32 {
-    output.status.code().unwrap_or_else(|| panic!("lcrun died by a signal: {output:?}"))
+    output
+        .status
+        .code()
+        .unwrap_or_else(|| panic!("lcrun died by a signal: {output:?}"))
 }
 
 pub fn stdout(output: &Output) -> String {
@@ -102,18 +115,31 @@ pub fn stderr(output: &Output) -> String {
 /// Asserts a status, showing lcrun's stderr when it differs.
 #[track_caller]
 pub fn assert_code(output: &Output, expected: i32) {
-    assert_eq!(code(output), expected, "stdout: {}\nstderr: {}", stdout(output), stderr(output));
+    assert_eq!(
+        code(output),
+        expected,
+        "stdout: {}\nstderr: {}",
+        stdout(output),
+        stderr(output)
+    );
 }
 
 /// Whether a process still exists (and is not a zombie).
 pub fn alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
 
 /// Reads pids a test script wrote, one per line.
 pub fn pids(path: &Path) -> Vec<i32> {
-    fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
 }

@@ -1,0 +1,73 @@
+
+using namespace System.Management.Automation
+using namespace System.Management.Automation.Language
+
+Register-ArgumentCompleter -Native -CommandName 'lcrun' -ScriptBlock {
+    param($wordToComplete, $commandAst, $cursorPosition)
+
+    $commandElements = $commandAst.CommandElements
+    $command = @(
+        'lcrun'
+        for ($i = 1; $i -lt $commandElements.Count; $i++) {
+            $element = $commandElements[$i]
+            if ($element -isnot [StringConstantExpressionAst] -or
+                $element.StringConstantType -ne [StringConstantType]::BareWord -or
+                $element.Value.StartsWith('-') -or
+                $element.Value -eq $wordToComplete) {
+                break
+        }
+        $element.Value
+    }) -join ';'
+
+    $completions = @(switch ($command) {
+        'lcrun' {
+            [CompletionResult]::new('--shell', '--shell', [CompletionResultType]::ParameterName, 'Run this string through /bin/sh -c instead of a command after `--`')
+            [CompletionResult]::new('-c', '-c', [CompletionResultType]::ParameterName, 'Add EXPR to the cache key (repeatable): mtime:PATH, hash:PATH_OR_GLOB, git, git:DIR, env:NAME, cmd:SHELL_COMMAND, value:STRING, stdin')
+            [CompletionResult]::new('--cache-by', '--cache-by', [CompletionResultType]::ParameterName, 'Add EXPR to the cache key (repeatable): mtime:PATH, hash:PATH_OR_GLOB, git, git:DIR, env:NAME, cmd:SHELL_COMMAND, value:STRING, stdin')
+            [CompletionResult]::new('--ignore-arg', '--ignore-arg', [CompletionResultType]::ParameterName, 'Leave argument N of the command out of the key (the command is 0)')
+            [CompletionResult]::new('--scope', '--scope', [CompletionResultType]::ParameterName, 'Add a namespace to the key')
+            [CompletionResult]::new('-e', '-e', [CompletionResultType]::ParameterName, 'Entries older than this are misses (90s, 10m, 2h, 7d)')
+            [CompletionResult]::new('--expire', '--expire', [CompletionResultType]::ParameterName, 'Entries older than this are misses (90s, 10m, 2h, 7d)')
+            [CompletionResult]::new('--cache-mode', '--cache-mode', [CompletionResultType]::ParameterName, 'What the cache may do: rw, ro (never store), wo (never replay), off')
+            [CompletionResult]::new('--cache-dir', '--cache-dir', [CompletionResultType]::ParameterName, 'Where the cache lives [default: the platform cache dir /lcrun]')
+            [CompletionResult]::new('--progress', '--progress', [CompletionResultType]::ParameterName, 'How to show progress')
+            [CompletionResult]::new('--interval', '--interval', [CompletionResultType]::ParameterName, 'Print a plain heartbeat line this often when stderr is not a terminal')
+            [CompletionResult]::new('--progress-regex', '--progress-regex', [CompletionResultType]::ParameterName, 'Read progress from output lines; named groups pos, total, pct, msg')
+            [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Cancel the command after this long and exit 124')
+            [CompletionResult]::new('--kill-after', '--kill-after', [CompletionResultType]::ParameterName, 'After cancelling, wait this long before SIGKILL')
+            [CompletionResult]::new('--no-cwd', '--no-cwd', [CompletionResultType]::ParameterName, 'Leave the working directory out of the key')
+            [CompletionResult]::new('--refresh', '--refresh', [CompletionResultType]::ParameterName, 'Run even on a hit and replace the entry')
+            [CompletionResult]::new('--no-cache', '--no-cache', [CompletionResultType]::ParameterName, 'Same as --cache-mode off')
+            [CompletionResult]::new('--cache-failures', '--cache-failures', [CompletionResultType]::ParameterName, 'Store results with a non-zero exit status too')
+            [CompletionResult]::new('--no-wait', '--no-wait', [CompletionResultType]::ParameterName, 'Don''t wait for an identical run in progress: run the command now')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print only errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('progress', 'progress', [CompletionResultType]::ParameterValue, 'Report progress from inside a command that lcrun runs (a no-op outside lcrun)')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'lcrun;progress' {
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
+        'lcrun;help' {
+            [CompletionResult]::new('progress', 'progress', [CompletionResultType]::ParameterValue, 'Report progress from inside a command that lcrun runs (a no-op outside lcrun)')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'lcrun;help;progress' {
+            break
+        }
+        'lcrun;help;help' {
+            break
+        }
+    })
+
+    $completions.Where{ $_.CompletionText -like "$wordToComplete*" } |
+        Sort-Object -Property ListItemText
+}

@@ -1,0 +1,63 @@
+
+use builtin;
+use str;
+
+set edit:completion:arg-completer[lcrun] = {|@words|
+    fn spaces {|n|
+        builtin:repeat $n ' ' | str:join ''
+    }
+    fn cand {|text desc|
+        edit:complex-candidate $text &display=$text' '(spaces (- 14 (wcswidth $text)))$desc
+    }
+    var command = 'lcrun'
+    for word $words[1..-1] {
+        if (str:has-prefix $word '-') {
+            break
+        }
+        set command = $command';'$word
+    }
+    var completions = [
+        &'lcrun'= {
+            cand --shell 'Run this string through /bin/sh -c instead of a command after `--`'
+            cand -c 'Add EXPR to the cache key (repeatable): mtime:PATH, hash:PATH_OR_GLOB, git, git:DIR, env:NAME, cmd:SHELL_COMMAND, value:STRING, stdin'
+            cand --cache-by 'Add EXPR to the cache key (repeatable): mtime:PATH, hash:PATH_OR_GLOB, git, git:DIR, env:NAME, cmd:SHELL_COMMAND, value:STRING, stdin'
+            cand --ignore-arg 'Leave argument N of the command out of the key (the command is 0)'
+            cand --scope 'Add a namespace to the key'
+            cand -e 'Entries older than this are misses (90s, 10m, 2h, 7d)'
+            cand --expire 'Entries older than this are misses (90s, 10m, 2h, 7d)'
+            cand --cache-mode 'What the cache may do: rw, ro (never store), wo (never replay), off'
+            cand --cache-dir 'Where the cache lives [default: the platform cache dir /lcrun]'
+            cand --progress 'How to show progress'
+            cand --interval 'Print a plain heartbeat line this often when stderr is not a terminal'
+            cand --progress-regex 'Read progress from output lines; named groups pos, total, pct, msg'
+            cand --timeout 'Cancel the command after this long and exit 124'
+            cand --kill-after 'After cancelling, wait this long before SIGKILL'
+            cand --no-cwd 'Leave the working directory out of the key'
+            cand --refresh 'Run even on a hit and replace the entry'
+            cand --no-cache 'Same as --cache-mode off'
+            cand --cache-failures 'Store results with a non-zero exit status too'
+            cand --no-wait 'Don''t wait for an identical run in progress: run the command now'
+            cand -q 'Print only errors'
+            cand --quiet 'Print only errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand progress 'Report progress from inside a command that lcrun runs (a no-op outside lcrun)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'lcrun;progress'= {
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'lcrun;help'= {
+            cand progress 'Report progress from inside a command that lcrun runs (a no-op outside lcrun)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'lcrun;help;progress'= {
+        }
+        &'lcrun;help;help'= {
+        }
+    ]
+    $completions[$command]
+}

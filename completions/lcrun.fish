@@ -1,0 +1,57 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_lcrun_global_optspecs
+    string join \n shell= c/cache-by= ignore-arg= no-cwd scope= e/expire= refresh cache-mode= no-cache cache-failures cache-dir= no-wait q/quiet progress= interval= progress-regex= timeout= kill-after= h/help V/version
+end
+
+function __fish_lcrun_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_lcrun_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_lcrun_using_subcommand
+    set -l cmd (__fish_lcrun_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c lcrun -n "__fish_lcrun_needs_command" -l shell -d 'Run this string through /bin/sh -c instead of a command after `--`' -r
+complete -c lcrun -n "__fish_lcrun_needs_command" -s c -l cache-by -d 'Add EXPR to the cache key (repeatable): mtime:PATH, hash:PATH_OR_GLOB, git, git:DIR, env:NAME, cmd:SHELL_COMMAND, value:STRING, stdin' -r
+complete -c lcrun -n "__fish_lcrun_needs_command" -l ignore-arg -d 'Leave argument N of the command out of the key (the command is 0)' -r
+complete -c lcrun -n "__fish_lcrun_needs_command" -l scope -d 'Add a namespace to the key' -r
+complete -c lcrun -n "__fish_lcrun_needs_command" -s e -l expire -d 'Entries older than this are misses (90s, 10m, 2h, 7d)' -r
+complete -c lcrun -n "__fish_lcrun_needs_command" -l cache-mode -d 'What the cache may do: rw, ro (never store), wo (never replay), off' -r -f -a "rw\t'Replay hits and store new results'
+ro\t'Replay hits, never store (for untrusted builds)'
+wo\t'Always run, store the result'
+off\t'No cache at all'"
+complete -c lcrun -n "__fish_lcrun_needs_command" -l cache-dir -d 'Where the cache lives [default: the platform cache dir /lcrun]' -r -F
+complete -c lcrun -n "__fish_lcrun_needs_command" -l progress -d 'How to show progress' -r -f -a "auto\t'A bar on a terminal, plain heartbeat lines otherwise'
+bar\t'Always draw the bar'
+plain\t'Plain lines, no escape codes'
+none\t'Nothing'"
+complete -c lcrun -n "__fish_lcrun_needs_command" -l interval -d 'Print a plain heartbeat line this often when stderr is not a terminal' -r
+complete -c lcrun -n "__fish_lcrun_needs_command" -l progress-regex -d 'Read progress from output lines; named groups pos, total, pct, msg' -r
+complete -c lcrun -n "__fish_lcrun_needs_command" -l timeout -d 'Cancel the command after this long and exit 124' -r
+complete -c lcrun -n "__fish_lcrun_needs_command" -l kill-after -d 'After cancelling, wait this long before SIGKILL' -r
+complete -c lcrun -n "__fish_lcrun_needs_command" -l no-cwd -d 'Leave the working directory out of the key'
+complete -c lcrun -n "__fish_lcrun_needs_command" -l refresh -d 'Run even on a hit and replace the entry'
+complete -c lcrun -n "__fish_lcrun_needs_command" -l no-cache -d 'Same as --cache-mode off'
+complete -c lcrun -n "__fish_lcrun_needs_command" -l cache-failures -d 'Store results with a non-zero exit status too'
+complete -c lcrun -n "__fish_lcrun_needs_command" -l no-wait -d 'Don\'t wait for an identical run in progress: run the command now'
+complete -c lcrun -n "__fish_lcrun_needs_command" -s q -l quiet -d 'Print only errors'
+complete -c lcrun -n "__fish_lcrun_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c lcrun -n "__fish_lcrun_needs_command" -s V -l version -d 'Print version'
+complete -c lcrun -n "__fish_lcrun_needs_command" -a "progress" -d 'Report progress from inside a command that lcrun runs (a no-op outside lcrun)'
+complete -c lcrun -n "__fish_lcrun_needs_command" -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c lcrun -n "__fish_lcrun_using_subcommand progress" -s h -l help -d 'Print help'
+complete -c lcrun -n "__fish_lcrun_using_subcommand help; and not __fish_seen_subcommand_from progress help" -f -a "progress" -d 'Report progress from inside a command that lcrun runs (a no-op outside lcrun)'
+complete -c lcrun -n "__fish_lcrun_using_subcommand help; and not __fish_seen_subcommand_from progress help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
