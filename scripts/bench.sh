@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Benchmarks lcrun against its baselines and its peer, all measured in this
+# one run, and prints ratios with their goals. Release build. One command:
+#
+#     bash scripts/bench.sh            # everything (about 5 minutes)
+#     QUICK=1 bash scripts/bench.sh    # fewer runs, 256 MiB instead of 1 GiB
+#
+# Installs hyperfine (apt) and bkt (cargo install --root target/peer) when
+# missing. Work files go to target/bench.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+work=$root/target/bench
+mkdir -p "$work"
+
+if ! command -v hyperfine >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq hyperfine >/dev/null
+fi
+if [ ! -x target/peer/bin/bkt ]; then
+    cargo install --quiet bkt --root target/peer
+fi
+cargo build --release --quiet
+lcrun=$root/target/release/lcrun
+bkt=$root/target/peer/bin/bkt
+
+quick=${QUICK:-}
+big_mib=$([ -n "$quick" ] && echo 256 || echo 1024)
+runs=$([ -n "$quick" ] && echo 100 || echo 400)
+big_runs=$([ -n "$quick" ] && echo 2 || echo 4)
+
+results=$work/results.tsv
+: > "$results"
+
+# mean seconds of one hyperfine command, from its JSON export
+mean() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["results"][int(sys.argv[2])]["mean"])' "$@"; }
+
+# hf NAME RUNS SHELL CMD... : times each CMD (SHELL none: spawned directly;
+# bash: through bash, whose own start-up hyperfine subtracts), and stores the
+# means as NAME.0, NAME.1, ...
+hf() {
+    local name=$1 n=$2 shell=$3; shift 3
+    hyperfine --shell="$shell" --warmup 3 --runs "$n" --export-json "$work/$name.json" "$@" >/dev/null
+    local i=0
+    for _ in "$@"; do
+        printf '%s.%d\t%s\n' "$name" "$i" "$(mean "$work/$name.json" "$i")" >> "$results"
+        i=$((i + 1))
+    done
+}
+val() { awk -F'\t' -v k="$1" '$1 == k { print $2 }' "$results"; }
+ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
+peak_kib() { /usr/bin/time -f %M "$@" 2>&1 >/dev/null | tail -1; }
+
+rows=()
+row() { rows+=("$(printf '%-52s %10s %8s' "$1" "$2" "$3")"); }
+
+# --- hit latency -----------------------------------------------------------
+export LCRUN_CACHE_DIR=$work/cache-small
+rm -rf "$LCRUN_CACHE_DIR" "$work/bkt"
+"$lcrun" -- echo hi >/dev/null
+"$bkt" --cache-dir "$work/bkt" --ttl 1h -- echo hi >/dev/null
+for i in $(seq 1 9); do "$lcrun" -- echo "filler $i" >/dev/null; done
+hf hit "$runs" none "$lcrun -- echo hi" "$bkt --cache-dir $work/bkt --ttl 1h -- echo hi" "/bin/echo hi"
+row "hit latency vs bkt hit" "$(ratio "$(val hit.0)" "$(val hit.1)")" "<= 1.2"
+row "hit latency vs bare /bin/echo hi" "$(ratio "$(val hit.0)" "$(val hit.2)")" "<= 1.5"
+
+# --- hit latency with 100,000 entries ------------------------------------------
+big_cache=$work/cache-100k
+if [ ! -f "$big_cache/.filled" ]; then
+    rm -rf "$big_cache"
+    LCRUN_CACHE_DIR=$big_cache "$lcrun" -- echo hi >/dev/null
+    python3 - "$big_cache/cache.db" <<'PY'
+import sqlite3, sys, hashlib, time
+db = sqlite3.connect(sys.argv[1])
+now = int(time.time() * 1000)
+rows = []
+for i in range(100_000):
+    key = hashlib.sha256(f"filler {i}".encode()).hexdigest()
+    rows.append((key, f"echo filler {i}", now))
+db.executemany("INSERT INTO entries (key, complete, command, created_ms) VALUES (?, 1, ?, ?)", rows)
+db.execute("INSERT INTO chunks (entry_id, seq, stream, codec, raw_len, data) SELECT id, 0, 1, 0, 3, x'68690a' FROM entries WHERE command LIKE 'echo filler %'")
+db.commit()
+PY
+    touch "$big_cache/.filled"
+fi
+hf hitbig "$runs" none "env LCRUN_CACHE_DIR=$big_cache $lcrun -- echo hi" "env LCRUN_CACHE_DIR=$LCRUN_CACHE_DIR $lcrun -- echo hi"
+row "hit latency, 100,000 entries vs 10" "$(ratio "$(val hitbig.0)" "$(val hitbig.1)")" "<= 1.1"
+
+# --- 100 MB stdout, miss and hit, vs bkt -------------------------------------------
+gen100="head -c 100000000 $work/log.txt"
+if [ ! -f "$work/log.txt" ] || [ "$(stat -c %s "$work/log.txt")" -lt $((big_mib * 1048576)) ]; then
+    # A build-log-like text: varied numbers and paths, repetitive words.
+    python3 - "$work/log.txt" "$big_mib" <<'PY'
+import sys, random
+random.seed(7)
+target = int(sys.argv[2]) * 1048576
+block = []
+for i in range(400_000):
+    m = random.randrange(300)
+    block.append(f"[{i}/400000] CC src/module_{m}/file_{random.randrange(10**6)}.o -O2 -Wall -Iinclude -DVERSION={random.randrange(10**4)}\n")
+    if i % 37 == 0:
+        block.append(f"warning: unused variable 'tmp{random.randrange(100)}' in src/module_{m}/x.c:{random.randrange(900)}\n")
+block = "".join(block).encode()
+with open(sys.argv[1], "wb") as f:
+    written = 0
+    while written < target:
+        part = block[: target - written]
+        f.write(part)
+        written += len(part)
+PY
+fi
+miss_lcrun="rm -rf $work/c100 && env LCRUN_CACHE_DIR=$work/c100 $lcrun -- $gen100"
+miss_bkt="rm -rf $work/b100 && $bkt --cache-dir $work/b100 --ttl 1h -- $gen100"
+hf miss100 5 bash "$miss_lcrun > /dev/null" "$miss_bkt > /dev/null"
+env LCRUN_CACHE_DIR=$work/c100 "$lcrun" -- $gen100 >/dev/null
+"$bkt" --cache-dir "$work/b100" --ttl 1h -- $gen100 >/dev/null
+hf hit100 10 bash "env LCRUN_CACHE_DIR=$work/c100 $lcrun -- $gen100 > /dev/null" "$bkt --cache-dir $work/b100 --ttl 1h -- $gen100 > /dev/null"
+row "100 MB stdout miss vs bkt miss" "$(ratio "$(val miss100.0)" "$(val miss100.1)")" "<= 0.5"
+row "100 MB stdout hit vs bkt hit" "$(ratio "$(val hit100.0)" "$(val hit100.1)")" "<= 0.5"
+
+# --- 1 GiB through lcrun -------------------------------------------------------------
+big="$work/log.txt"
+hf bigmiss "$big_runs" bash \
+    "rm -rf $work/cbig; LCRUN_CACHE_DIR=$work/cbig $lcrun -- cat $big > /dev/null" \
+    "rm -rf $work/cbig; cat $big | cat > /dev/null"
+row "${big_mib} MiB miss vs cmd | cat > /dev/null" "$(ratio "$(val bigmiss.0)" "$(val bigmiss.1)")" "<= 1.3"
+rm -rf "$work/cbig"
+LCRUN_CACHE_DIR=$work/cbig "$lcrun" -- cat "$big" > /dev/null
+hf bighit "$big_runs" bash "LCRUN_CACHE_DIR=$work/cbig $lcrun -- cat $big > /dev/null" "cat $big > /dev/null"
+row "${big_mib} MiB replay vs cat file > /dev/null" "$(ratio "$(val bighit.0)" "$(val bighit.1)")" "<= 1.5"
+rm -rf "$work/crss"
+miss_rss=$(LCRUN_CACHE_DIR=$work/crss peak_kib "$lcrun" -- cat "$big")
+hit_rss=$(LCRUN_CACHE_DIR=$work/crss peak_kib "$lcrun" -- cat "$big")
+row "peak RSS, ${big_mib} MiB miss (MiB)" "$((miss_rss / 1024))" "<= 32"
+row "peak RSS, ${big_mib} MiB hit (MiB)" "$((hit_rss / 1024))" "<= 32"
+stored=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select stored_bytes, stdout_bytes from entries where complete=1').fetchone())" "$work/cbig/cache.db" | tr -d '()' )
+row "stored bytes / raw bytes, build-style log" "$(python3 -c "s,r=$stored; print(f'{s/r:.3f}')")" "<= 0.2"
+rm -rf "$work/crss" "$work/cbig" "$work/c100" "$work/b100"
+
+# --- no-cache overhead -----------------------------------------------------------------
+hf nocache "$runs" none "$lcrun --no-cache -- true" "true"
+row "lcrun --no-cache -- true vs true" "$(ratio "$(val nocache.0)" "$(val nocache.1)")" "<= 1.5"
+
+echo
+printf '%-52s %10s %8s\n' "metric" "measured" "goal"
+printf '%s\n' "${rows[@]}"
+echo
+printf 'means (s): '; awk -F'\t' '{ printf "%s=%.6f ", $1, $2 }' "$results"; echo
+echo "machine: $(nproc) cores, $(uname -m), $(date -u +%F)"
