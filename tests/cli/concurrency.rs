@@ -317,3 +317,76 @@ fn build_logs_are_stored_compressed() {
     let again = env.run(["--", "sh", "-c", log]);
     assert!(again.stdout == out.stdout && again.stderr == out.stderr);
 }
+
+/// Runs `script` in a private mount namespace where `cache` is a fresh tmpfs
+/// of `size`, so a full disk or a read-only cache is real, not simulated.
+fn with_tmpfs_cache(env: &Env, size: &str, script: &str) -> std::process::Output {
+    std::fs::create_dir_all(&env.cache).unwrap();
+    let probe = Command::new("unshare").args(["-m", "true"]).status();
+    assert!(
+        probe.is_ok_and(|s| s.success()),
+        "this test needs root and unshare(1) to mount a tmpfs in a private namespace"
+    );
+    let cache = env.cache.display().to_string();
+    env.lcrun()
+        .env("CACHE", &cache)
+        .env("LCRUN", LCRUN)
+        .args(["--no-cache", "--", "unshare", "-m", "sh", "-ec"])
+        .arg(format!("mount -t tmpfs -o size={size} tmpfs \"$CACHE\"\n{script}"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn full_disk_keeps_the_commands_output_and_status() {
+    let env = Env::new();
+    env.write("data", (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<_>>());
+    // 3 MB of noise into a 256 KiB cache: the store fills up mid-run.
+    let out = with_tmpfs_cache(
+        &env,
+        "256k",
+        "for i in 1 2; do \"$LCRUN\" -- sh -c 'cat data; echo tail >&2; exit 4' > out.$i 2> err.$i || echo \"status $?\" >> statuses; done",
+    );
+    assert_code(&out, 0);
+    let data = std::fs::read(env.path("data")).unwrap();
+    for i in 1..=2 {
+        assert!(std::fs::read(env.path(&format!("out.{i}"))).unwrap() == data, "run {i}: stdout damaged");
+        let err = std::fs::read_to_string(env.path(&format!("err.{i}"))).unwrap();
+        assert!(err.contains("tail\n"), "run {i}: {err}");
+    }
+    assert_eq!(std::fs::read_to_string(env.path("statuses")).unwrap(), "status 4\nstatus 4\n");
+    // With exit 0 and --cache-failures off the same holds; and the warning is one line.
+    let out = with_tmpfs_cache(
+        &env,
+        "256k",
+        "\"$LCRUN\" -- cat data > out.ok 2> err.ok; echo $? > status.ok",
+    );
+    assert_code(&out, 0);
+    assert!(std::fs::read(env.path("out.ok")).unwrap() == data);
+    assert_eq!(std::fs::read_to_string(env.path("status.ok")).unwrap(), "0\n");
+    let warnings = std::fs::read_to_string(env.path("err.ok")).unwrap();
+    assert_eq!(warnings.lines().count(), 1, "{warnings}");
+    assert!(warnings.starts_with("lcrun: "), "{warnings}");
+}
+
+#[test]
+fn read_only_cache_keeps_the_commands_output_and_status() {
+    let env = Env::new();
+    let out = with_tmpfs_cache(
+        &env,
+        "4m",
+        "\"$LCRUN\" -- sh -c 'echo stored' > /dev/null\n\
+         mount -o remount,ro \"$CACHE\"\n\
+         \"$LCRUN\" -- sh -c 'echo other; exit 5' > out.1 2> err.1 || echo $? > status.1\n\
+         \"$LCRUN\" -- sh -c 'echo stored' > out.2 2> err.2; echo $? > status.2",
+    );
+    assert_code(&out, 0);
+    assert_eq!(std::fs::read_to_string(env.path("out.1")).unwrap(), "other\n");
+    assert_eq!(std::fs::read_to_string(env.path("status.1")).unwrap(), "5\n");
+    assert_eq!(std::fs::read_to_string(env.path("out.2")).unwrap(), "stored\n");
+    assert_eq!(std::fs::read_to_string(env.path("status.2")).unwrap(), "0\n");
+    for i in 1..=2 {
+        let err = std::fs::read_to_string(env.path(&format!("err.{i}"))).unwrap();
+        assert!(err.lines().all(|l| l.starts_with("lcrun: ")) && err.lines().count() <= 1, "{err}");
+    }
+}
