@@ -157,30 +157,27 @@ pub fn create_dir(dir: &Path) -> Result<(), StoreError> {
 impl Store {
     /// Opens (creating if needed) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        create_dir(dir)?;
         let path = dir.join("cache.db");
-        // Create the file ourselves so it is 0600 from its first byte; SQLite
-        // gives the -wal and -shm files the same mode.
-        if let Err(source) = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
-        {
-            return Err(StoreError::Io { path, source });
-        }
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // The hit path: the database exists, so skip the mkdir and create.
+        let conn = match Connection::open_with_flags(&path, flags) {
+            Ok(conn) => conn,
+            Err(_) => {
+                create_dir(dir)?;
+                // Create the file ourselves so it is 0600 from its first
+                // byte; SQLite gives the -wal and -shm files the same mode.
+                if let Err(source) = OpenOptions::new().create(true).append(true).mode(0o600).open(&path) {
+                    return Err(StoreError::Io { path, source });
+                }
+                Connection::open_with_flags(&path, flags)?
+            }
+        };
         // Writers hold the lock for one short transaction; parallel `make -j`
         // runs wait their turn instead of failing with "database is locked".
         conn.busy_timeout(Duration::from_secs(20))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let store = Store {
-            conn,
-            dir: dir.to_owned(),
-        };
+        persist_wal(&conn);
+        let store = Store { conn, dir: dir.to_owned() };
         store.migrate()?;
         Ok(store)
     }
@@ -427,6 +424,23 @@ impl Store {
             })
             .optional()?;
         Ok(job)
+    }
+}
+
+/// Keeps the -wal and -shm files when the last connection closes. Without
+/// it every lcrun call that is the only one open deletes and recreates both
+/// files (unlink, ftruncate, fchown): most of a cache hit's file-system work.
+fn persist_wal(conn: &Connection) {
+    let mut on: std::ffi::c_int = 1;
+    // SAFETY: a documented file-control opcode on our own open handle, with
+    // a pointer to an int as it requires.
+    unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&raw mut on).cast(),
+        );
     }
 }
 

@@ -390,3 +390,24 @@ fn read_only_cache_keeps_the_commands_output_and_status() {
         assert!(err.lines().all(|l| l.starts_with("lcrun: ")) && err.lines().count() <= 1, "{err}");
     }
 }
+
+#[test]
+fn a_waiter_shows_the_running_jobs_progress() {
+    let env = Env::new();
+    let script = format!(
+        "{}; for i in 1 2 3 4; do lcrun progress $i/4 part$i; sleep 0.4; done; echo built",
+        env.tally("runs")
+    );
+    let owner = env.lcrun().args(["--", "sh", "-c", &script]).stdout(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let waiter = env.run(["--interval", "200ms", "--", "sh", "-c", &script]);
+    let owner = owner.wait_with_output().unwrap();
+    assert_code(&waiter, 0);
+    assert_eq!(stdout(&waiter), "built\n");
+    assert_eq!(stdout(&owner), "built\n");
+    assert_eq!(env.count("runs"), 1);
+    let err = stderr(&waiter);
+    assert!(err.contains("lcrun: waiting for an identical run"), "{err}");
+    let seen: Vec<_> = err.lines().filter(|l| l.starts_with("lcrun: waiting ") && l.contains("/4 part")).collect();
+    assert!(seen.len() >= 2, "the waiter did not show the owner's progress:\n{err}");
+}
