@@ -76,8 +76,9 @@ rows = []
 for i in range(100_000):
     key = hashlib.sha256(f"filler {i}".encode()).hexdigest()
     rows.append((key, f"echo filler {i}", now))
-db.executemany("INSERT INTO entries (key, complete, command, created_ms) VALUES (?, 1, ?, ?)", rows)
-db.execute("INSERT INTO chunks (entry_id, seq, stream, codec, raw_len, data) SELECT id, 0, 1, 0, 3, x'68690a' FROM entries WHERE command LIKE 'echo filler %'")
+db.executemany("INSERT INTO entries (key, created_ms, last_used_ms, bytes, hits, meta) VALUES (?, ?, ?, 3, 0, ?)",
+               [(key, now, now, '{"command":"%s","cwd":"","inputs":[],"duration_ms":1,"status":0,"stdout_bytes":3,"stderr_bytes":0}' % cmd) for key, cmd, now in rows])
+db.execute("INSERT INTO chunks (entry_id, seq, stream, codec, raw_len, data) SELECT id, 0, 1, 0, 3, x'68690a' FROM entries WHERE key IS NOT NULL")
 db.commit()
 PY
     touch "$big_cache/.filled"
@@ -132,7 +133,7 @@ miss_rss=$(LCRUN_CACHE_DIR=$work/crss peak_kib "$lcrun" -- cat "$big")
 hit_rss=$(LCRUN_CACHE_DIR=$work/crss peak_kib "$lcrun" -- cat "$big")
 row "peak RSS, ${big_mib} MiB miss (MiB)" "$((miss_rss / 1024))" "<= 32"
 row "peak RSS, ${big_mib} MiB hit (MiB)" "$((hit_rss / 1024))" "<= 32"
-stored=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select stored_bytes, stdout_bytes from entries where complete=1').fetchone())" "$work/cbig/cache.db" | tr -d '()' )
+stored=$(python3 -c "import sqlite3,sys,json; b,m=sqlite3.connect(sys.argv[1]).execute('select bytes, meta from entries where key is not null').fetchone(); print(b, ',', json.loads(m)['stdout_bytes'])" "$work/cbig/cache.db")
 row "stored bytes / raw bytes, build-style log" "$(python3 -c "s,r=$stored; print(f'{s/r:.3f}')")" "<= 0.2"
 rm -rf "$work/crss" "$work/cbig" "$work/c100" "$work/b100"
 

@@ -13,6 +13,7 @@ use crate::display::{Display, Style};
 use crate::duration;
 use crate::exit::Exit;
 use crate::invocation::Invocation;
+use crate::jobs::Jobs;
 use crate::key::{Key, Resolved};
 use crate::lock::KeyLock;
 use crate::messages::{error, Messages};
@@ -136,7 +137,7 @@ impl Run<'_> {
         let started = Instant::now();
         let mut out = RawOut::new();
         let Some(store) = cache.store.as_ref() else {
-            return Exit::Command(entry.status);
+            return Exit::Command(entry.meta.status);
         };
         let result = store.replay(entry, |stream, bytes| {
             out.write(stream, bytes)?;
@@ -155,16 +156,16 @@ impl Run<'_> {
                 return Exit::Usage;
             }
         }
-        let _ = store.record_hit(entry);
+        let _ = store.record_hit(&entry.key);
         if self.style == Style::Bar && std::io::stderr().is_terminal() {
-            let saved = entry.duration.saturating_sub(started.elapsed());
+            let saved = entry.duration().saturating_sub(started.elapsed());
             self.messages.warn(format!(
                 "replayed from cache ({} old, saved {})",
                 duration::short(entry.age()),
                 duration::short(saved)
             ));
         }
-        Exit::Command(entry.status)
+        Exit::Command(entry.meta.status)
     }
 
     /// Runs the command live, recording it when `recording` is given.
@@ -173,9 +174,8 @@ impl Run<'_> {
         stdin: Option<std::fs::File>,
         recording: Option<Recording<'_>>,
         cache: Option<&Cache>,
-        job: Option<String>,
+        job: Option<(Jobs, String)>,
     ) -> anyhow::Result<Exit> {
-        let store = cache.and_then(|c| c.store.as_ref());
         let progress_file = tempfile::Builder::new()
             .prefix("lcrun-progress-")
             .tempfile()
@@ -190,10 +190,7 @@ impl Run<'_> {
             recording,
             progress: ProgressFile::open(progress_file.path()).ok(),
             messages: self.messages,
-            job: job
-                .as_deref()
-                .zip(store)
-                .map(|(id, store)| Publisher::new(store, id)),
+            job: job.as_ref().map(|(jobs, id)| Publisher::new(jobs, id)),
         };
         let spec = Job {
             program: self.program,
@@ -254,13 +251,13 @@ impl Run<'_> {
                 cache.warn(&format!("cannot store the result: {err}"));
             }
         }
-        if let (Some(id), Some(store)) = (&job, store) {
+        if let Some((jobs, id)) = &job {
             let state = match ending {
                 Ending::Exited(status) if status.success() => "done",
                 Ending::Exited(_) => "failed",
                 Ending::Cancelled(_) | Ending::TimedOut => "cancelled",
             };
-            let _ = store.job_finish(id, state, exit.code());
+            let _ = jobs.finish(id, state, exit.code());
         }
         Ok(exit)
     }
@@ -280,16 +277,16 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 
 /// Publishes a running job's progress in the jobs table, for waiters.
 struct Publisher<'s> {
-    store: &'s Store,
+    jobs: &'s Jobs,
     id: &'s str,
     published: progress::State,
     at: Instant,
 }
 
 impl<'s> Publisher<'s> {
-    fn new(store: &'s Store, id: &'s str) -> Publisher<'s> {
+    fn new(jobs: &'s Jobs, id: &'s str) -> Publisher<'s> {
         Publisher {
-            store,
+            jobs,
             id,
             published: progress::State::default(),
             at: Instant::now(),
@@ -300,7 +297,7 @@ impl<'s> Publisher<'s> {
         if *state != self.published && self.at.elapsed() >= PUBLISH_EVERY {
             self.at = Instant::now();
             self.published = state.clone();
-            let _ = self.store.job_progress(self.id, state);
+            let _ = self.jobs.progress(self.id, state);
         }
     }
 }
@@ -429,6 +426,7 @@ impl Cache {
         };
         let mut display: Option<Display> = None;
         let mut polled = Instant::now() - PUBLISH_EVERY;
+        let mut jobs: Option<Jobs> = None;
         let claim = loop {
             match KeyLock::try_acquire(&dir, &key.hex) {
                 Ok(Some(lock)) => break Claim::Owner(lock),
@@ -441,10 +439,10 @@ impl Cache {
                     });
                     if polled.elapsed() >= PUBLISH_EVERY {
                         polled = Instant::now();
-                        let job = self
-                            .store
-                            .as_ref()
-                            .and_then(|s| s.running_job(&key.hex).ok().flatten());
+                        if jobs.is_none() {
+                            jobs = Jobs::open(&dir).ok();
+                        }
+                        let job = jobs.as_ref().and_then(|j| j.running(&key.hex).ok().flatten());
                         if let Some(job) = job {
                             display.set_state(job.progress);
                         }
@@ -466,8 +464,10 @@ impl Cache {
     }
 
     /// Registers this process as the one running `key`.
-    fn job_start(&self, key: &Key, invocation: &Invocation) -> Option<String> {
-        self.store.as_ref()?.job_start(&key.hex, &invocation.label()).ok()
+    fn job_start(&self, key: &Key, invocation: &Invocation) -> Option<(Jobs, String)> {
+        let jobs = Jobs::open(self.dir()?).ok()?;
+        let id = jobs.start(&key.hex, &invocation.label()).ok()?;
+        Some((jobs, id))
     }
 
     /// Starts recording, or warns and returns `None`.

@@ -12,6 +12,7 @@ pub mod display;
 pub mod duration;
 pub mod exit;
 pub mod invocation;
+pub mod jobs;
 pub mod key;
 pub mod lock;
 pub mod messages;

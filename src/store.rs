@@ -10,9 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
+use crate::key::KeyInput;
 use crate::output::Stream;
-use crate::progress::State;
-use sha2::{Digest, Sha256};
 
 /// The schema this build writes; `PRAGMA user_version` carries it.
 const SCHEMA_VERSION: i64 = 1;
@@ -21,6 +20,12 @@ const SCHEMA_VERSION: i64 = 1;
 /// per run, and is large enough that zstd finds the repetition in build logs.
 pub const CHUNK_BYTES: usize = 256 * 1024;
 
+/// How long a write waits for another process's write transaction.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where hits are counted until the next write folds them in.
+const HIT_LOG: &str = "hits.log";
+
 /// zstd level for stored output: fast enough to keep up with a pipe, and
 /// build logs still shrink about tenfold.
 const ZSTD_LEVEL: i32 = 1;
@@ -28,25 +33,20 @@ const ZSTD_LEVEL: i32 = 1;
 const CODEC_RAW: i64 = 0;
 const CODEC_ZSTD: i64 = 1;
 
+/// Kept small on purpose: every new connection parses the whole schema
+/// before its first statement, and that parse was most of a cache hit's
+/// instructions when the schema had four tables and four indexes.
+/// Pending entries have no key yet, so readers never see them.
 const SCHEMA: &str = "
 CREATE TABLE entries (
     id           INTEGER PRIMARY KEY,
-    key          TEXT NOT NULL,
-    complete     INTEGER NOT NULL DEFAULT 0,
-    command      TEXT NOT NULL,
-    cwd          TEXT NOT NULL DEFAULT '',
-    inputs       TEXT NOT NULL DEFAULT '[]',
+    key          TEXT UNIQUE,
     created_ms   INTEGER NOT NULL,
-    duration_ms  INTEGER NOT NULL DEFAULT 0,
-    status       INTEGER NOT NULL DEFAULT 0,
-    stdout_bytes INTEGER NOT NULL DEFAULT 0,
-    stderr_bytes INTEGER NOT NULL DEFAULT 0,
-    stored_bytes INTEGER NOT NULL DEFAULT 0,
-    hits         INTEGER NOT NULL DEFAULT 0,
-    last_used_ms INTEGER NOT NULL DEFAULT 0
+    last_used_ms INTEGER NOT NULL,
+    bytes        INTEGER NOT NULL,
+    hits         INTEGER NOT NULL,
+    meta         TEXT NOT NULL
 );
-CREATE UNIQUE INDEX entries_by_key ON entries(key) WHERE complete = 1;
-CREATE INDEX pending_by_key ON entries(key) WHERE complete = 0;
 CREATE TABLE chunks (
     entry_id INTEGER NOT NULL,
     seq      INTEGER NOT NULL,
@@ -56,18 +56,6 @@ CREATE TABLE chunks (
     data     BLOB NOT NULL,
     PRIMARY KEY (entry_id, seq)
 );
-CREATE TABLE jobs (
-    id          TEXT PRIMARY KEY,
-    key         TEXT NOT NULL,
-    command     TEXT NOT NULL,
-    pid         INTEGER NOT NULL,
-    state       TEXT NOT NULL,
-    started_ms  INTEGER NOT NULL,
-    updated_ms  INTEGER NOT NULL,
-    status      INTEGER,
-    progress    TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX jobs_by_key ON jobs(key);
 ";
 
 /// Why the store could not do what was asked.
@@ -107,25 +95,54 @@ impl StoreError {
     }
 }
 
+/// What an entry records besides its key and output: one JSON column, so
+/// the schema stays small and new facts need no migration.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Meta {
+    /// The command as the user wrote it, for listings.
+    pub command: String,
+    /// The working directory it ran in.
+    pub cwd: String,
+    /// The key's inputs, as digests.
+    pub inputs: Vec<KeyInput>,
+    /// How long the command ran (ms).
+    pub duration_ms: u64,
+    /// The command's exit status.
+    pub status: u8,
+    /// Raw bytes of stdout.
+    pub stdout_bytes: u64,
+    /// Raw bytes of stderr.
+    pub stderr_bytes: u64,
+    /// While pending: the key it will be stored under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_key: Option<String>,
+    /// While pending: the pid of the lcrun writing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
 /// A complete entry's record.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// Row id, private to this database.
     pub id: i64,
-    /// The command as the user wrote it, for listings.
-    pub command: String,
+    /// The key it is stored under.
+    pub key: String,
     /// When the result was stored (ms since the epoch).
     pub created_ms: i64,
-    /// How long the command ran.
-    pub duration: Duration,
-    /// The command's exit status.
-    pub status: u8,
+    /// Everything else it records.
+    pub meta: Meta,
 }
 
 impl Entry {
     /// How old the entry is now.
     pub fn age(&self) -> Duration {
         Duration::from_millis(now_ms().saturating_sub(self.created_ms).max(0) as u64)
+    }
+
+    /// How long the command ran.
+    pub fn duration(&self) -> Duration {
+        Duration::from_millis(self.meta.duration_ms)
     }
 }
 
@@ -166,7 +183,12 @@ impl Store {
                 create_dir(dir)?;
                 // Create the file ourselves so it is 0600 from its first
                 // byte; SQLite gives the -wal and -shm files the same mode.
-                if let Err(source) = OpenOptions::new().create(true).append(true).mode(0o600).open(&path) {
+                if let Err(source) = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&path)
+                {
                     return Err(StoreError::Io { path, source });
                 }
                 Connection::open_with_flags(&path, flags)?
@@ -174,10 +196,16 @@ impl Store {
         };
         // Writers hold the lock for one short transaction; parallel `make -j`
         // runs wait their turn instead of failing with "database is locked".
-        conn.busy_timeout(Duration::from_secs(20))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         persist_wal(&conn);
-        let store = Store { conn, dir: dir.to_owned() };
+        // A reader closing last would checkpoint (three fsyncs) on every hit;
+        // writers leave the WAL empty instead, see `Store::tidy_wal`.
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+        let store = Store {
+            conn,
+            dir: dir.to_owned(),
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -217,37 +245,64 @@ impl Store {
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew(version));
         }
-        // WAL is a property of the file; set it once, outside a transaction.
-        self.conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        // Another process may have created the schema while we waited.
-        let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        // Creating the schema is done by one process at a time: 32 processes
+        // racing to switch a new file to WAL had SQLite answer "database is
+        // locked" to some of them, without the busy handler.
+        let guard_path = self.dir.join("cache.db.init");
+        let guard = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&guard_path)
+            .map_err(|source| StoreError::Io {
+                path: guard_path.clone(),
+                source,
+            })?;
+        guard.lock().map_err(|source| StoreError::Io {
+            path: guard_path,
+            source,
+        })?;
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))?;
         if version == 0 {
+            // WAL is a property of the file; set it once, outside a transaction.
+            self.conn
+                .pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+            let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
             tx.execute_batch(SCHEMA)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
         }
-        tx.commit()?;
         Ok(())
     }
 
     /// The complete entry stored under `key`, if any.
     pub fn lookup(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, command, created_ms, duration_ms, status FROM entries WHERE key = ?1 AND complete = 1",
-        )?;
-        let entry = stmt
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, created_ms, meta FROM entries WHERE key = ?1")?;
+        let row = stmt
             .query_row([key], |row| {
-                Ok(Entry {
-                    id: row.get(0)?,
-                    command: row.get(1)?,
-                    created_ms: row.get(2)?,
-                    duration: Duration::from_millis(row.get::<_, i64>(3)?.max(0) as u64),
-                    status: row.get::<_, i64>(4)?.clamp(0, 255) as u8,
-                })
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
             })
             .optional()?;
-        Ok(entry)
+        let Some((id, created_ms, meta)) = row else {
+            return Ok(None);
+        };
+        let meta =
+            serde_json::from_str(&meta).map_err(|e| StoreError::Damaged(format!("entry record: {e}")))?;
+        Ok(Some(Entry {
+            id,
+            key: key.to_owned(),
+            created_ms,
+            meta,
+        }))
     }
 
     /// Streams an entry's output, chunk by chunk in recorded order, to `sink`.
@@ -295,28 +350,84 @@ impl Store {
         Ok(())
     }
 
-    /// Counts a replay of `entry` (for listings and least-recently-used pruning).
-    pub fn record_hit(&self, entry: &Entry) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE entries SET hits = hits + 1, last_used_ms = ?2 WHERE id = ?1",
-            params![entry.id, now_ms()],
-        )?;
+    /// Counts a replay of `entry` (for listings and least-recently-used
+    /// pruning). A hit must not write to SQLite: a write leaves WAL frames
+    /// that every later process has to index when it opens the database,
+    /// which made hits twice as slow. The hit goes to an append-only log
+    /// instead, folded into the table by the next write.
+    pub fn record_hit(&self, key: &str) -> std::io::Result<()> {
+        let line = format!("{key} {}\n", now_ms());
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(self.dir.join(HIT_LOG))?;
+        // One write on an O_APPEND file: lines from parallel hits never mix.
+        std::io::Write::write_all(&mut log, line.as_bytes())
+    }
+
+    /// After a write: copies the WAL into the database and truncates it to
+    /// nothing, so the next process to open the database has no WAL frames to
+    /// index. It does not wait: with readers in the way it leaves the WAL for
+    /// the next writer.
+    fn tidy_wal(&self) {
+        let _ = self.conn.busy_timeout(Duration::ZERO);
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
+    }
+
+    /// Moves the hit log's counts into the entries table.
+    fn fold_hits(&self) -> Result<(), StoreError> {
+        let log = self.dir.join(HIT_LOG);
+        let taken = self.dir.join(format!("{HIT_LOG}.{}", std::process::id()));
+        // Renamed first, so hits logged meanwhile go to a new file.
+        if fs::rename(&log, &taken).is_err() {
+            return Ok(());
+        }
+        let text = fs::read_to_string(&taken).unwrap_or_default();
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE entries SET hits = hits + 1, last_used_ms = max(last_used_ms, ?2) WHERE key = ?1",
+            )?;
+            for line in text.lines() {
+                if let Some((key, ms)) = line.split_once(' ') {
+                    update.execute(params![key, ms.parse::<i64>().unwrap_or(0)])?;
+                }
+            }
+        }
+        tx.commit()?;
+        let _ = fs::remove_file(&taken);
         Ok(())
     }
 
     /// Starts recording a new result for `key`. The caller must hold the key's
-    /// lock: pending rows of this key left by a writer that died are removed.
+    /// lock, so pending rows of this key were left by a writer that died; they
+    /// are removed, as are pending rows of any key whose writer is gone.
     pub fn begin(
         &self,
         key: &crate::key::Key,
         command: &str,
         cwd: &str,
     ) -> Result<Recording<'_>, StoreError> {
-        self.delete_pending(&key.hex)?;
-        let inputs = serde_json::to_string(&key.inputs).unwrap_or_else(|_| "[]".into());
+        self.delete_abandoned(&key.hex)?;
+        let meta = Meta {
+            command: command.to_owned(),
+            cwd: cwd.to_owned(),
+            inputs: key.inputs.clone(),
+            ..Meta::default()
+        };
+        let pending = Meta {
+            pending_key: Some(key.hex.clone()),
+            pid: Some(std::process::id()),
+            ..meta.clone()
+        };
+        let now = now_ms();
         self.conn.execute(
-            "INSERT INTO entries (key, complete, command, cwd, inputs, created_ms) VALUES (?1, 0, ?2, ?3, ?4, ?5)",
-            params![key.hex, command, cwd, inputs, now_ms()],
+            "INSERT INTO entries (key, created_ms, last_used_ms, bytes, hits, meta) VALUES (NULL, ?1, ?1, 0, 0, ?2)",
+            params![now, to_json(&pending)],
         )?;
         let compressor =
             zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|e| StoreError::Damaged(e.to_string()))?;
@@ -324,6 +435,7 @@ impl Store {
             store: self,
             key: key.hex.clone(),
             id: self.conn.last_insert_rowid(),
+            meta,
             seq: 0,
             pending: Vec::with_capacity(CHUNK_BYTES),
             pending_stream: Stream::Stdout,
@@ -333,13 +445,23 @@ impl Store {
         })
     }
 
-    fn delete_pending(&self, key: &str) -> Result<(), StoreError> {
+    fn delete_abandoned(&self, key: &str) -> Result<(), StoreError> {
+        // One write transaction from the look to the delete: between them a
+        // writer could otherwise finish its entry and exit, and its finished
+        // entry would be taken for the abandoned one it was a moment ago.
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        tx.execute(
-            "DELETE FROM chunks WHERE entry_id IN (SELECT id FROM entries WHERE key = ?1 AND complete = 0)",
-            [key],
-        )?;
-        tx.execute("DELETE FROM entries WHERE key = ?1 AND complete = 0", [key])?;
+        let pending: Vec<(i64, String)> = tx
+            .prepare_cached("SELECT id, meta FROM entries WHERE key IS NULL")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id, meta) in pending {
+            let meta: Meta = serde_json::from_str(&meta).unwrap_or_default();
+            let ours = meta.pending_key.as_deref() == Some(key);
+            if ours || !meta.pid.is_some_and(process_alive) {
+                tx.execute("DELETE FROM chunks WHERE entry_id = ?1", [id])?;
+                tx.execute("DELETE FROM entries WHERE id = ?1 AND key IS NULL", [id])?;
+            }
+        }
         tx.commit()?;
         Ok(())
     }
@@ -353,78 +475,15 @@ impl Store {
     }
 }
 
-/// A job as the `jobs` table records it.
-#[derive(Debug, Clone)]
-pub struct JobRecord {
-    /// The opaque job id.
-    pub id: String,
-    /// The pid of the lcrun that runs it.
-    pub pid: i64,
-    /// When it started (ms since the epoch).
-    pub started_ms: i64,
-    /// Its last reported progress.
-    pub progress: State,
+/// Whether a process with this pid exists.
+fn process_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
+    alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-impl Store {
-    /// Records that this process now runs `key`. Any other job still marked
-    /// running for the key is lost: we hold the key's lock, so its owner died.
-    pub fn job_start(&self, key: &str, command: &str) -> Result<String, StoreError> {
-        let pid = std::process::id();
-        let now = now_ms();
-        let id =
-            crate::key::hex(&Sha256::digest(format!("{key}:{pid}:{:?}", SystemTime::now())))[..16].to_owned();
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        tx.execute(
-            "UPDATE jobs SET state = 'lost', updated_ms = ?2 WHERE key = ?1 AND state = 'running'",
-            params![key, now],
-        )?;
-        tx.execute(
-            "INSERT INTO jobs (id, key, command, pid, state, started_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?5)",
-            params![id, key, command, pid, now],
-        )?;
-        tx.commit()?;
-        Ok(id)
-    }
-
-    /// Publishes a running job's progress for the processes waiting on it.
-    pub fn job_progress(&self, id: &str, progress: &State) -> Result<(), StoreError> {
-        let json = serde_json::to_string(progress).unwrap_or_default();
-        self.conn.execute(
-            "UPDATE jobs SET progress = ?2, updated_ms = ?3 WHERE id = ?1",
-            params![id, json, now_ms()],
-        )?;
-        Ok(())
-    }
-
-    /// Records how a job ended: `done`, `failed` or `cancelled`.
-    pub fn job_finish(&self, id: &str, state: &str, status: u8) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE jobs SET state = ?2, status = ?3, updated_ms = ?4 WHERE id = ?1",
-            params![id, state, status, now_ms()],
-        )?;
-        Ok(())
-    }
-
-    /// The newest job marked running for `key`.
-    pub fn running_job(&self, key: &str) -> Result<Option<JobRecord>, StoreError> {
-        let job = self
-            .conn
-            .prepare_cached(
-                "SELECT id, pid, started_ms, progress FROM jobs WHERE key = ?1 AND state = 'running'
-                 ORDER BY started_ms DESC LIMIT 1",
-            )?
-            .query_row([key], |row| {
-                Ok(JobRecord {
-                    id: row.get(0)?,
-                    pid: row.get(1)?,
-                    started_ms: row.get(2)?,
-                    progress: serde_json::from_str(&row.get::<_, String>(3)?).unwrap_or_default(),
-                })
-            })
-            .optional()?;
-        Ok(job)
-    }
+fn to_json(meta: &Meta) -> String {
+    serde_json::to_string(meta).unwrap_or_else(|_| "{}".into())
 }
 
 /// Keeps the -wal and -shm files when the last connection closes. Without
@@ -465,6 +524,7 @@ pub struct Recording<'s> {
     store: &'s Store,
     key: String,
     id: i64,
+    meta: Meta,
     seq: i64,
     pending: Vec<u8>,
     pending_stream: Stream,
@@ -516,38 +576,31 @@ impl Recording<'_> {
     /// Makes the result visible under its key, replacing any older entry.
     pub fn finish(mut self, status: u8, duration: Duration) -> Result<(), StoreError> {
         self.flush()?;
+        self.store.fold_hits()?;
+        self.meta.status = status;
+        self.meta.duration_ms = duration.as_millis() as u64;
+        self.meta.stdout_bytes = self.bytes[0] as u64;
+        self.meta.stderr_bytes = self.bytes[1] as u64;
         let conn = &self.store.conn;
         let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
-        let old: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM entries WHERE key = ?1 AND complete = 1",
-                [&self.key],
-                |row| row.get(0),
-            )
-            .optional()?;
-        if let Some(old) = old {
-            tx.execute("DELETE FROM chunks WHERE entry_id = ?1", [old])?;
-            tx.execute("DELETE FROM entries WHERE id = ?1", [old])?;
-        }
         tx.execute(
-            "UPDATE entries SET complete = 1, status = ?2, duration_ms = ?3, created_ms = ?4, last_used_ms = ?4,
-                    stdout_bytes = ?5, stderr_bytes = ?6, stored_bytes = ?7 WHERE id = ?1",
-            params![
-                self.id,
-                status,
-                duration.as_millis() as i64,
-                now_ms(),
-                self.bytes[0],
-                self.bytes[1],
-                self.stored
-            ],
+            "DELETE FROM chunks WHERE entry_id IN (SELECT id FROM entries WHERE key = ?1)",
+            [&self.key],
+        )?;
+        tx.execute("DELETE FROM entries WHERE key = ?1", [&self.key])?;
+        tx.execute(
+            "UPDATE entries SET key = ?2, created_ms = ?3, last_used_ms = ?3, bytes = ?4, meta = ?5 WHERE id = ?1",
+            params![self.id, self.key, now_ms(), self.stored, to_json(&self.meta)],
         )?;
         tx.commit()?;
+        self.store.tidy_wal();
         Ok(())
     }
 
     /// Drops what was recorded (a failure not to be cached, a cancelled run).
     pub fn abandon(self) -> Result<(), StoreError> {
-        self.store.delete_entry(self.id)
+        self.store.delete_entry(self.id)?;
+        self.store.tidy_wal();
+        Ok(())
     }
 }

@@ -1,0 +1,127 @@
+//! The jobs table: which lcrun runs which key right now, and its latest
+//! progress, so identical invocations can wait on it and show it. It lives in
+//! its own database file, so a cache hit never pays for its schema.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use sha2::{Digest, Sha256};
+
+use crate::progress::State;
+use crate::store::{now_ms, StoreError};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id         TEXT PRIMARY KEY,
+    key        TEXT NOT NULL,
+    command    TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    state      TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    status     INTEGER,
+    progress   TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (key, state);
+";
+
+/// A job as the jobs table records it.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    /// The opaque job id.
+    pub id: String,
+    /// The pid of the lcrun that runs it.
+    pub pid: i64,
+    /// When it started (ms since the epoch).
+    pub started_ms: i64,
+    /// Its last reported progress.
+    pub progress: State,
+}
+
+/// The jobs database of one cache directory.
+pub struct Jobs {
+    conn: Connection,
+}
+
+impl Jobs {
+    /// Opens (creating if needed) `jobs.db` in the cache directory.
+    pub fn open(dir: &Path) -> Result<Jobs, StoreError> {
+        let path = dir.join("jobs.db");
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(20))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version == 0 {
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+            conn.execute_batch(SCHEMA)?;
+            conn.pragma_update(None, "user_version", 1)?;
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(Jobs { conn })
+    }
+
+    /// Records that this process now runs `key`. Any other job still marked
+    /// running for the key is lost: we hold the key's lock, so its owner died.
+    pub fn start(&self, key: &str, command: &str) -> Result<String, StoreError> {
+        let pid = std::process::id();
+        let now = now_ms();
+        let seed = format!("{key}:{pid}:{:?}", SystemTime::now());
+        let id = crate::key::hex(&Sha256::digest(seed))[..16].to_owned();
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE jobs SET state = 'lost', updated_ms = ?2 WHERE key = ?1 AND state = 'running'",
+            params![key, now],
+        )?;
+        tx.execute(
+            "INSERT INTO jobs (id, key, command, pid, state, started_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?5)",
+            params![id, key, command, pid, now],
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Publishes a running job's progress for the processes waiting on it.
+    pub fn progress(&self, id: &str, progress: &State) -> Result<(), StoreError> {
+        let json = serde_json::to_string(progress).unwrap_or_default();
+        self.conn.execute(
+            "UPDATE jobs SET progress = ?2, updated_ms = ?3 WHERE id = ?1",
+            params![id, json, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Records how a job ended: `done`, `failed` or `cancelled`.
+    pub fn finish(&self, id: &str, state: &str, status: u8) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE jobs SET state = ?2, status = ?3, updated_ms = ?4 WHERE id = ?1",
+            params![id, state, status, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// The newest job marked running for `key`.
+    pub fn running(&self, key: &str) -> Result<Option<JobRecord>, StoreError> {
+        let job = self
+            .conn
+            .prepare_cached(
+                "SELECT id, pid, started_ms, progress FROM jobs WHERE key = ?1 AND state = 'running'
+                 ORDER BY started_ms DESC LIMIT 1",
+            )?
+            .query_row([key], |row| {
+                Ok(JobRecord {
+                    id: row.get(0)?,
+                    pid: row.get(1)?,
+                    started_ms: row.get(2)?,
+                    progress: serde_json::from_str(&row.get::<_, String>(3)?).unwrap_or_default(),
+                })
+            })
+            .optional()?;
+        Ok(job)
+    }
+}
