@@ -89,6 +89,9 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
         matcher,
     };
     if mode == CacheMode::Off {
+        if run.adds_nothing() {
+            return Ok(run.exec_in_place());
+        }
         return run.execute(None, None, None, None);
     }
     let (key, stdin) = invocation.key(args, &run.program)?;
@@ -132,6 +135,33 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// With no cache, no bar, no heartbeat, no timeout and no regex, lcrun
+    /// has nothing to add to the command: it becomes the command, so a
+    /// `--no-cache` run costs one exec, and signals reach the command as if
+    /// lcrun were not there.
+    fn adds_nothing(&self) -> bool {
+        let quiet_display = match self.style {
+            Style::Silent => true,
+            Style::Plain => self.args.interval.is_none(),
+            Style::Bar => false,
+        };
+        quiet_display && self.args.timeout.is_none() && self.matcher.is_none()
+    }
+
+    /// Replaces lcrun with the command; returns only if that fails.
+    fn exec_in_place(self) -> Exit {
+        use std::os::unix::process::CommandExt;
+        let err = std::process::Command::new(&self.program)
+            .arg0(&self.invocation.argv[0])
+            .args(&self.invocation.argv[1..])
+            .exec();
+        error(format!("{}: {err}", self.invocation.argv[0].to_string_lossy()));
+        match err.kind() {
+            std::io::ErrorKind::NotFound => Exit::NotFound,
+            _ => Exit::NotExecutable,
+        }
+    }
+
     /// Replays a hit and exits with its recorded status.
     fn replay(self, cache: &Cache, entry: &Entry) -> Exit {
         let started = Instant::now();

@@ -197,7 +197,6 @@ impl Store {
         // Writers hold the lock for one short transaction; parallel `make -j`
         // runs wait their turn instead of failing with "database is locked".
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
         persist_wal(&conn);
         // A reader closing last would checkpoint (three fsyncs) on every hit;
         // writers leave the WAL empty instead, see `Store::tidy_wal`.
@@ -267,7 +266,9 @@ impl Store {
             .conn
             .pragma_query_value(None, "user_version", |row| row.get(0))?;
         if version == 0 {
-            // WAL is a property of the file; set it once, outside a transaction.
+            // WAL is a property of the file; set it once, outside a
+            // transaction. (64 KiB pages made replays 10% faster but hits 18%
+            // slower, from 90 more page faults; the default 4 KiB stays.)
             self.conn
                 .pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
             let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
@@ -412,6 +413,9 @@ impl Store {
         command: &str,
         cwd: &str,
     ) -> Result<Recording<'_>, StoreError> {
+        // In WAL mode NORMAL cannot corrupt, only lose the last commits on a
+        // power cut; set here because a hit never writes.
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
         self.delete_abandoned(&key.hex)?;
         let meta = Meta {
             command: command.to_owned(),

@@ -379,8 +379,33 @@ fn progress_helper_is_a_no_op_outside_lcrun() {
         assert!(out.stdout.is_empty() && out.stderr.is_empty());
     }
     // Inside lcrun a malformed report is an error of the script's, said once.
-    let out = env.run(["--no-cache", "--", "sh", "-c", "lcrun progress x/y; echo $?"]);
+    let out = env.run(["--", "sh", "-c", "lcrun progress x/y; echo $?"]);
     assert_eq!(stdout(&out), "125\n");
+}
+
+#[test]
+fn no_cache_with_nothing_to_show_becomes_the_command() {
+    let env = Env::new();
+    // Same pid: lcrun exec'd the command instead of supervising it.
+    let child = env
+        .lcrun()
+        .args(["--no-cache", "--", "sh", "-c", "echo $$"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&out).trim(), pid.to_string());
+    // With something to supervise (a timeout), it stays in between.
+    let child = env
+        .lcrun()
+        .args(["--no-cache", "--timeout", "1m", "--", "sh", "-c", "echo $$"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert_ne!(stdout(&out).trim(), pid.to_string());
 }
 
 fn wait_for_file(path: &std::path::Path) {
