@@ -14,7 +14,7 @@ use crate::key::KeyInput;
 use crate::output::Stream;
 
 /// The schema this build writes; `PRAGMA user_version` carries it.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Raw bytes gathered before a chunk is compressed and stored. Bounds memory
 /// per run, and is large enough that zstd finds the repetition in build logs.
@@ -265,17 +265,25 @@ impl Store {
         let version: i64 = self
             .conn
             .pragma_query_value(None, "user_version", |row| row.get(0))?;
-        if version == 0 {
-            // WAL is a property of the file; set it once, outside a
-            // transaction. (64 KiB pages made replays 10% faster but hits 18%
-            // slower, from 90 more page faults; the default 4 KiB stays.)
-            self.conn
-                .pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
-            let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-            tx.execute_batch(SCHEMA)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            tx.commit()?;
+        if version == SCHEMA_VERSION {
+            return Ok(()); // another process created it while we waited
         }
+        // WAL is a property of the file; set it once, outside a transaction.
+        // (64 KiB pages made replays 10% faster but hits 18% slower, from 90
+        // more page faults; the default 4 KiB stays.)
+        self.conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        // Version 1 was the layout before the hit path was slimmed (four
+        // tables, a `complete` flag); a cache is disposable, so it is rebuilt.
+        if version == 1 {
+            tx.execute_batch(
+                "DROP TABLE IF EXISTS chunks; DROP TABLE IF EXISTS entries; DROP TABLE IF EXISTS jobs;",
+            )?;
+        }
+        tx.execute_batch(SCHEMA)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -606,5 +614,40 @@ impl Recording<'_> {
         self.store.delete_entry(self.id)?;
         self.store.tidy_wal();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_layout_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("cache.db")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE entries (id INTEGER PRIMARY KEY, key TEXT, complete INTEGER);
+             INSERT INTO entries (key, complete) VALUES ('k', 1);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.lookup("k").unwrap().is_none());
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_newer_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("cache.db")).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::TooNew(_))));
     }
 }
