@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod compress;
 pub mod display;
 pub mod duration;
 pub mod exit;

@@ -7,6 +7,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -27,11 +28,15 @@ use crate::output::Stream;
 const TICK: Duration = Duration::from_millis(50);
 
 /// Size of one read from the command's pipes.
-const READ_BYTES: usize = 64 * 1024;
+const READ_BYTES: usize = 256 * 1024;
+
+/// Pipe capacity asked for: fewer wake-ups of the command and of us per
+/// megabyte than the default 64 KiB (Linux lets anyone have 1 MiB).
+const PIPE_BYTES: libc::c_int = 1024 * 1024;
 
 /// Reads in flight between the pipe readers and the observer; with
 /// [`READ_BYTES`] this bounds the memory a fast command can make us hold.
-const CHANNEL_DEPTH: usize = 16;
+const CHANNEL_DEPTH: usize = 8;
 
 /// After a cancelled command's leader has exited, how long stragglers that
 /// escaped its process group may keep its pipes open before we stop reading.
@@ -125,6 +130,16 @@ pub fn run(job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError> {
     }
     let started = Instant::now();
     let mut child = command.spawn().map_err(RunError::Spawn)?;
+    for fd in [
+        child.stdout.as_ref().map(|p| p.as_raw_fd()),
+        child.stderr.as_ref().map(|p| p.as_raw_fd()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        // SAFETY: fcntl on a pipe we own; failure just keeps the default size.
+        unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_BYTES) };
+    }
     let group = Group::new(child.id() as i32, terminal);
 
     let (tx, rx) = mpsc::sync_channel(CHANNEL_DEPTH);

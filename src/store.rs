@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
+use crate::compress::{self, Codec, Packed, Packer};
 use crate::key::KeyInput;
 use crate::output::Stream;
 
@@ -26,12 +27,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Where hits are counted until the next write folds them in.
 const HIT_LOG: &str = "hits.log";
 
-/// zstd level for stored output: fast enough to keep up with a pipe, and
-/// build logs still shrink about tenfold.
-const ZSTD_LEVEL: i32 = 1;
-
-const CODEC_RAW: i64 = 0;
-const CODEC_ZSTD: i64 = 1;
+const CODEC_RAW: i64 = Codec::Raw as i64;
+const CODEC_ZSTD: i64 = Codec::Zstd as i64;
 
 /// Kept small on purpose: every new connection parses the whole schema
 /// before its first statement, and that parse was most of a cache hit's
@@ -441,8 +438,6 @@ impl Store {
             "INSERT INTO entries (key, created_ms, last_used_ms, bytes, hits, meta) VALUES (NULL, ?1, ?1, 0, 0, ?2)",
             params![now, to_json(&pending)],
         )?;
-        let compressor =
-            zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|e| StoreError::Damaged(e.to_string()))?;
         Ok(Recording {
             store: self,
             key: key.hex.clone(),
@@ -451,7 +446,9 @@ impl Store {
             seq: 0,
             pending: Vec::with_capacity(CHUNK_BYTES),
             pending_stream: Stream::Stdout,
-            compressor,
+            compressor: None,
+            packer: None,
+            spare: Vec::new(),
             bytes: [0, 0],
             stored: 0,
         })
@@ -485,6 +482,10 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+}
+
+fn damaged(err: std::io::Error) -> StoreError {
+    StoreError::Damaged(format!("compressing output: {err}"))
 }
 
 /// Whether a process with this pid exists.
@@ -540,7 +541,12 @@ pub struct Recording<'s> {
     seq: i64,
     pending: Vec<u8>,
     pending_stream: Stream,
-    compressor: zstd::bulk::Compressor<'static>,
+    /// For outputs that fit in one chunk: no threads are started for them.
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    /// Worker threads, started by the first full chunk.
+    packer: Option<Packer>,
+    /// Raw-chunk buffers for reuse.
+    spare: Vec<Vec<u8>>,
     bytes: [i64; 2],
     stored: i64,
 }
@@ -562,32 +568,78 @@ impl Recording<'_> {
         Ok(())
     }
 
+    /// Hands the gathered chunk to be compressed and stored.
     fn flush(&mut self) -> Result<(), StoreError> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let compressed = self
-            .compressor
-            .compress(&self.pending)
-            .map_err(|e| StoreError::Damaged(e.to_string()))?;
-        let (codec, data) = if compressed.len() < self.pending.len() {
-            (CODEC_ZSTD, &compressed[..])
-        } else {
-            (CODEC_RAW, &self.pending[..])
+        let next = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES));
+        let raw = std::mem::replace(&mut self.pending, next);
+        let stream = self.pending_stream;
+        if self.packer.is_none() && raw.len() < CHUNK_BYTES {
+            // Small and nothing in flight: compress here, in order.
+            let compressor = match &mut self.compressor {
+                Some(c) => c,
+                None => self
+                    .compressor
+                    .insert(compress::new_compressor().map_err(damaged)?),
+            };
+            let packed = compress::pack(compressor, stream, raw, Vec::new()).map_err(damaged)?;
+            return self.store_packed(packed);
+        }
+        let packer = match &mut self.packer {
+            Some(p) => p,
+            None => self.packer.insert(Packer::new().map_err(damaged)?),
         };
+        if let Some(packed) = packer.push(stream, raw).map_err(damaged)? {
+            self.store_packed(packed)?;
+        }
+        Ok(())
+    }
+
+    /// Stores every chunk still being compressed.
+    fn drain(&mut self) -> Result<(), StoreError> {
+        while let Some(packed) = self
+            .packer
+            .as_mut()
+            .map(Packer::oldest)
+            .transpose()
+            .map_err(damaged)?
+            .flatten()
+        {
+            self.store_packed(packed)?;
+        }
+        Ok(())
+    }
+
+    fn store_packed(&mut self, packed: Packed) -> Result<(), StoreError> {
+        let data = packed.data();
         self.store
             .conn
-            .prepare_cached("INSERT INTO chunks (entry_id, seq, stream, codec, raw_len, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-            .execute(params![self.id, self.seq, self.pending_stream.tag(), codec, self.pending.len() as i64, data])?;
+            .prepare_cached(
+                "INSERT INTO chunks (entry_id, seq, stream, codec, raw_len, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![self.id, self.seq, packed.stream.tag(), packed.codec as i64, packed.raw.len() as i64, data])?;
         self.stored += data.len() as i64;
         self.seq += 1;
-        self.pending.clear();
+        let Packed {
+            mut raw, compressed, ..
+        } = packed;
+        raw.clear();
+        self.spare.push(raw);
+        if let Some(packer) = &mut self.packer {
+            packer.recycle(compressed);
+        }
         Ok(())
     }
 
     /// Makes the result visible under its key, replacing any older entry.
     pub fn finish(mut self, status: u8, duration: Duration) -> Result<(), StoreError> {
         self.flush()?;
+        self.drain()?;
         self.store.fold_hits()?;
         self.meta.status = status;
         self.meta.duration_ms = duration.as_millis() as u64;
