@@ -27,9 +27,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Where hits are counted until the next write folds them in.
 const HIT_LOG: &str = "hits.log";
 
-const CODEC_RAW: i64 = Codec::Raw as i64;
-const CODEC_ZSTD: i64 = Codec::Zstd as i64;
-
 /// Kept small on purpose: every new connection parses the whole schema
 /// before its first statement, and that parse was most of a cache hit's
 /// instructions when the schema had four tables and four indexes.
@@ -322,36 +319,55 @@ impl Store {
             "SELECT stream, codec, raw_len, data FROM chunks WHERE entry_id = ?1 ORDER BY seq",
         )?;
         let mut rows = stmt.query([entry.id])?;
-        let mut decompressor =
-            zstd::bulk::Decompressor::new().map_err(|e| StoreError::Damaged(e.to_string()))?;
-        let mut buf = Vec::new();
+        let mut write = |stream: Stream, bytes: &[u8]| {
+            sink(stream, bytes).map_err(|source| StoreError::Io {
+                path: PathBuf::from("<output>"),
+                source,
+            })
+        };
+        // The first chunk is decoded here; from the second on, workers decode
+        // side by side and the results are written in order.
+        let mut unpacker: Option<compress::Unpacker> = None;
+        let mut spare: Vec<Vec<u8>> = Vec::new();
+        let mut first = true;
         while let Some(row) = rows.next()? {
             let stream =
                 Stream::from_tag(row.get(0)?).ok_or_else(|| StoreError::Damaged("unknown stream".into()))?;
-            let codec: i64 = row.get(1)?;
+            let codec =
+                Codec::from_tag(row.get(1)?).ok_or_else(|| StoreError::Damaged("unknown codec".into()))?;
             let raw_len = row.get::<_, i64>(2)?.max(0) as usize;
             let data = row.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
-            let bytes = match codec {
-                CODEC_RAW => data,
-                CODEC_ZSTD => {
-                    buf.clear();
-                    buf.reserve(raw_len);
-                    decompressor
-                        .decompress_to_buffer(data, &mut buf)
-                        .map_err(|e| StoreError::Damaged(e.to_string()))?;
-                    &buf[..]
-                }
-                other => return Err(StoreError::Damaged(format!("unknown codec {other}"))),
+            if first {
+                first = false;
+                let mut decompressor = zstd::bulk::Decompressor::new().map_err(damaged)?;
+                let mut out = Vec::new();
+                compress::unpack(&mut decompressor, codec, data, raw_len, &mut out).map_err(damaged)?;
+                write(stream, &out)?;
+                continue;
+            }
+            let workers = match &mut unpacker {
+                Some(u) => u,
+                None => unpacker.insert(compress::unpacker().map_err(damaged)?),
             };
-            if bytes.len() != raw_len {
-                return Err(StoreError::Damaged("chunk length mismatch".into()));
+            let mut stored = spare.pop().unwrap_or_default();
+            stored.clear();
+            stored.extend_from_slice(data);
+            let job = (stream, codec, raw_len, stored, spare.pop().unwrap_or_default());
+            if let Some(done) = workers.push(job).map_err(damaged)? {
+                let (stream, out, stored) = done.map_err(damaged)?;
+                write(stream, &out)?;
+                spare.extend([out, stored]);
             }
-            if let Err(source) = sink(stream, bytes) {
-                return Err(StoreError::Io {
-                    path: PathBuf::from("<output>"),
-                    source,
-                });
-            }
+        }
+        while let Some(done) = unpacker
+            .as_mut()
+            .map(compress::Unpacker::oldest)
+            .transpose()
+            .map_err(damaged)?
+            .flatten()
+        {
+            let (stream, out, _) = done.map_err(damaged)?;
+            write(stream, &out)?;
         }
         Ok(())
     }
@@ -449,6 +465,7 @@ impl Store {
             compressor: None,
             packer: None,
             spare: Vec::new(),
+            spare_compressed: Vec::new(),
             bytes: [0, 0],
             stored: 0,
         })
@@ -485,7 +502,7 @@ impl Store {
 }
 
 fn damaged(err: std::io::Error) -> StoreError {
-    StoreError::Damaged(format!("compressing output: {err}"))
+    StoreError::Damaged(format!("stored output: {err}"))
 }
 
 /// Whether a process with this pid exists.
@@ -547,6 +564,8 @@ pub struct Recording<'s> {
     packer: Option<Packer>,
     /// Raw-chunk buffers for reuse.
     spare: Vec<Vec<u8>>,
+    /// Compressed-chunk buffers for reuse.
+    spare_compressed: Vec<Vec<u8>>,
     bytes: [i64; 2],
     stored: i64,
 }
@@ -592,10 +611,13 @@ impl Recording<'_> {
         }
         let packer = match &mut self.packer {
             Some(p) => p,
-            None => self.packer.insert(Packer::new().map_err(damaged)?),
+            None => self.packer.insert(compress::packer().map_err(damaged)?),
         };
-        if let Some(packed) = packer.push(stream, raw).map_err(damaged)? {
-            self.store_packed(packed)?;
+        if let Some(packed) = packer
+            .push((stream, raw, self.spare_compressed.pop().unwrap_or_default()))
+            .map_err(damaged)?
+        {
+            self.store_packed(packed.map_err(damaged)?)?;
         }
         Ok(())
     }
@@ -610,7 +632,7 @@ impl Recording<'_> {
             .map_err(damaged)?
             .flatten()
         {
-            self.store_packed(packed)?;
+            self.store_packed(packed.map_err(damaged)?)?;
         }
         Ok(())
     }
@@ -630,9 +652,7 @@ impl Recording<'_> {
         } = packed;
         raw.clear();
         self.spare.push(raw);
-        if let Some(packer) = &mut self.packer {
-            packer.recycle(compressed);
-        }
+        self.spare_compressed.push(compressed);
         Ok(())
     }
 
