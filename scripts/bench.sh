@@ -78,7 +78,7 @@ for i in range(100_000):
     rows.append((key, f"echo filler {i}", now))
 db.executemany("INSERT INTO entries (key, created_ms, last_used_ms, bytes, hits, meta) VALUES (?, ?, ?, 3, 0, ?)",
                [(key, now, now, '{"command":"%s","cwd":"","inputs":[],"duration_ms":1,"status":0,"stdout_bytes":3,"stderr_bytes":0}' % cmd) for key, cmd, now in rows])
-db.execute("INSERT INTO chunks (entry_id, seq, stream, codec, raw_len, data) SELECT id, 0, 1, 0, 3, x'68690a' FROM entries WHERE key IS NOT NULL")
+db.execute("INSERT INTO chunks (entry_id, seq, stream, codec, raw_len, data) SELECT id, 0, 1, 0, 3, x'68690a' FROM entries WHERE id NOT IN (SELECT entry_id FROM chunks)")
 db.commit()
 PY
     touch "$big_cache/.filled"

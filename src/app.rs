@@ -104,10 +104,7 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
     }
     let mut lock = None;
     if mode.writes() {
-        match cache.wait_for_key(&key, args.no_wait, &run) {
-            Claim::Owner(held) => lock = Some(held),
-            Claim::Busy | Claim::Free => {}
-        }
+        lock = cache.wait_for_key(&key, args.no_wait, &run);
         // An identical run may have stored the result while we waited.
         if lock.is_some() && mode.reads() && !args.refresh {
             if let Some(entry) = cache.lookup(&key, args.expire) {
@@ -370,16 +367,6 @@ impl Observer for RunObserver<'_> {
     }
 }
 
-/// The outcome of trying to become the one process that runs a key.
-enum Claim {
-    /// We hold the key's lock: run and record.
-    Owner(KeyLock),
-    /// Another run holds it and `--no-wait` says not to wait: run unrecorded.
-    Busy,
-    /// No lock could be had at all (the cache is unusable): run unrecorded.
-    Free,
-}
-
 /// The local cache as this run sees it: a store, or none after a failure
 /// that has been reported once.
 struct Cache {
@@ -449,18 +436,17 @@ impl Cache {
     }
 
     /// Becomes the one process that runs `key`, waiting while an identical
-    /// run holds it (unless `no_wait`), and showing that run's progress.
-    fn wait_for_key(&mut self, key: &Key, no_wait: bool, run: &Run<'_>) -> Claim {
-        let Some(dir) = self.dir().map(Path::to_owned) else {
-            return Claim::Free;
-        };
+    /// run holds it, and showing that run's progress. `None` means run
+    /// unrecorded: `--no-wait` found it busy, or no lock could be had at all.
+    fn wait_for_key(&mut self, key: &Key, no_wait: bool, run: &Run<'_>) -> Option<KeyLock> {
+        let dir = self.dir()?.to_owned();
         let mut display: Option<Display> = None;
         let mut polled = Instant::now() - PUBLISH_EVERY;
         let mut jobs: Option<Jobs> = None;
         let claim = loop {
             match KeyLock::try_acquire(&dir, &key.hex) {
-                Ok(Some(lock)) => break Claim::Owner(lock),
-                Ok(None) if no_wait => break Claim::Busy,
+                Ok(Some(lock)) => break Some(lock),
+                Ok(None) if no_wait => break None,
                 Ok(None) => {
                     let display = display.get_or_insert_with(|| {
                         self.messages.warn("waiting for an identical run in progress");
@@ -483,7 +469,7 @@ impl Cache {
                 Err(err) => {
                     self.warn(&format!("cannot lock the cache entry: {err}"));
                     self.store = None;
-                    break Claim::Free;
+                    break None;
                 }
             }
         };

@@ -28,19 +28,11 @@ impl Pty {
                 pixel_height: 0,
             })
             .expect("openpty");
-        let bin_dir = std::path::Path::new(LCRUN).parent().expect("bin dir");
         let mut cmd = CommandBuilder::new("/bin/sh");
         cmd.arg("-c");
         cmd.arg(format!("{line}; echo EXIT=$?"));
         cmd.cwd(env.dir.path());
-        cmd.env(
-            "PATH",
-            format!(
-                "{}:{}",
-                bin_dir.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        );
+        cmd.env("PATH", path_with_lcrun());
         cmd.env("LCRUN_CACHE_DIR", &env.cache);
         cmd.env("TERM", "xterm-256color");
         cmd.env_remove("NO_COLOR");

@@ -10,6 +10,17 @@ use std::process::{Command, Output, Stdio};
 /// The binary under test.
 pub const LCRUN: &str = env!("CARGO_BIN_EXE_lcrun");
 
+/// `PATH` with the directory of the binary under test first, since scripts
+/// under test call `lcrun progress`.
+pub fn path_with_lcrun() -> String {
+    let bin_dir = Path::new(LCRUN).parent().expect("bin dir");
+    format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 /// A scratch directory with its own cache, removed at the end of the test.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -41,16 +52,7 @@ impl Env {
             }
         }
         cmd.env("LCRUN_CACHE_DIR", &self.cache);
-        // Scripts under test call `lcrun progress`.
-        let bin_dir = Path::new(LCRUN).parent().expect("bin dir");
-        cmd.env(
-            "PATH",
-            format!(
-                "{}:{}",
-                bin_dir.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        );
+        cmd.env("PATH", path_with_lcrun());
         cmd
     }
 
