@@ -19,7 +19,7 @@ fi
 if [ ! -x target/peer/bin/bkt ]; then
     cargo install --quiet bkt --root target/peer
 fi
-cargo build --release --quiet
+cargo --quiet build-release
 lcrun=$root/target/release/lcrun
 bkt=$root/target/peer/bin/bkt
 
