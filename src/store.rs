@@ -168,6 +168,7 @@ pub fn create_dir(dir: &Path) -> Result<(), StoreError> {
 impl Store {
     /// Opens (creating if needed) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        configure_sqlite();
         let path = dir.join("cache.db");
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         // The hit path: the database exists, so skip the mkdir and create.
@@ -514,6 +515,20 @@ fn process_alive(pid: u32) -> bool {
 
 fn to_json(meta: &Meta) -> String {
     serde_json::to_string(meta).unwrap_or_else(|_| "{}".into())
+}
+
+/// Process-wide SQLite settings, before the first connection: no memory
+/// statistics, which take a global mutex on every allocation (about 6% of a
+/// hit's instructions went to mutexes; lcrun never reads the statistics).
+fn configure_sqlite() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: called before SQLite is initialised, with the int argument
+        // this option takes; a refusal (already initialised) is harmless.
+        unsafe {
+            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int);
+        }
+    });
 }
 
 /// Keeps the -wal and -shm files when the last connection closes. Without
