@@ -10,16 +10,7 @@ use crate::util::*;
 fn identical_concurrent_runs_execute_once() {
     let env = Env::new();
     let script = format!("{}; sleep 1.5; echo out; echo err >&2; exit 0", env.tally("runs"));
-    let children: Vec<_> = (0..12)
-        .map(|_| {
-            env.lcrun()
-                .args(["--", "sh", "-c", &script])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let children: Vec<_> = (0..12).map(|_| env.start(["--", "sh", "-c", &script])).collect();
     let outputs: Vec<_> = children
         .into_iter()
         .map(|c| c.wait_with_output().unwrap())
@@ -40,12 +31,7 @@ fn waiter_runs_the_command_when_the_owner_stores_nothing() {
         "{}; sleep 1; [ -e ok ] || {{ touch ok; exit 3; }}; echo fine",
         env.tally("runs")
     );
-    let first = env
-        .lcrun()
-        .args(["--", "sh", "-c", &script])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let first = env.start(["--", "sh", "-c", &script]);
     std::thread::sleep(Duration::from_millis(300));
     let second = env.run(["--", "sh", "-c", &script]);
     let first = first.wait_with_output().unwrap();
@@ -79,17 +65,8 @@ fn parallel_distinct_runs_never_fail() {
     let env = Env::new();
     let children: Vec<_> = (0..32)
         .map(|i| {
-            env.lcrun()
-                .args([
-                    "--",
-                    "sh",
-                    "-c",
-                    &format!("{}; echo job {i}; head -c 200000 /dev/zero", env.tally("runs")),
-                ])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            let script = format!("{}; echo job {i}; head -c 200000 /dev/zero", env.tally("runs"));
+            env.start(["--", "sh", "-c", &script])
         })
         .collect();
     for (i, child) in children.into_iter().enumerate() {
@@ -437,12 +414,7 @@ fn a_waiter_shows_the_running_jobs_progress() {
         "{}; for i in 1 2 3 4; do lcrun progress $i/4 part$i; sleep 0.4; done; echo built",
         env.tally("runs")
     );
-    let owner = env
-        .lcrun()
-        .args(["--", "sh", "-c", &script])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let owner = env.start(["--", "sh", "-c", &script]);
     std::thread::sleep(Duration::from_millis(300));
     let waiter = env.run(["--interval", "200ms", "--", "sh", "-c", &script]);
     let owner = owner.wait_with_output().unwrap();

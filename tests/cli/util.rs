@@ -65,6 +65,21 @@ impl Env {
         self.lcrun().args(args).output().expect("run lcrun")
     }
 
+    /// Starts `lcrun ARGS` in the background with stdout and stderr piped,
+    /// for tests of concurrent runs; finish it with `wait_with_output`.
+    pub fn start<I, S>(&self, args: I) -> std::process::Child
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.lcrun()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start lcrun")
+    }
+
     pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
         let path = self.path(rel);
         if let Some(parent) = path.parent() {
