@@ -27,6 +27,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Where hits are counted until the next write folds them in.
 const HIT_LOG: &str = "hits.log";
 
+/// A hit folds the hit log into the table once it is this large (about
+/// 12,000 hits), so the log stays small in a cache that is only read.
+const HIT_LOG_FOLD_BYTES: u64 = 1 << 20;
+
 /// Kept small on purpose: every new connection parses the whole schema
 /// before its first statement, and that parse was most of a cache hit's
 /// instructions when the schema had four tables and four indexes.
@@ -378,15 +382,29 @@ impl Store {
     /// that every later process has to index when it opens the database,
     /// which made hits twice as slow. The hit goes to an append-only log
     /// instead, folded into the table by the next write.
-    pub fn record_hit(&self, key: &str) -> std::io::Result<()> {
+    pub fn record_hit(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.dir.join(HIT_LOG);
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
         let line = format!("{key} {}\n", now_ms());
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
-            .open(self.dir.join(HIT_LOG))?;
+            .open(&path)
+            .map_err(io)?;
         // One write on an O_APPEND file: lines from parallel hits never mix.
-        std::io::Write::write_all(&mut log, line.as_bytes())
+        std::io::Write::write_all(&mut log, line.as_bytes()).map_err(io)?;
+        // A cache that only ever hits has no writer to fold the log: fold it
+        // here now and then, so it never grows without bound.
+        if log.metadata().map_err(io)?.len() > HIT_LOG_FOLD_BYTES {
+            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+            self.fold_hits()?;
+            self.tidy_wal();
+        }
+        Ok(())
     }
 
     /// After a write: copies the WAL into the database and truncates it to
@@ -726,6 +744,34 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn hits_are_counted_and_the_hit_log_stays_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = crate::key::KeyBuilder::new().finish();
+        let recording = store.begin(&key, "cmd", "/").unwrap();
+        recording.finish(0, Duration::from_millis(5)).unwrap();
+        let hits = |store: &Store| -> i64 {
+            store
+                .conn
+                .query_row("SELECT hits FROM entries WHERE key = ?1", [&key.hex], |r| {
+                    r.get(0)
+                })
+                .unwrap()
+        };
+        // Just under the fold size: logged, not yet in the table.
+        let line_len = key.hex.len() as u64 + 15;
+        let under = HIT_LOG_FOLD_BYTES / line_len;
+        for _ in 0..under {
+            store.record_hit(&key.hex).unwrap();
+        }
+        assert_eq!(hits(&store), 0);
+        // The hit that takes it past folds it: every hit counted, no log left.
+        store.record_hit(&key.hex).unwrap();
+        assert_eq!(hits(&store), under as i64 + 1);
+        assert!(!dir.path().join(HIT_LOG).exists());
     }
 
     #[test]
