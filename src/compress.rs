@@ -107,7 +107,7 @@ pub fn unpack(
 }
 
 /// Chunks in flight per worker: bounds memory whatever the output's size.
-const IN_FLIGHT_PER_WORKER: usize = 2;
+const IN_FLIGHT_PER_WORKER: usize = 4;
 
 /// Worker threads applying one function to jobs, results returned in
 /// submission order: job `i` goes to worker `i % n`, so reading the workers
