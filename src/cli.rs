@@ -18,6 +18,8 @@ use crate::duration;
     name = "lcrun",
     version,
     args_conflicts_with_subcommands = true,
+    subcommand_value_name = "SUBCOMMAND",
+    subcommand_help_heading = "Subcommands",
     after_help = "Examples:\n  \
         lcrun -c hash:src -- make test\n  \
         lcrun -e 1h -c git -- ./slow-report.sh\n  \
