@@ -157,11 +157,7 @@ impl Run<'_> {
             .arg0(&self.invocation.argv[0])
             .args(&self.invocation.argv[1..])
             .exec();
-        error(format!("{}: {err}", self.invocation.argv[0].to_string_lossy()));
-        match err.kind() {
-            std::io::ErrorKind::NotFound => Exit::NotFound,
-            _ => Exit::NotExecutable,
-        }
+        spawn_failed(&self.invocation.argv[0], &err)
     }
 
     /// Replays a hit and exits with its recorded status.
@@ -246,12 +242,13 @@ impl Run<'_> {
                 if let Some(recording) = observer.recording.take() {
                     let _ = recording.abandon();
                 }
-                let name = self.invocation.argv[0].to_string_lossy();
-                error(format!("{name}: {err}"));
-                return Ok(match err.kind() {
-                    std::io::ErrorKind::NotFound => Exit::NotFound,
-                    _ => Exit::NotExecutable,
-                });
+                let exit = spawn_failed(&self.invocation.argv[0], &err);
+                if let Some((jobs, id)) = &job {
+                    // Else the job would stay listed as running until the
+                    // next run of its key marked it lost.
+                    let _ = jobs.finish(id, "failed", exit.code());
+                }
+                return Ok(exit);
             }
             Err(RunError::Io(err)) => return Err(err).context("while running the command"),
         };
@@ -292,6 +289,16 @@ impl Run<'_> {
             let _ = jobs.finish(id, state, exit.code());
         }
         Ok(exit)
+    }
+}
+
+/// Says why the command could not be started: 127 when it is gone (removed
+/// since it was resolved), else 126.
+fn spawn_failed(name: &std::ffi::OsStr, err: &std::io::Error) -> Exit {
+    error(format!("{}: {err}", name.to_string_lossy()));
+    match err.kind() {
+        std::io::ErrorKind::NotFound => Exit::NotFound,
+        _ => Exit::NotExecutable,
     }
 }
 

@@ -433,3 +433,26 @@ fn a_waiter_shows_the_running_jobs_progress() {
         "the waiter did not show the owner's progress:\n{err}"
     );
 }
+
+#[test]
+fn a_command_that_fails_to_start_leaves_no_running_job() {
+    let env = Env::new();
+    // Executable, so it resolves; its interpreter is missing, so exec fails.
+    env.script("broken.sh", "#!/nonexistent/interpreter\necho never\n");
+    let out = env.run(["--", "./broken.sh"]);
+    assert_code(&out, 127);
+    assert!(
+        stderr(&out).starts_with("lcrun: ./broken.sh: "),
+        "{}",
+        stderr(&out)
+    );
+    let conn = rusqlite::Connection::open(env.cache.join("jobs.db")).unwrap();
+    let states: Vec<String> = conn
+        .prepare("SELECT state FROM jobs")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(states, ["failed"]);
+}
