@@ -53,6 +53,9 @@ pub struct Display {
     started: Instant,
     state: State,
     bar: Option<ProgressBar>,
+    /// The style the bar is drawn with now; a style is set only when this
+    /// changes, not on every chunk of output.
+    shape: Option<Shape>,
     /// Partial lines held back while the bar is drawn, per stream.
     held: [Vec<u8>; 2],
     held_since: Option<Instant>,
@@ -82,6 +85,7 @@ impl Display {
             started,
             state: State::default(),
             bar: None,
+            shape: None,
             held: [Vec::new(), Vec::new()],
             held_since: None,
             exposed: false,
@@ -242,6 +246,7 @@ impl Display {
             .with_elapsed(self.started.elapsed());
         bar.enable_steady_tick(Duration::from_millis(100));
         self.bar = Some(bar);
+        self.shape = None;
         self.refresh();
     }
 
@@ -252,32 +257,43 @@ impl Display {
     }
 
     fn refresh(&mut self) {
-        let Some(bar) = &self.bar else { return };
+        let Some(bar) = self.bar.clone() else { return };
+        let shape = match (self.state.pos, self.state.total) {
+            (Some(_), Some(_)) => Shape::Bar,
+            (Some(_), None) => Shape::Counter,
+            (None, _) => Shape::Spinner,
+        };
+        if self.shape != Some(shape) {
+            self.shape = Some(shape);
+            bar.set_style(match shape {
+                Shape::Bar => bar_style(),
+                Shape::Counter => spinner_style(true),
+                Shape::Spinner => spinner_style(false),
+            });
+        }
+        match (self.state.total, shape) {
+            (Some(total), Shape::Bar) if bar.length() != Some(total) => bar.set_length(total),
+            (_, Shape::Counter | Shape::Spinner) if bar.length().is_some() => bar.unset_length(),
+            _ => {}
+        }
+        if let Some(pos) = self.state.pos {
+            bar.set_position(pos);
+        }
         let message = if self.state.message.is_empty() {
             &self.last_line
         } else {
             &self.state.message
         };
-        match (self.state.pos, self.state.total) {
-            (Some(pos), Some(total)) => {
-                if bar.length() != Some(total) {
-                    bar.set_style(bar_style());
-                    bar.set_length(total);
-                }
-                bar.set_position(pos);
-            }
-            (pos, _) => {
-                if bar.length().is_some() {
-                    bar.unset_length();
-                }
-                bar.set_style(spinner_style(pos.is_some()));
-                if let Some(pos) = pos {
-                    bar.set_position(pos);
-                }
-            }
-        }
         bar.set_message(truncate(message, 200));
     }
+}
+
+/// What the bar shows: a spinner, a spinner with a count, or a real bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Spinner,
+    Counter,
+    Bar,
 }
 
 fn bar_style() -> ProgressStyle {
