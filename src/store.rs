@@ -639,7 +639,8 @@ impl Recording<'_> {
                     .compressor
                     .insert(compress::new_compressor().map_err(damaged)?),
             };
-            let packed = compress::pack(compressor, stream, raw, Vec::new()).map_err(damaged)?;
+            let out = self.spare_compressed.pop().unwrap_or_default();
+            let packed = compress::pack(compressor, stream, raw, out).map_err(damaged)?;
             return self.store_packed(packed);
         }
         let packer = match &mut self.packer {
@@ -772,6 +773,35 @@ mod tests {
         store.record_hit(&key.hex).unwrap();
         assert_eq!(hits(&store), under as i64 + 1);
         assert!(!dir.path().join(HIT_LOG).exists());
+    }
+
+    #[test]
+    fn interleaved_small_writes_reuse_their_buffers() {
+        // Each switch of stream stores a small chunk compressed right here;
+        // the buffers must be reused, not piled up, over a long run.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = crate::key::KeyBuilder::new().finish();
+        let mut recording = store.begin(&key, "cmd", "/").unwrap();
+        for i in 0..2000 {
+            recording
+                .write(Stream::Stdout, format!("out {i}\n").as_bytes())
+                .unwrap();
+            recording
+                .write(Stream::Stderr, format!("err {i}\n").as_bytes())
+                .unwrap();
+        }
+        assert!(
+            recording.spare.len() <= 2,
+            "{} raw buffers kept",
+            recording.spare.len()
+        );
+        assert!(
+            recording.spare_compressed.len() <= 2,
+            "{} compressed buffers kept",
+            recording.spare_compressed.len()
+        );
+        recording.finish(0, Duration::ZERO).unwrap();
     }
 
     #[test]
