@@ -79,7 +79,8 @@ pub trait Observer {
 }
 
 enum Msg {
-    Data(Stream, Vec<u8>),
+    /// A buffer from the pool and how many of its bytes were read.
+    Data(Stream, Vec<u8>, usize),
     Eof,
     Exited(io::Result<ExitStatus>),
 }
@@ -187,8 +188,8 @@ pub fn run(job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError> {
             }
         }
         match msg {
-            Ok(Msg::Data(stream, buf)) => {
-                observer.output(stream, &buf);
+            Ok(Msg::Data(stream, buf, len)) => {
+                observer.output(stream, &buf[..len]);
                 if let Ok(mut pool) = pool.lock() {
                     pool.push(buf);
                 }
@@ -260,13 +261,18 @@ fn spawn_reader(
 ) {
     thread::spawn(move || {
         loop {
-            let mut buf = pool.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default();
-            buf.resize(READ_BYTES, 0);
+            // Pooled buffers keep their full length, so they are zeroed once,
+            // when made, not after every read: a command writing a line at a
+            // time made a 256 KiB memset per line.
+            let mut buf = pool
+                .lock()
+                .ok()
+                .and_then(|mut p| p.pop())
+                .unwrap_or_else(|| vec![0; READ_BYTES]);
             match pipe.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    buf.truncate(n);
-                    if tx.send(Msg::Data(stream, buf)).is_err() {
+                    if tx.send(Msg::Data(stream, buf, n)).is_err() {
                         return;
                     }
                 }
