@@ -314,7 +314,8 @@ impl Store {
     }
 
     /// Streams an entry's output, chunk by chunk in recorded order, to `sink`.
-    /// Memory stays bounded by one chunk whatever the output's size.
+    /// Memory stays bounded by the few chunks in flight whatever the output's
+    /// size.
     pub fn replay(
         &self,
         entry: &Entry,
