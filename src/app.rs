@@ -98,8 +98,10 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
     let mut cache = Cache::open(args.cache_dir.clone(), messages);
 
     if mode.reads() && !args.refresh {
-        if let Some(entry) = cache.lookup(&key, args.expire) {
-            let exit = run.replay(&cache, &entry);
+        if let Some(exit) = cache
+            .lookup(&key, args.expire)
+            .and_then(|e| run.replay(&cache, &e))
+        {
             // The process ends now: finalising statements and closing a
             // read-only connection was 10% of a hit's instructions, and an
             // exit without a close is what SQLite survives on any crash.
@@ -112,8 +114,11 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
         lock = cache.wait_for_key(&key, args.no_wait, &run);
         // An identical run may have stored the result while we waited.
         if lock.is_some() && mode.reads() && !args.refresh {
-            if let Some(entry) = cache.lookup(&key, args.expire) {
-                return Ok(run.replay(&cache, &entry));
+            if let Some(exit) = cache
+                .lookup(&key, args.expire)
+                .and_then(|e| run.replay(&cache, &e))
+            {
+                return Ok(exit);
             }
         }
     }
@@ -160,14 +165,16 @@ impl Run<'_> {
         spawn_failed(&self.invocation.argv[0], &err)
     }
 
-    /// Replays a hit and exits with its recorded status.
-    fn replay(self, cache: &Cache, entry: &Entry) -> Exit {
+    /// Replays a hit and exits with its recorded status. `None` when its
+    /// stored output proved damaged before any of it was out: the entry is
+    /// dropped and the command is to run as on a miss.
+    fn replay(&self, cache: &Cache, entry: &Entry) -> Option<Exit> {
         let started = Instant::now();
         let mut out = RawOut::new();
-        let Some(store) = cache.store.as_ref() else {
-            return Exit::Command(entry.meta.status);
-        };
+        let store = cache.store.as_ref()?;
+        let mut started_output = false;
         let result = store.replay(entry, |stream, bytes| {
+            started_output = true;
             out.write(stream, bytes)?;
             if out.stdout_closed() {
                 return Err(std::io::ErrorKind::BrokenPipe.into());
@@ -178,10 +185,18 @@ impl Run<'_> {
             Ok(()) => {}
             Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {}
             Err(err) => {
-                // Part of the output may be out already: running the command
-                // now would print it twice, so this is an error of our own.
+                if err.is_corrupt() {
+                    let _ = store.forget(entry);
+                }
+                if !started_output && err.is_corrupt() {
+                    self.messages
+                        .warn(format!("cached output was damaged ({err}); dropped it"));
+                    return None;
+                }
+                // Part of the output is out already: running the command now
+                // would print it twice, so this is an error of our own.
                 error(format!("cannot replay cached output: {err}"));
-                return Exit::Usage;
+                return Some(Exit::Usage);
             }
         }
         let _ = store.record_hit(&entry.key);
@@ -193,7 +208,7 @@ impl Run<'_> {
                 duration::short(saved)
             ));
         }
-        Exit::Command(entry.meta.status)
+        Some(Exit::Command(entry.meta.status))
     }
 
     /// Runs the command live, recording it when `recording` is given.

@@ -2,6 +2,12 @@
 //! output as ordered, compressed chunks tagged stdout/stderr. An entry is
 //! written while pending and becomes visible in one short transaction at the
 //! end, so a crash or a cancelled run never leaves anything a reader replays.
+//!
+//! Large chunks keep only their place in SQLite; their bytes are appended to
+//! one data file per entry under `data/`. In SQLite every 4 KiB page of a
+//! blob is written twice (WAL, then checkpoint) with a syscall each: a
+//! 1 GiB miss took 1.3 s with its chunks in SQLite and 0.8 s with their
+//! bytes left out, against 0.9 s for `cat | cat`.
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -15,7 +21,7 @@ use crate::key::KeyInput;
 use crate::output::Stream;
 
 /// The schema this build writes; `PRAGMA user_version` carries it.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Raw bytes gathered before a chunk is compressed and stored. Bounds memory
 /// per run, and is large enough that zstd finds the repetition in build logs.
@@ -23,6 +29,14 @@ pub const CHUNK_BYTES: usize = 256 * 1024;
 
 /// How long a write waits for another process's write transaction.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Stored chunks at least this large go to the entry's data file; smaller
+/// ones (every chunk of a short output) stay in SQLite, so replaying them
+/// opens nothing more.
+const FILE_CHUNK_BYTES: usize = 16 * 1024;
+
+/// The directory of data files, in the cache directory.
+const DATA_DIR: &str = "data";
 
 /// Where hits are counted until the next write folds them in.
 const HIT_LOG: &str = "hits.log";
@@ -34,7 +48,9 @@ const HIT_LOG_FOLD_BYTES: u64 = 1 << 20;
 /// Kept small on purpose: every new connection parses the whole schema
 /// before its first statement, and that parse was most of a cache hit's
 /// instructions when the schema had four tables and four indexes.
-/// Pending entries have no key yet, so readers never see them.
+/// Pending entries have no key yet, so readers never see them. A chunk's
+/// bytes are in `data`, or, when that is NULL, the next `file_len` bytes of
+/// the entry's data file `file`.
 const SCHEMA: &str = "
 CREATE TABLE entries (
     id           INTEGER PRIMARY KEY,
@@ -43,7 +59,8 @@ CREATE TABLE entries (
     last_used_ms INTEGER NOT NULL,
     bytes        INTEGER NOT NULL,
     hits         INTEGER NOT NULL,
-    meta         TEXT NOT NULL
+    meta         TEXT NOT NULL,
+    file         TEXT
 );
 CREATE TABLE chunks (
     entry_id INTEGER NOT NULL,
@@ -51,7 +68,8 @@ CREATE TABLE chunks (
     stream   INTEGER NOT NULL,
     codec    INTEGER NOT NULL,
     raw_len  INTEGER NOT NULL,
-    data     BLOB NOT NULL,
+    data     BLOB,
+    file_len INTEGER,
     PRIMARY KEY (entry_id, seq)
 );
 ";
@@ -128,6 +146,8 @@ pub struct Entry {
     pub key: String,
     /// When the result was stored (ms since the epoch).
     pub created_ms: i64,
+    /// Its data file under `data/`, if it has one.
+    pub file: Option<String>,
     /// Everything else it records.
     pub meta: Meta,
 }
@@ -274,8 +294,9 @@ impl Store {
             .pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         // Version 1 was the layout before the hit path was slimmed (four
-        // tables, a `complete` flag); a cache is disposable, so it is rebuilt.
-        if version == 1 {
+        // tables, a `complete` flag), version 2 the one before data files; a
+        // cache is disposable, so it is rebuilt.
+        if version > 0 {
             tx.execute_batch(
                 "DROP TABLE IF EXISTS chunks; DROP TABLE IF EXISTS entries; DROP TABLE IF EXISTS jobs;",
             )?;
@@ -290,17 +311,18 @@ impl Store {
     pub fn lookup(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT id, created_ms, meta FROM entries WHERE key = ?1")?;
+            .prepare_cached("SELECT id, created_ms, meta, file FROM entries WHERE key = ?1")?;
         let row = stmt
             .query_row([key], |row| {
                 Ok((
                     row.get::<_, i64>(0)?,
                     row.get::<_, i64>(1)?,
                     row.get::<_, String>(2)?,
+                    row.get::<_, Option<String>>(3)?,
                 ))
             })
             .optional()?;
-        let Some((id, created_ms, meta)) = row else {
+        let Some((id, created_ms, meta, file)) = row else {
             return Ok(None);
         };
         let meta =
@@ -309,6 +331,7 @@ impl Store {
             id,
             key: key.to_owned(),
             created_ms,
+            file,
             meta,
         }))
     }
@@ -322,7 +345,7 @@ impl Store {
         mut sink: impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
     ) -> Result<(), StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT stream, codec, raw_len, data FROM chunks WHERE entry_id = ?1 ORDER BY seq",
+            "SELECT stream, codec, raw_len, data, file_len FROM chunks WHERE entry_id = ?1 ORDER BY seq",
         )?;
         let mut rows = stmt.query([entry.id])?;
         let mut write = |stream: Stream, bytes: &[u8]| {
@@ -335,6 +358,7 @@ impl Store {
         // side by side and the results are written in order.
         let mut unpacker: Option<compress::Unpacker> = None;
         let mut spare: Vec<Vec<u8>> = Vec::new();
+        let mut file: Option<DataFile> = None;
         let mut first = true;
         while let Some(row) = rows.next()? {
             let stream =
@@ -342,22 +366,35 @@ impl Store {
             let codec =
                 Codec::from_tag(row.get(1)?).ok_or_else(|| StoreError::Damaged("unknown codec".into()))?;
             let raw_len = row.get::<_, i64>(2)?.max(0) as usize;
-            let data = row.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
+            // The stored bytes, into a buffer that can go to a worker.
+            let mut stored = spare.pop().unwrap_or_default();
+            match row.get_ref(3)?.as_blob_or_null().map_err(rusqlite::Error::from)? {
+                Some(data) => {
+                    stored.clear();
+                    stored.extend_from_slice(data);
+                }
+                None => {
+                    let len = row.get::<_, Option<i64>>(4)?.unwrap_or(0).max(0) as usize;
+                    let file = match &mut file {
+                        Some(f) => f,
+                        None => file.insert(DataFile::open(&self.dir, entry.file.as_deref())?),
+                    };
+                    file.read(len, &mut stored)?;
+                }
+            }
             if first {
                 first = false;
                 let mut decompressor = zstd::bulk::Decompressor::new().map_err(damaged)?;
                 let mut out = Vec::new();
-                compress::unpack(&mut decompressor, codec, data, raw_len, &mut out).map_err(damaged)?;
+                compress::unpack(&mut decompressor, codec, &stored, raw_len, &mut out).map_err(damaged)?;
                 write(stream, &out)?;
+                spare.push(stored);
                 continue;
             }
             let workers = match &mut unpacker {
                 Some(u) => u,
                 None => unpacker.insert(compress::unpacker().map_err(damaged)?),
             };
-            let mut stored = spare.pop().unwrap_or_default();
-            stored.clear();
-            stored.extend_from_slice(data);
             let job = (stream, codec, raw_len, stored, spare.pop().unwrap_or_default());
             if let Some(done) = workers.push(job).map_err(damaged)? {
                 let (stream, out, stored) = done.map_err(damaged)?;
@@ -486,6 +523,7 @@ impl Store {
             packer: None,
             spare: Vec::new(),
             spare_compressed: Vec::new(),
+            file: None,
             bytes: [0, 0],
             stored: 0,
         })
@@ -500,23 +538,99 @@ impl Store {
             .prepare_cached("SELECT id, meta FROM entries WHERE key IS NULL")?
             .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        for (id, meta) in pending {
-            let meta: Meta = serde_json::from_str(&meta).unwrap_or_default();
-            let ours = meta.pending_key.as_deref() == Some(key);
-            if ours || !meta.pid.is_some_and(process_alive) {
-                tx.execute("DELETE FROM chunks WHERE entry_id = ?1", [id])?;
-                tx.execute("DELETE FROM entries WHERE id = ?1 AND key IS NULL", [id])?;
-            }
-        }
+        let abandoned: Vec<i64> = pending
+            .into_iter()
+            .filter(|(_, meta)| {
+                let meta: Meta = serde_json::from_str(meta).unwrap_or_default();
+                let ours = meta.pending_key.as_deref() == Some(key);
+                ours || !meta.pid.is_some_and(process_alive)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        let files = delete_rows(&tx, &abandoned)?;
         tx.commit()?;
+        self.remove_files(files);
         Ok(())
     }
 
     fn delete_entry(&self, id: i64) -> Result<(), StoreError> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let files = delete_rows(&tx, &[id])?;
+        tx.commit()?;
+        self.remove_files(files);
+        Ok(())
+    }
+
+    /// Deletes an entry whose stored output turned out to be damaged, so the
+    /// next run computes it afresh.
+    pub fn forget(&self, entry: &Entry) -> Result<(), StoreError> {
+        self.delete_entry(entry.id)
+    }
+
+    /// Removes data files whose rows are gone. One that cannot be removed is
+    /// only wasted space: no row refers to it any more.
+    fn remove_files(&self, names: Vec<String>) {
+        for name in names {
+            let _ = fs::remove_file(self.dir.join(DATA_DIR).join(name));
+        }
+    }
+}
+
+/// Deletes entries and their chunks within `tx`; returns their data files,
+/// to be removed once `tx` has committed.
+fn delete_rows(tx: &rusqlite::Transaction<'_>, ids: &[i64]) -> Result<Vec<String>, StoreError> {
+    let mut files = Vec::new();
+    for &id in ids {
+        let file: Option<String> = tx
+            .query_row("SELECT file FROM entries WHERE id = ?1", [id], |row| row.get(0))
+            .optional()?
+            .flatten();
+        files.extend(file);
         tx.execute("DELETE FROM chunks WHERE entry_id = ?1", [id])?;
         tx.execute("DELETE FROM entries WHERE id = ?1", [id])?;
-        tx.commit()?;
+    }
+    Ok(files)
+}
+
+/// An entry's data file, read front to back during a replay.
+struct DataFile {
+    path: PathBuf,
+    file: fs::File,
+}
+
+impl DataFile {
+    fn open(dir: &Path, name: Option<&str>) -> Result<DataFile, StoreError> {
+        let name =
+            name.ok_or_else(|| StoreError::Damaged("a chunk is in a data file the entry lacks".into()))?;
+        let path = dir.join(DATA_DIR).join(name);
+        match fs::File::open(&path) {
+            Ok(file) => Ok(DataFile { path, file }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Damaged(format!(
+                "data file {} is missing",
+                path.display()
+            ))),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    /// Reads the next `len` bytes into `buf` (replacing what it held).
+    fn read(&mut self, len: usize, buf: &mut Vec<u8>) -> Result<(), StoreError> {
+        use std::io::Read;
+        buf.clear();
+        buf.reserve(len);
+        let read = (&mut self.file)
+            .take(len as u64)
+            .read_to_end(buf)
+            .map_err(|source| StoreError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        if read != len {
+            return Err(StoreError::Damaged(format!(
+                "data file {} is shorter than its entry records",
+                self.path.display()
+            )));
+        }
         Ok(())
     }
 }
@@ -579,6 +693,8 @@ fn move_aside(dir: &Path) -> Result<PathBuf, StoreError> {
         let side = dir.join(format!("cache.db{suffix}"));
         let _ = fs::rename(&side, dir.join(format!("{}{suffix}", moved.display())));
     }
+    // Its data files go with it: the new database knows none of them.
+    let _ = fs::rename(dir.join(DATA_DIR), format!("{}-{DATA_DIR}", moved.display()));
     Ok(moved)
 }
 
@@ -600,6 +716,8 @@ pub struct Recording<'s> {
     spare: Vec<Vec<u8>>,
     /// Compressed-chunk buffers for reuse.
     spare_compressed: Vec<Vec<u8>>,
+    /// The data file large chunks are appended to, once there is one.
+    file: Option<(PathBuf, fs::File)>,
     bytes: [i64; 2],
     stored: i64,
 }
@@ -641,16 +759,33 @@ impl Recording<'_> {
                     .insert(compress::new_compressor().map_err(damaged)?),
             };
             let out = self.spare_compressed.pop().unwrap_or_default();
-            let packed = compress::pack(compressor, stream, raw, out).map_err(damaged)?;
+            let packed = compress::pack(compressor, Codec::Zstd, stream, raw, out).map_err(damaged)?;
             return self.store_packed(packed);
         }
+        self.store_finished()?;
         let packer = match &mut self.packer {
             Some(p) => p,
             None => self.packer.insert(compress::packer().map_err(damaged)?),
         };
-        if let Some(packed) = packer
-            .push((stream, raw, self.spare_compressed.pop().unwrap_or_default()))
+        // Workers all still busy: the output is arriving faster than zstd
+        // keeps up with, so this chunk gets LZ4 (see `compress`).
+        let codec = if packer.busy() { Codec::Lz4 } else { Codec::Zstd };
+        let out = self.spare_compressed.pop().unwrap_or_default();
+        if let Some(packed) = packer.push((codec, stream, raw, out)).map_err(damaged)? {
+            self.store_packed(packed.map_err(damaged)?)?;
+        }
+        Ok(())
+    }
+
+    /// Stores the chunks the workers have finished, without waiting.
+    fn store_finished(&mut self) -> Result<(), StoreError> {
+        while let Some(packed) = self
+            .packer
+            .as_mut()
+            .map(Packer::ready)
+            .transpose()
             .map_err(damaged)?
+            .flatten()
         {
             self.store_packed(packed.map_err(damaged)?)?;
         }
@@ -674,12 +809,27 @@ impl Recording<'_> {
 
     fn store_packed(&mut self, packed: Packed) -> Result<(), StoreError> {
         let data = packed.data();
+        let (blob, file_len) = if data.len() >= FILE_CHUNK_BYTES {
+            self.append_to_file(data)?;
+            (None, Some(data.len() as i64))
+        } else {
+            (Some(data), None)
+        };
         self.store
             .conn
             .prepare_cached(
-                "INSERT INTO chunks (entry_id, seq, stream, codec, raw_len, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO chunks (entry_id, seq, stream, codec, raw_len, data, file_len) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![self.id, self.seq, packed.stream.tag(), packed.codec as i64, packed.raw.len() as i64, data])?;
+            .execute(params![
+                self.id,
+                self.seq,
+                packed.stream.tag(),
+                packed.codec as i64,
+                packed.raw.len() as i64,
+                blob,
+                file_len
+            ])?;
         self.stored += data.len() as i64;
         self.seq += 1;
         let Packed {
@@ -689,6 +839,38 @@ impl Recording<'_> {
         self.spare.push(raw);
         self.spare_compressed.push(compressed);
         Ok(())
+    }
+
+    /// Appends stored bytes to the entry's data file, creating it first. Its
+    /// name is on the pending row before the file exists, so whoever cleans
+    /// up after a crash finds it.
+    fn append_to_file(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        let (path, file) = match &mut self.file {
+            Some(open) => open,
+            None => {
+                let dir = self.store.dir.join(DATA_DIR);
+                create_dir(&dir)?;
+                let name = format!("{}-{}", self.id, now_ms());
+                self.store.conn.execute(
+                    "UPDATE entries SET file = ?2 WHERE id = ?1",
+                    params![self.id, name],
+                )?;
+                let path = dir.join(name);
+                match OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                {
+                    Ok(file) => self.file.insert((path, file)),
+                    Err(source) => return Err(StoreError::Io { path, source }),
+                }
+            }
+        };
+        std::io::Write::write_all(file, data).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })
     }
 
     /// Makes the result visible under its key, replacing any older entry.
@@ -702,16 +884,17 @@ impl Recording<'_> {
         self.meta.stderr_bytes = self.bytes[1] as u64;
         let conn = &self.store.conn;
         let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
-        tx.execute(
-            "DELETE FROM chunks WHERE entry_id IN (SELECT id FROM entries WHERE key = ?1)",
-            [&self.key],
-        )?;
-        tx.execute("DELETE FROM entries WHERE key = ?1", [&self.key])?;
+        let older: Vec<i64> = tx
+            .prepare("SELECT id FROM entries WHERE key = ?1")?
+            .query_map([&self.key], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        let files = delete_rows(&tx, &older)?;
         tx.execute(
             "UPDATE entries SET key = ?2, created_ms = ?3, last_used_ms = ?3, bytes = ?4, meta = ?5 WHERE id = ?1",
             params![self.id, self.key, now_ms(), self.stored, to_json(&self.meta)],
         )?;
         tx.commit()?;
+        self.store.remove_files(files);
         self.store.tidy_wal();
         Ok(())
     }

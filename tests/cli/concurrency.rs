@@ -170,6 +170,8 @@ fn sigkill_during_a_large_write_never_corrupts_or_replays_partial_output() {
             expected.len()
         );
     }
+    // The killed runs' data files went with their pending rows.
+    assert_eq!(env.data_files().len(), 1, "{:?}", env.data_files());
 }
 
 #[test]
@@ -455,4 +457,93 @@ fn a_command_that_fails_to_start_leaves_no_running_job() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(states, ["failed"]);
+}
+
+/// About 15 MB of numbers, counted under "big": many chunks, so a data file.
+fn big_output(env: &Env, tail: &str) -> [String; 4] {
+    let script = format!("{}; seq 1 2000000{tail}", env.tally("big"));
+    ["--".into(), "sh".into(), "-c".into(), script]
+}
+
+#[test]
+fn large_outputs_keep_one_data_file_per_entry() {
+    let env = Env::new();
+    let args = big_output(&env, "");
+    let first = env.run(&args);
+    assert_code(&first, 0);
+    assert_eq!(first.stdout.len(), 14_888_896);
+    let files = env.data_files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let hit = env.run(&args);
+    assert!(hit.stdout == first.stdout, "replay differs");
+    assert_eq!(env.count("big"), 1);
+
+    // A refresh replaces the entry and its file.
+    let mut refresh = vec!["--refresh".to_string()];
+    refresh.extend(args.iter().cloned());
+    assert_code(&env.run(&refresh), 0);
+    assert_eq!(env.count("big"), 2);
+    let now = env.data_files();
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now, files);
+
+    // A failure is not cached, and leaves no file behind.
+    let failing = big_output(&env, "; exit 3");
+    assert_code(&env.run(&failing), 3);
+    assert_eq!(env.data_files(), now);
+}
+
+#[test]
+fn a_missing_data_file_runs_the_command_again() {
+    let env = Env::new();
+    let args = big_output(&env, "");
+    let first = env.run(&args);
+    assert_code(&first, 0);
+    for file in env.data_files() {
+        std::fs::remove_file(file).unwrap();
+    }
+    let again = env.run(&args);
+    assert_code(&again, 0);
+    assert!(again.stdout == first.stdout, "output differs");
+    assert_eq!(env.count("big"), 2);
+    let err = stderr(&again);
+    assert!(
+        err.contains("lcrun: cached output was damaged") && err.contains("missing"),
+        "{err}"
+    );
+    // Stored afresh: the next run is a hit.
+    let hit = env.run(&args);
+    assert!(hit.stdout == first.stdout);
+    assert_eq!(env.count("big"), 2);
+}
+
+#[test]
+fn a_data_file_cut_short_fails_once_and_is_then_recomputed() {
+    let env = Env::new();
+    let args = big_output(&env, "");
+    let first = env.run(&args);
+    assert_code(&first, 0);
+    let files = env.data_files();
+    let file = std::fs::OpenOptions::new().write(true).open(&files[0]).unwrap();
+    let len = file.metadata().unwrap().len();
+    file.set_len(len / 2).unwrap();
+    drop(file);
+    // Half the output is out before the cut shows: an error, not a rerun
+    // that would print that half twice.
+    let cut = env.run(&args);
+    assert_code(&cut, 125);
+    assert!(!cut.stdout.is_empty() && cut.stdout.len() < first.stdout.len());
+    assert!(first.stdout.starts_with(&cut.stdout), "replayed bytes differ");
+    let err = stderr(&cut);
+    assert!(
+        err.starts_with("lcrun: cannot replay cached output") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(env.count("big"), 1);
+    // The damaged entry is gone: the next run computes it again.
+    let again = env.run(&args);
+    assert_code(&again, 0);
+    assert!(again.stdout == first.stdout);
+    assert_eq!(env.count("big"), 2);
+    assert_eq!(env.data_files().len(), 1);
 }

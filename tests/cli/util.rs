@@ -111,6 +111,15 @@ impl Env {
     pub fn db(&self) -> PathBuf {
         self.cache.join("cache.db")
     }
+
+    /// The data files of large entries, sorted.
+    pub fn data_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = fs::read_dir(self.cache.join("data"))
+            .map(|dir| dir.map(|e| e.expect("data dir entry").path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+    }
 }
 
 /// Exit code of a finished lcrun.
