@@ -1,7 +1,15 @@
 //! The `lcrun` binary: parses the command line, runs, and turns every failure
 //! into one `lcrun: ...` line and the right exit status.
+//!
+//! `main` is the C entry point, not Rust's. Rust's start-up looks up the main
+//! thread's stack by parsing /proc/self/maps and installs stack-overflow
+//! handlers on an alternate signal stack: about a tenth of the instructions
+//! of a whole cache hit. Of what it does, lcrun needs two things, done in
+//! [`start_up`]; `lcrun` itself is the ordinary `run` that returns a status.
+#![no_main]
 
-use std::process::ExitCode;
+use std::ffi::{c_char, c_int};
+use std::io::Write;
 
 use clap::error::ErrorKind;
 use clap::Parser;
@@ -9,27 +17,66 @@ use lcrun::cli::Cli;
 use lcrun::messages::error;
 use lcrun::Exit;
 
-fn main() -> ExitCode {
+/// The process's entry point, called by the C runtime.
+#[unsafe(no_mangle)]
+pub extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
+    start_up();
+    let exit = lcrun();
+    // Rust's own exit path would flush stdout; help and version text go
+    // through its buffer.
+    let _ = std::io::stdout().flush();
+    c_int::from(exit.code())
+}
+
+/// What Rust's start-up does that lcrun relies on.
+fn start_up() {
+    // A closed standard descriptor would be handed to the next file lcrun
+    // opens (a lock, a data file), and output meant for the terminal would
+    // land in it. Each closed one is filled with /dev/null.
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: poll reads and writes exactly the three pollfd structs given.
+    if unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) } >= 0 {
+        for pollfd in fds.iter().filter(|p| p.revents & libc::POLLNVAL != 0) {
+            // SAFETY: a plain open of a constant path. The lowest free
+            // descriptor is the closed one; lcrun has opened nothing yet.
+            let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+            debug_assert!(fd < 0 || fd == pollfd.fd);
+        }
+    }
+    // A reader that goes away (`lcrun ... | head`) is an EPIPE lcrun handles
+    // (the run is still recorded whole), not a signal that kills it. Commands
+    // lcrun starts get the default disposition back: std resets SIGPIPE in
+    // every child it spawns.
+    // SAFETY: setting a standard signal to be ignored.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Parses the command line and runs it.
+fn lcrun() -> Exit {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
     match lcrun::run(cli) {
-        Ok(exit) => exit.into(),
+        Ok(exit) => exit,
         Err(err) => {
             error(format!("{err:#}"));
-            Exit::Usage.into()
+            Exit::Usage
         }
     }
 }
 
 /// Help and version print as usual; any other parse error becomes one line
 /// and status 125, so it cannot be mistaken for the command's own status.
-fn usage_error(err: clap::Error) -> ExitCode {
+fn usage_error(err: clap::Error) -> Exit {
     match err.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             let _ = err.print();
-            ExitCode::SUCCESS
+            Exit::Command(0)
         }
         _ => {
             let rendered = err.render().to_string();
@@ -38,7 +85,7 @@ fn usage_error(err: clap::Error) -> ExitCode {
                 "{} (see 'lcrun --help')",
                 first.trim_start_matches("error: ")
             ));
-            Exit::Usage.into()
+            Exit::Usage
         }
     }
 }

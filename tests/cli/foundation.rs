@@ -286,6 +286,87 @@ fn own_messages_on_stderr_with_prefix_and_q_silences_them() {
     assert_eq!(env.count("a"), 4, "an unusable cache must not stop the command");
 }
 
+/// Starts lcrun, reads the first bytes of its stdout, then closes the pipe
+/// as `lcrun ... | head -c 100` would; returns lcrun's exit code and stderr.
+fn run_into_closed_pipe(env: &Env, args: &[String]) -> (i32, String) {
+    let mut child = env.start(args);
+    let mut first = [0u8; 100];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("first bytes");
+    let out = child.wait_with_output().expect("wait");
+    (code(&out), stderr(&out))
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_quietly_and_the_run_is_still_recorded_whole() {
+    let env = Env::new();
+    let script = format!("{}; seq 1 300000", env.tally("a"));
+    // Miss, then hit, each into a pipe closed after 100 bytes: the command's
+    // status, no message, not death by SIGPIPE (141).
+    for _ in 0..2 {
+        let (code, err) = run_into_closed_pipe(&env, &sh(&script));
+        assert_eq!((code, err.as_str()), (0, ""));
+    }
+    assert_eq!(env.count("a"), 1);
+    let full = env.run(sh(&script));
+    let direct = Command::new("seq").args(["1", "300000"]).output().expect("seq");
+    assert!(full.stdout == direct.stdout, "the entry is not whole");
+}
+
+#[test]
+fn commands_get_the_default_sigpipe() {
+    // Were SIGPIPE left ignored, `yes` would get EPIPE instead and complain.
+    let env = Env::new();
+    for options in [&[][..], &["--no-cache"][..]] {
+        let out = env.run(with_sh(options, "yes | head -n 1"));
+        assert_code(&out, 0);
+        assert_eq!(out.stdout, b"y\n");
+        assert_eq!(stderr(&out), "", "{options:?}");
+    }
+}
+
+#[test]
+fn closed_standard_descriptors_are_not_reused_for_files() {
+    // With fd 1 closed, the next file lcrun opened would get it, and output
+    // meant for stdout would land in that file or fail with EBADF.
+    let env = Env::new();
+    let script = format!("{}; echo out; echo err >&2", env.tally("a"));
+    for _ in 0..2 {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("exec \"$0\" \"$@\" >&- <&-")
+            .arg(env!("CARGO_BIN_EXE_lcrun"))
+            .args(sh(&script))
+            .env("LCRUN_CACHE_DIR", &env.cache)
+            .output()
+            .expect("run");
+        assert_code(&out, 0);
+        assert_eq!(stderr(&out), "err\n");
+    }
+    assert_eq!(env.count("a"), 1);
+    let out = env.run(sh(&script));
+    assert_eq!(
+        (out.stdout.as_slice(), out.stderr.as_slice()),
+        (&b"out\n"[..], &b"err\n"[..])
+    );
+    for name in ["locks", "data"] {
+        let dir = env.cache.join(name);
+        for file in fs::read_dir(&dir).into_iter().flatten() {
+            let file = file.expect("entry").path();
+            assert_eq!(
+                fs::metadata(&file).expect("stat").len(),
+                0,
+                "{} was written to",
+                file.display()
+            );
+        }
+    }
+}
+
 // 3. Hit and miss ------------------------------------------------------------
 
 #[test]
