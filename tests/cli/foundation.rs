@@ -1160,11 +1160,28 @@ fn cache_dir_is_0700_and_database_0600() {
     assert_eq!(dir_mode, 0o700, "cache dir mode {dir_mode:o}");
     let db_mode = fs::metadata(env.db()).expect("stat db").permissions().mode() & 0o777;
     assert_eq!(db_mode, 0o600, "database mode {db_mode:o}");
-    for side in ["cache.db-wal", "cache.db-shm"] {
-        if let Ok(meta) = fs::metadata(env.cache.join(side)) {
+    // Everything else in it too: the WAL files, jobs.db, a large entry's
+    // data file, the hit log, the locks.
+    assert_code(&env.run(["--", "seq", "1", "1000000"]), 0);
+    assert_code(&env.run(["--", "seq", "1", "1000000"]), 0);
+    let mut seen = Vec::new();
+    let mut dirs = vec![env.cache.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).expect("read cache dir") {
+            let path = entry.expect("entry").path();
+            let meta = fs::symlink_metadata(&path).expect("stat");
             let mode = meta.permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600, "{side} mode {mode:o}");
+            if meta.is_dir() {
+                assert_eq!(mode, 0o700, "{} mode {mode:o}", path.display());
+                dirs.push(path.clone());
+            } else {
+                assert_eq!(mode, 0o600, "{} mode {mode:o}", path.display());
+            }
+            seen.push(path.file_name().expect("name").to_string_lossy().into_owned());
         }
+    }
+    for expected in ["jobs.db", "cache.db-wal", "hits.log", "data"] {
+        assert!(seen.iter().any(|s| s == expected), "no {expected} in {seen:?}");
     }
     // A nested cache dir is created too, and private.
     let nested = env.path("deep/er/cache");
