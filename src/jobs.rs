@@ -47,6 +47,20 @@ pub struct Jobs {
 impl Jobs {
     /// Opens (creating if needed) `jobs.db` in the cache directory.
     pub fn open(dir: &Path) -> Result<Jobs, StoreError> {
+        match Jobs::open_file(dir) {
+            // It only says what runs now: a damaged file is replaced, not
+            // kept for a look, and not warned about.
+            Err(err) if err.is_corrupt() => {
+                for name in ["jobs.db", "jobs.db-wal", "jobs.db-shm"] {
+                    let _ = std::fs::remove_file(dir.join(name));
+                }
+                Jobs::open_file(dir)
+            }
+            result => result,
+        }
+    }
+
+    fn open_file(dir: &Path) -> Result<Jobs, StoreError> {
         let path = dir.join("jobs.db");
         create_private_file(&path)?;
         let conn = Connection::open_with_flags(

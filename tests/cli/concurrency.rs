@@ -411,7 +411,20 @@ fn read_only_cache_keeps_the_commands_output_and_status() {
 
 #[test]
 fn a_waiter_shows_the_running_jobs_progress() {
+    assert_a_waiter_shows_progress(&Env::new());
+}
+
+#[test]
+fn a_damaged_jobs_db_is_replaced() {
     let env = Env::new();
+    std::fs::create_dir_all(&env.cache).unwrap();
+    std::fs::write(env.cache.join("jobs.db"), vec![b'x'; 8192]).unwrap();
+    assert_a_waiter_shows_progress(&env);
+}
+
+/// An owner reports progress 1/4..4/4; a waiter started after it shows
+/// that progress, then replays its output.
+fn assert_a_waiter_shows_progress(env: &Env) {
     let script = format!(
         "{}; for i in 1 2 3 4; do lcrun progress $i/4 part$i; sleep 0.4; done; echo built",
         env.tally("runs")
@@ -423,6 +436,7 @@ fn a_waiter_shows_the_running_jobs_progress() {
     assert_code(&waiter, 0);
     assert_eq!(stdout(&waiter), "built\n");
     assert_eq!(stdout(&owner), "built\n");
+    assert_eq!(stderr(&owner), "");
     assert_eq!(env.count("runs"), 1);
     let err = stderr(&waiter);
     assert!(err.contains("lcrun: waiting for an identical run"), "{err}");
