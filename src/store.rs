@@ -12,7 +12,7 @@
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
@@ -526,6 +526,7 @@ impl Store {
             packer: None,
             spare: Vec::new(),
             spare_compressed: Vec::new(),
+            last_flush: Instant::now(),
             file: None,
             bytes: [0, 0],
             stored: 0,
@@ -719,6 +720,8 @@ pub struct Recording<'s> {
     spare: Vec<Vec<u8>>,
     /// Compressed-chunk buffers for reuse.
     spare_compressed: Vec<Vec<u8>>,
+    /// When the last chunk was handed on: the output's rate.
+    last_flush: Instant,
     /// The data file large chunks are appended to, once there is one.
     file: Option<(PathBuf, fs::File)>,
     bytes: [i64; 2],
@@ -770,9 +773,17 @@ impl Recording<'_> {
             Some(p) => p,
             None => self.packer.insert(compress::packer().map_err(damaged)?),
         };
-        // Workers all still busy: the output is arriving faster than zstd
-        // keeps up with, so this chunk gets LZ4 (see `compress`).
-        let codec = if packer.busy() { Codec::Lz4 } else { Codec::Zstd };
+        // LZ4 when the output arrives faster than zstd keeps up with (every
+        // worker still busy), or at firehose rate (see `compress`).
+        let now = Instant::now();
+        let took = now.duration_since(self.last_flush).as_secs_f64();
+        self.last_flush = now;
+        let firehose = raw.len() as f64 >= compress::FIREHOSE_BYTES_PER_SEC * took;
+        let codec = if firehose || packer.busy() {
+            Codec::Lz4
+        } else {
+            Codec::Zstd
+        };
         let out = self.spare_compressed.pop().unwrap_or_default();
         if let Some(packed) = packer.push((codec, stream, raw, out)).map_err(damaged)? {
             self.store_packed(packed.map_err(damaged)?)?;

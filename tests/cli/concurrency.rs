@@ -322,6 +322,50 @@ fn build_logs_are_stored_compressed() {
 
 /// Runs `script` in a private mount namespace where `cache` is a fresh tmpfs
 /// of `size`, so a full disk or a read-only cache is real, not simulated.
+/// How many stored chunks use each codec tag (1 zstd, 2 LZ4).
+fn codecs(env: &Env) -> std::collections::BTreeMap<i64, i64> {
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT codec, count(*) FROM chunks GROUP BY codec")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn output_at_a_builds_pace_gets_zstd_and_a_firehose_lz4() {
+    let env = Env::new();
+    // 2 MB in 8 bursts a tenth of a second apart: 20 MB/s at most.
+    let line = "[12/400] /usr/bin/c++ -O2 -g -Wall -c ../src/core/parser.cc -o obj/parser.o\n";
+    env.write("burst", line.repeat(3500));
+    let slow = env.run([
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8; do cat burst; sleep 0.1; done",
+    ]);
+    assert_code(&slow, 0);
+    assert_eq!(
+        codecs(&env).into_keys().collect::<Vec<_>>(),
+        [1],
+        "{:?}",
+        codecs(&env)
+    );
+
+    // The same 32 MB in one go.
+    let env = Env::new();
+    env.write("log", line.repeat(400_000));
+    let fast = env.run(["--", "cat", "log"]);
+    assert_code(&fast, 0);
+    let counts = codecs(&env);
+    let lz4 = counts.get(&2).copied().unwrap_or(0);
+    let all: i64 = counts.values().sum();
+    assert!(lz4 * 2 > all, "{counts:?}");
+    assert!(env.run(["--", "cat", "log"]).stdout == fast.stdout);
+}
+
 fn with_tmpfs_cache(env: &Env, size: &str, script: &str) -> std::process::Output {
     std::fs::create_dir_all(&env.cache).unwrap();
     let probe = Command::new("unshare").args(["-m", "true"]).status();
