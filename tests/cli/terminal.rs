@@ -278,6 +278,35 @@ fn sigterm_and_sighup_cancel_with_their_statuses() {
 }
 
 #[test]
+fn sigterm_cancels_a_command_flooding_its_output() {
+    // lcrun reads output without pause here: the signal must still be seen.
+    let env = Env::new();
+    let mut child = env
+        .lcrun()
+        .args(["--", "sh", "-c", "echo $$ > pid; exec yes flood"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_file(&env.path("pid"));
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            unsafe { libc::kill(pids(&env.path("pid"))[0], libc::SIGKILL) };
+            panic!("lcrun did not react to SIGTERM within 5 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(143));
+    assert!(!alive(pids(&env.path("pid"))[0]));
+}
+
+#[test]
 fn command_ignoring_signals_dies_after_kill_after() {
     let env = Env::new();
     let mut child = env
