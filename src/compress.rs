@@ -124,30 +124,45 @@ pub fn pack(
     })
 }
 
-/// Decodes one stored chunk into `out`. A reused buffer is only zeroed where
-/// it grows.
-pub fn unpack(
-    decompressor: &mut zstd::bulk::Decompressor<'static>,
-    codec: Codec,
-    data: &[u8],
-    raw_len: usize,
-    out: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    let dest = room(out, raw_len);
-    let len = match codec {
-        Codec::Raw if data.len() == raw_len => {
-            dest.copy_from_slice(data);
-            raw_len
+/// Decodes stored chunks. zstd's context (about 100 KiB) is made for the
+/// first zstd chunk: replaying a few raw bytes never needs it.
+#[derive(Default)]
+pub struct Decoder {
+    zstd: Option<zstd::bulk::Decompressor<'static>>,
+}
+
+impl Decoder {
+    /// Decodes one stored chunk into `out`. A reused buffer is only zeroed
+    /// where it grows.
+    pub fn unpack(
+        &mut self,
+        codec: Codec,
+        data: &[u8],
+        raw_len: usize,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        let dest = room(out, raw_len);
+        let len = match codec {
+            Codec::Raw if data.len() == raw_len => {
+                dest.copy_from_slice(data);
+                raw_len
+            }
+            Codec::Raw => data.len(),
+            Codec::Zstd => {
+                let zstd = match &mut self.zstd {
+                    Some(z) => z,
+                    None => self.zstd.insert(zstd::bulk::Decompressor::new()?),
+                };
+                zstd.decompress_to_buffer(data, dest)?
+            }
+            Codec::Lz4 => lz4::block::decompress_to_buffer(data, Some(raw_len as i32), dest)?,
+        };
+        if len != raw_len {
+            return Err(std::io::Error::other("chunk length mismatch"));
         }
-        Codec::Raw => data.len(),
-        Codec::Zstd => decompressor.decompress_to_buffer(data, dest)?,
-        Codec::Lz4 => lz4::block::decompress_to_buffer(data, Some(raw_len as i32), dest)?,
-    };
-    if len != raw_len {
-        return Err(std::io::Error::other("chunk length mismatch"));
+        out.truncate(raw_len);
+        Ok(())
     }
-    out.truncate(raw_len);
-    Ok(())
 }
 
 /// Chunks in flight per worker: bounds memory whatever the output's size.
@@ -267,10 +282,10 @@ pub type Unpacker = Ordered<UnpackJob, std::io::Result<(Stream, Vec<u8>, Vec<u8>
 /// Starts decompressing workers.
 pub fn unpacker() -> std::io::Result<Unpacker> {
     Ordered::new(
-        zstd::bulk::Decompressor::new,
-        |decompressor: &mut zstd::bulk::Decompressor<'static>, job: UnpackJob| {
+        || Ok(Decoder::default()),
+        |decoder: &mut Decoder, job: UnpackJob| {
             let (stream, codec, raw_len, data, mut out) = job;
-            unpack(decompressor, codec, &data, raw_len, &mut out)?;
+            decoder.unpack(codec, &data, raw_len, &mut out)?;
             Ok((stream, out, data))
         },
     )
@@ -322,10 +337,12 @@ mod tests {
 
     #[test]
     fn a_damaged_chunk_is_an_error_not_a_panic() {
-        let mut d = zstd::bulk::Decompressor::new().unwrap();
+        let mut d = Decoder::default();
         let mut out = Vec::new();
-        assert!(unpack(&mut d, Codec::Zstd, b"not zstd at all", 100, &mut out).is_err());
-        assert!(unpack(&mut d, Codec::Lz4, b"\xff\xff\xff not lz4", 100, &mut out).is_err());
-        assert!(unpack(&mut d, Codec::Raw, b"abc", 4, &mut out).is_err());
+        assert!(d.unpack(Codec::Zstd, b"not zstd at all", 100, &mut out).is_err());
+        assert!(d
+            .unpack(Codec::Lz4, b"\xff\xff\xff not lz4", 100, &mut out)
+            .is_err());
+        assert!(d.unpack(Codec::Raw, b"abc", 4, &mut out).is_err());
     }
 }

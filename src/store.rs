@@ -387,9 +387,10 @@ impl Store {
             }
             if first {
                 first = false;
-                let mut decompressor = zstd::bulk::Decompressor::new().map_err(damaged)?;
                 let mut out = Vec::new();
-                compress::unpack(&mut decompressor, codec, &stored, raw_len, &mut out).map_err(damaged)?;
+                compress::Decoder::default()
+                    .unpack(codec, &stored, raw_len, &mut out)
+                    .map_err(damaged)?;
                 write(stream, &out)?;
                 spare.push(stored);
                 continue;
