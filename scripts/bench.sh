@@ -147,10 +147,16 @@ row "stored bytes / raw bytes, build-style log" "$(python3 -c "s,r=$stored; prin
 rm -rf "$work/crss" "$work/cbig" "$work/c100" "$work/b100"
 
 # --- no-cache overhead -----------------------------------------------------------------
-# `env true` is the same start-one-program-then-exec-another with nothing
-# else: the floor of any wrapper.
-hf nocache "$runs" none "$lcrun --no-cache -- true" "true" "env true"
+# The floor of any wrapper: a static C program that does nothing but exec
+# its arguments (cc is there: cargo links with it), and `env true`.
+exec_only=$work/exec-only
+if [ ! -x "$exec_only" ]; then
+    printf '#include <unistd.h>\nint main(int c, char **v) { execv(v[1], v + 1); return 127; }\n' |
+        cc -O2 -static -x c - -o "$exec_only"
+fi
+hf nocache "$runs" none "$lcrun --no-cache -- true" "true" "env true" "$exec_only $(type -P true)"
 row "lcrun --no-cache -- true vs true" "$(ratio "$(val nocache.0)" "$(val nocache.1)")" "<= 1.5"
+row "  floor: static C exec-only wrapper vs true" "$(ratio "$(val nocache.3)" "$(val nocache.1)")" ""
 row "  floor: env true vs true" "$(ratio "$(val nocache.2)" "$(val nocache.1)")" ""
 
 echo
