@@ -21,7 +21,7 @@ pub struct Invocation {
     pub cwd: PathBuf,
     /// The parsed cache-by expressions, with their text.
     pub cache_by: Vec<(String, CacheBy)>,
-    /// What argv[0] resolved to.
+    /// What `argv[0]` resolved to.
     pub program: Resolved,
 }
 

@@ -222,7 +222,7 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// Where argv[0] resolves, as `execvp` would find it.
+/// Where `argv[0]` resolves, as `execvp` would find it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resolved {
     /// An executable file.

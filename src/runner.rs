@@ -49,7 +49,7 @@ const DRAIN_AFTER_CANCEL: Duration = Duration::from_secs(2);
 pub struct Job {
     /// The resolved program to execute.
     pub program: PathBuf,
-    /// The full argv, argv[0] as the user wrote it.
+    /// The full argv, `argv[0]` as the user wrote it.
     pub argv: Vec<OsString>,
     /// A file to feed as stdin (a spooled `stdin` cache-by); else ours.
     pub stdin: Option<File>,
@@ -77,7 +77,7 @@ pub enum Ending {
 pub trait Observer {
     /// A chunk of the command's output.
     fn output(&mut self, stream: Stream, bytes: &[u8]);
-    /// Called at least every [`TICK`] while the command runs.
+    /// Called at least every 50 ms (the loop's tick) while the command runs.
     fn tick(&mut self) {}
 }
 
