@@ -184,6 +184,9 @@ impl Run<'_> {
         match result {
             Ok(()) => {}
             Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {}
+            // Replaced by an identical run or a refresh since the lookup:
+            // that run's result is what to show, and the miss path finds it.
+            Err(StoreError::Gone) if !started_output => return None,
             Err(err) => {
                 if err.is_corrupt() {
                     let _ = store.forget(entry);

@@ -85,6 +85,10 @@ pub enum StoreError {
     /// Stored output failed to decompress.
     #[error("stored output is damaged: {0}")]
     Damaged(String),
+    /// The entry was replaced or removed (a refresh, an identical run)
+    /// between its lookup and its replay.
+    #[error("the entry was replaced while it was being read")]
+    Gone,
 }
 
 impl StoreError {
@@ -347,6 +351,14 @@ impl Store {
         entry: &Entry,
         mut sink: impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
     ) -> Result<(), StoreError> {
+        // The data file is opened before the chunks are read. A writer
+        // replacing this entry removes the file after its commit, so either
+        // the file is open before that commit and stays readable, or the
+        // chunks below are read after it and there are none.
+        let mut file = match &entry.file {
+            Some(name) => Some(self.open_data_file(entry, name)?),
+            None => None,
+        };
         let mut stmt = self.conn.prepare_cached(
             "SELECT stream, codec, raw_len, data, file_len FROM chunks WHERE entry_id = ?1 ORDER BY seq",
         )?;
@@ -361,7 +373,7 @@ impl Store {
         // side by side and the results are written in order.
         let mut unpacker: Option<compress::Unpacker> = None;
         let mut spare: Vec<Vec<u8>> = Vec::new();
-        let mut file: Option<DataFile> = None;
+        let mut replayed = 0u64;
         let mut first = true;
         while let Some(row) = rows.next()? {
             let stream =
@@ -369,6 +381,7 @@ impl Store {
             let codec =
                 Codec::from_tag(row.get(1)?).ok_or_else(|| StoreError::Damaged("unknown codec".into()))?;
             let raw_len = row.get::<_, i64>(2)?.max(0) as usize;
+            replayed += raw_len as u64;
             // The stored bytes, into a buffer that can go to a worker.
             let mut stored = spare.pop().unwrap_or_default();
             match row.get_ref(3)?.as_blob_or_null().map_err(rusqlite::Error::from)? {
@@ -378,10 +391,9 @@ impl Store {
                 }
                 None => {
                     let len = row.get::<_, Option<i64>>(4)?.unwrap_or(0).max(0) as usize;
-                    let file = match &mut file {
-                        Some(f) => f,
-                        None => file.insert(DataFile::open(&self.dir, entry.file.as_deref())?),
-                    };
+                    let file = file.as_mut().ok_or_else(|| {
+                        StoreError::Damaged("a chunk is in a data file the entry lacks".into())
+                    })?;
                     file.read(len, &mut stored)?;
                 }
             }
@@ -416,7 +428,27 @@ impl Store {
             let (stream, out, _) = done.map_err(damaged)?;
             write(stream, &out)?;
         }
+        let recorded = entry.meta.stdout_bytes + entry.meta.stderr_bytes;
+        if replayed != recorded {
+            // No rows at all: deleted since the lookup (nothing was written).
+            return Err(if replayed == 0 {
+                StoreError::Gone
+            } else {
+                StoreError::Damaged(format!("{replayed} bytes stored of {recorded} recorded"))
+            });
+        }
         Ok(())
+    }
+
+    /// Opens `entry`'s data file. A missing file is damage only if the entry
+    /// is still there: a writer replacing it removes the file.
+    fn open_data_file(&self, entry: &Entry, name: &str) -> Result<DataFile, StoreError> {
+        match DataFile::open(&self.dir, name) {
+            Err(StoreError::Damaged(_)) if self.lookup(&entry.key)?.is_none_or(|e| e.id != entry.id) => {
+                Err(StoreError::Gone)
+            }
+            result => result,
+        }
     }
 
     /// Counts a replay of `entry` (for listings and least-recently-used
@@ -604,9 +636,7 @@ struct DataFile {
 }
 
 impl DataFile {
-    fn open(dir: &Path, name: Option<&str>) -> Result<DataFile, StoreError> {
-        let name =
-            name.ok_or_else(|| StoreError::Damaged("a chunk is in a data file the entry lacks".into()))?;
+    fn open(dir: &Path, name: &str) -> Result<DataFile, StoreError> {
         let path = dir.join(DATA_DIR).join(name);
         match fs::File::open(&path) {
             Ok(file) => Ok(DataFile { path, file }),
@@ -1001,6 +1031,58 @@ mod tests {
             recording.spare_compressed.len()
         );
         recording.finish(0, Duration::ZERO).unwrap();
+    }
+
+    /// Records `out` as stdout under `key` through `store`.
+    fn record(store: &Store, key: &crate::key::Key, out: &[u8]) {
+        let mut recording = store.begin(key, "cmd", "/").unwrap();
+        for piece in out.chunks(64 * 1024) {
+            recording.write(Stream::Stdout, piece).unwrap();
+        }
+        recording.finish(0, Duration::ZERO).unwrap();
+    }
+
+    /// Bytes no codec shrinks (xorshift), so large chunks go to a data file.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_entry_replaced_after_its_lookup_is_gone_not_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let reader = Store::open(dir.path()).unwrap();
+        let writer = Store::open(dir.path()).unwrap();
+        let key = crate::key::KeyBuilder::new().finish();
+        // Chunks in SQLite only, then in a data file.
+        for len in [100, 2 << 20] {
+            record(&writer, &key, &noise(len, 1));
+            let old = reader.lookup(&key.hex).unwrap().unwrap();
+            assert_eq!(old.file.is_some(), len > 100);
+            record(&writer, &key, &noise(len, 2));
+            let mut out = Vec::new();
+            let result = reader.replay(&old, |_, bytes| {
+                out.extend_from_slice(bytes);
+                Ok(())
+            });
+            assert!(matches!(result, Err(StoreError::Gone)), "{result:?}");
+            assert!(out.is_empty());
+            let new = reader.lookup(&key.hex).unwrap().unwrap();
+            reader
+                .replay(&new, |_, bytes| {
+                    out.extend_from_slice(bytes);
+                    Ok(())
+                })
+                .unwrap();
+            assert!(out == noise(len, 2));
+        }
     }
 
     #[test]
