@@ -165,9 +165,10 @@ impl Run<'_> {
         spawn_failed(&self.invocation.argv[0], &err)
     }
 
-    /// Replays a hit and exits with its recorded status. `None` when its
-    /// stored output proved damaged before any of it was out: the entry is
-    /// dropped and the command is to run as on a miss.
+    /// Replays a hit and exits with its recorded status. `None` when none of
+    /// it went out and there is nothing to replay: its stored output proved
+    /// damaged (the entry is dropped), or an identical run replaced it since
+    /// the lookup. The command then goes the miss path.
     fn replay(&self, cache: &Cache, entry: &Entry) -> Option<Exit> {
         let started = Instant::now();
         let mut out = RawOut::new();
@@ -188,10 +189,11 @@ impl Run<'_> {
             // that run's result is what to show, and the miss path finds it.
             Err(StoreError::Gone) if !started_output => return None,
             Err(err) => {
-                if err.is_corrupt() {
+                let damaged = err.is_corrupt();
+                if damaged {
                     let _ = store.forget(entry);
                 }
-                if !started_output && err.is_corrupt() {
+                if damaged && !started_output {
                     self.messages
                         .warn(format!("cached output was damaged ({err}); dropped it"));
                     return None;

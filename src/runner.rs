@@ -209,6 +209,7 @@ pub fn run(job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError> {
             }
         }
         match msg {
+            // Data was handed on above.
             Ok(Msg::Data(..)) | Err(RecvTimeoutError::Timeout) => {}
             Ok(Msg::Eof) => open_pipes -= 1,
             Ok(Msg::Exited(result)) => {
