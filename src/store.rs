@@ -799,7 +799,7 @@ impl Recording<'_> {
             let packed = compress::pack(compressor, Codec::Zstd, stream, raw, out).map_err(damaged)?;
             return self.store_packed(packed);
         }
-        self.store_finished()?;
+        self.store_compressed(false)?;
         let packer = match &mut self.packer {
             Some(p) => p,
             None => self.packer.insert(compress::packer().map_err(damaged)?),
@@ -822,27 +822,14 @@ impl Recording<'_> {
         Ok(())
     }
 
-    /// Stores the chunks the workers have finished, without waiting.
-    fn store_finished(&mut self) -> Result<(), StoreError> {
+    /// Stores compressed chunks in order: those the workers have finished,
+    /// or, with `wait`, every one still being compressed.
+    fn store_compressed(&mut self, wait: bool) -> Result<(), StoreError> {
+        let next = if wait { Packer::oldest } else { Packer::ready };
         while let Some(packed) = self
             .packer
             .as_mut()
-            .map(Packer::ready)
-            .transpose()
-            .map_err(damaged)?
-            .flatten()
-        {
-            self.store_packed(packed.map_err(damaged)?)?;
-        }
-        Ok(())
-    }
-
-    /// Stores every chunk still being compressed.
-    fn drain(&mut self) -> Result<(), StoreError> {
-        while let Some(packed) = self
-            .packer
-            .as_mut()
-            .map(Packer::oldest)
+            .map(next)
             .transpose()
             .map_err(damaged)?
             .flatten()
@@ -921,7 +908,7 @@ impl Recording<'_> {
     /// Makes the result visible under its key, replacing any older entry.
     pub fn finish(mut self, status: u8, duration: Duration) -> Result<(), StoreError> {
         self.flush()?;
-        self.drain()?;
+        self.store_compressed(true)?;
         self.store.fold_hits()?;
         self.meta.status = status;
         self.meta.duration_ms = duration.as_millis() as u64;
