@@ -56,14 +56,23 @@ fn repo(dir: &Path) {
 /// lcrun with `args` run in `dir` (the cache stays outside it, so a run never
 /// dirties the repository it keys on).
 fn run_in(env: &Env, dir: &Path, args: &[&OsStr]) -> Output {
-    env.lcrun().current_dir(dir).args(args).output().expect("run lcrun")
+    env.lcrun()
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run lcrun")
 }
 
 /// `lcrun OPTIONS -- sh -c 'TALLY; BODY'` in `dir`, which must succeed; its stdout.
 fn counted(env: &Env, dir: &Path, options: &[&OsStr], body: &str) -> String {
     let script = format!("{}; {body}", env.tally("run"));
     let mut args: Vec<&OsStr> = options.to_vec();
-    args.extend([OsStr::new("--"), OsStr::new("sh"), OsStr::new("-c"), OsStr::new(&script)]);
+    args.extend([
+        OsStr::new("--"),
+        OsStr::new("sh"),
+        OsStr::new("-c"),
+        OsStr::new(&script),
+    ]);
     let output = run_in(env, dir, &args);
     assert_code(&output, 0);
     stdout(&output)
@@ -254,7 +263,10 @@ fn hash_of_a_directory_counts_its_links_by_target_and_by_file_contents() {
     env.write("outside/b.txt", "edited\n");
     fs::remove_file(env.path("conf/link")).unwrap();
     symlink("../outside/b.txt", env.path("conf/link")).unwrap();
-    assert_eq!(counted(&env, dir, &opts, "readlink conf/link"), "../outside/b.txt\n");
+    assert_eq!(
+        counted(&env, dir, &opts, "readlink conf/link"),
+        "../outside/b.txt\n"
+    );
     assert_eq!(env.count("run"), 3);
 }
 
@@ -290,11 +302,17 @@ fn repo_with_submodules(env: &Env) -> (PathBuf, PathBuf, PathBuf) {
     repo(&leaf_origin);
     let sub_origin = env.path("origin/sub");
     repo(&sub_origin);
-    git(&sub_origin, &["submodule", "add", "-q", leaf_origin.to_str().unwrap(), "leaf"]);
+    git(
+        &sub_origin,
+        &["submodule", "add", "-q", leaf_origin.to_str().unwrap(), "leaf"],
+    );
     git(&sub_origin, &["commit", "-q", "-m", "leaf"]);
     let top = env.path("top");
     repo(&top);
-    git(&top, &["submodule", "add", "-q", sub_origin.to_str().unwrap(), "sub"]);
+    git(
+        &top,
+        &["submodule", "add", "-q", sub_origin.to_str().unwrap(), "sub"],
+    );
     git(&top, &["submodule", "update", "-q", "--init", "--recursive"]);
     git(&top, &["commit", "-q", "-m", "sub"]);
     let sub = top.join("sub");
@@ -420,7 +438,11 @@ fn option_values_are_not_taken_for_scripts() {
         assert_code(&env.run(&all), 0);
         env.write("name", format!("{before} changed\n"));
         assert_code(&env.run(&all), 0);
-        assert_eq!(env.count("opt"), before + 1, "{case:?}: editing 'name' is still a hit");
+        assert_eq!(
+            env.count("opt"),
+            before + 1,
+            "{case:?}: editing 'name' is still a hit"
+        );
     }
 }
 
@@ -451,7 +473,11 @@ fn assert_digest_absent(cache: &Path, needle: &[u8], what: &str) {
     for (path, bytes) in files {
         let contains = |pat: &[u8]| bytes.windows(pat.len()).any(|w| w == pat);
         assert!(!contains(&digest), "{what}: raw digest in {}", path.display());
-        assert!(!contains(hex.as_bytes()), "{what}: hex digest in {}", path.display());
+        assert!(
+            !contains(hex.as_bytes()),
+            "{what}: hex digest in {}",
+            path.display()
+        );
         assert!(
             !contains(hex.to_uppercase().as_bytes()),
             "{what}: HEX digest in {}",
