@@ -72,7 +72,8 @@ pub(super) fn mtime(path: &Path) -> Result<Vec<u8>, FsError> {
             buf.extend_from_slice(&meta.mtime_nsec().to_be_bytes());
             Ok(buf)
         }
-        Err(err) if is_absent(&err) => Ok(b"missing".to_vec()),
+        // A dangling link or a loop of links leads nowhere: missing too.
+        Err(err) if is_absent(&err) || err.raw_os_error() == Some(libc::ELOOP) => Ok(b"missing".to_vec()),
         Err(source) => Err(FsError { path: None, source }),
     }
 }

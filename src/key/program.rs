@@ -5,14 +5,13 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::command::hash_reader;
 use super::push_item;
 
 /// Where `argv[0]` resolves, as `execvp` would find it.
@@ -267,12 +266,23 @@ pub fn script_identity(path: &Path) -> Vec<u8> {
         if !fs::metadata(path)?.is_file() {
             return Ok(b"not a file".to_vec());
         }
-        let file = File::options()
+        let mut file = File::options()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
             .open(path)?;
         let mut hasher = Sha256::new();
-        hash_reader(file, &mut hasher)?;
+        // On the stack: a hit reads the script, and `hash_reader`'s 64 KiB
+        // heap buffer costs more to allocate and clear than a script costs
+        // to hash.
+        let mut buf = [0u8; 8192];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
         Ok([&b"file"[..], &hasher.finalize()].concat())
     };
     read().unwrap_or_else(|_| b"unreadable".to_vec())
