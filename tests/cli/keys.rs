@@ -200,15 +200,25 @@ fn hash_error_names_the_path_on_one_short_line() {
     let dir = env.dir.path();
     let secret = env.write("secret.txt", "s3cret\n");
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
-    // Root reads any file: run lcrun as nobody then, in a directory it may enter.
+    // Root reads any file: run lcrun as nobody then (needs setpriv, from
+    // util-linux), from a copy in a directory nobody may enter, since the
+    // build's own directory may be private to root.
     let mut cmd = if unsafe { libc::geteuid() } == 0 {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = env.path("lcrun");
+        fs::copy(LCRUN, &copy).unwrap();
         let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", LCRUN]);
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(copy);
         cmd
     } else {
         Command::new(LCRUN)
     };
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("LCRUN_") {
+            cmd.env_remove(&name);
+        }
+    }
     let output = cmd
         .current_dir(dir)
         .env("LCRUN_CACHE_DIR", env.path("cache"))
@@ -550,4 +560,30 @@ fn the_key_is_the_same_in_every_cache() {
         .unwrap()
     };
     assert_eq!(key_of("one"), key_of("two"));
+}
+
+#[test]
+fn a_refused_secret_withholds_the_digests_and_the_command_runs() {
+    let env = Env::new();
+    // A `secret` that is a link (anyone who could plant it could read it).
+    fs::create_dir(&env.cache).unwrap();
+    fs::set_permissions(&env.cache, fs::Permissions::from_mode(0o700)).unwrap();
+    let planted = env.write("planted", [7u8; 32]);
+    symlink(&planted, env.cache.join("secret")).unwrap();
+    let pin = "7391";
+    let script = format!("{}; echo ran", env.tally("run"));
+    for _ in 0..2 {
+        let output = env
+            .lcrun()
+            .env("PIN", pin)
+            .args(["-c", "env:PIN", "--", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        assert_code(&output, 0);
+        assert_eq!(stdout(&output), "ran\n");
+    }
+    assert_eq!(env.count("run"), 1, "stored, then a hit");
+    for encoding in [pin.to_owned(), format!("set:{pin}")] {
+        assert_digest_absent(&env.cache, encoding.as_bytes(), &encoding);
+    }
 }
