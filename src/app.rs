@@ -14,7 +14,7 @@ use crate::duration;
 use crate::exit::Exit;
 use crate::invocation::Invocation;
 use crate::jobs::Jobs;
-use crate::key::{Key, Resolved};
+use crate::key::{Key, Resolved, Secret};
 use crate::lock::KeyLock;
 use crate::messages::{error, Messages};
 use crate::output::{RawOut, Stream};
@@ -521,7 +521,9 @@ impl Cache {
     /// Starts recording, or warns and returns `None`.
     fn begin(&self, key: &Key, invocation: &Invocation) -> Option<Recording<'_>> {
         let store = self.store.as_ref()?;
-        match store.begin(key, &invocation.label(), &invocation.cwd.to_string_lossy()) {
+        // Only a miss reads the secret, to key the stored digests of secret inputs.
+        let key = key.sealed(Secret::load_or_create(store.dir()).ok().as_ref());
+        match store.begin(&key, &invocation.label(), &invocation.cwd.to_string_lossy()) {
             Ok(recording) => Some(recording),
             Err(err) => {
                 self.warn(&format!("cannot write the cache: {err}"));

@@ -8,5 +8,6 @@ mod util;
 
 mod concurrency;
 mod foundation;
+mod keys;
 mod packaging;
 mod terminal;
