@@ -2,7 +2,8 @@
 //! store; a hit replays; a miss runs, streams and records. The cache never
 //! breaks the command: when it fails, lcrun warns once and runs uncached.
 
-use std::io::{IsTerminal, Write};
+use std::ffi::{OsStr, OsString};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,30 +29,30 @@ const WAIT_POLL: Duration = Duration::from_millis(50);
 /// Runs one lcrun call; `Err` is lcrun's own error (status 125).
 pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.subcommand {
-        Some(Sub::Progress { position, message }) => report_progress(&position, &message),
+        Some(Sub::Progress { position, message }) => report_progress(position.as_deref(), &message),
         None => run_command(&cli.run),
     }
 }
 
-/// `lcrun progress`: appends one line to `LCRUN_PROGRESS`. Outside lcrun, or
-/// when the file is gone, it does nothing, so scripts run unchanged.
-fn report_progress(position: &str, message: &[String]) -> anyhow::Result<Exit> {
-    let Some(path) = std::env::var_os("LCRUN_PROGRESS") else {
+/// `lcrun progress`: appends one line to `LCRUN_PROGRESS`. Outside lcrun (no
+/// `LCRUN_PROGRESS`, or an empty one) it does nothing and succeeds whatever
+/// its arguments, so scripts run unchanged without lcrun.
+fn report_progress(position: Option<&OsStr>, message: &[OsString]) -> anyhow::Result<Exit> {
+    let Some(path) = std::env::var_os("LCRUN_PROGRESS").filter(|p| !p.is_empty()) else {
         return Ok(Exit::Command(0));
     };
-    let mut line = position.to_owned();
-    for word in message {
-        line.push(' ');
-        line.push_str(word);
-    }
-    if progress::parse_line(&line).is_none() {
-        anyhow::bail!("bad progress '{line}': expected POS, POS/TOTAL or PCT% and an optional message");
-    }
-    line.push('\n');
-    if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(path) {
-        // One write on an O_APPEND file: lines from parallel writers never mix.
-        let _ = file.write_all(line.as_bytes());
-    }
+    let Some(position) = position else {
+        anyhow::bail!(
+            "progress: missing POSITION (POS, POS/TOTAL or PCT%); usage: lcrun progress POSITION [MESSAGE...]"
+        );
+    };
+    let Some(line) = progress::helper_line(position, message) else {
+        anyhow::bail!(
+            "progress: bad POSITION '{}': expected POS, POS/TOTAL or PCT% and an optional message",
+            position.to_string_lossy()
+        );
+    };
+    progress::append(Path::new(&path), &line);
     Ok(Exit::Command(0))
 }
 

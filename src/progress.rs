@@ -2,8 +2,11 @@
 //! counterpart of Dash's `set_progress`), reading it back, and reading it out
 //! of output lines with `--progress-regex`.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use regex::Regex;
@@ -113,6 +116,38 @@ fn parse_json(line: &str) -> Option<Update> {
         message: object.get("message").and_then(|m| m.as_str()).map(str::to_owned),
     };
     (update != Update::default()).then_some(update)
+}
+
+/// The line `lcrun progress POSITION MESSAGE...` writes, newline included;
+/// `None` when it is not a progress line. Line breaks in the message become
+/// spaces, so one report is one line.
+pub fn helper_line(position: &OsStr, message: &[OsString]) -> Option<Vec<u8>> {
+    let mut line = position.as_bytes().to_vec();
+    for word in message {
+        line.push(b' ');
+        line.extend(word.as_bytes().iter().map(|&b| match b {
+            b'\n' | b'\r' => b' ',
+            b => b,
+        }));
+    }
+    parse_line(&String::from_utf8_lossy(&line))?;
+    line.push(b'\n');
+    Some(line)
+}
+
+/// Appends one line to the progress file at `path`; a failure is dropped, as
+/// progress never matters more than the command. Opened non-blocking: an
+/// `LCRUN_PROGRESS` that is a FIFO with no reader fails (ENXIO) instead of
+/// blocking the command, and a full one drops the line.
+pub fn append(path: &Path, line: &[u8]) {
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path);
+    if let Ok(mut file) = file {
+        // One write on an O_APPEND file: lines from parallel writers never mix.
+        let _ = file.write_all(line);
+    }
 }
 
 /// Reads progress out of output lines with a user's regex and its named

@@ -8,5 +8,6 @@ mod util;
 
 mod concurrency;
 mod foundation;
+mod inputs;
 mod packaging;
 mod terminal;
