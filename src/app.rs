@@ -21,6 +21,7 @@ use crate::messages::{error, Messages};
 use crate::output::{RawOut, Stream};
 use crate::progress::{self, LineMatcher, ProgressFile};
 use crate::runner::{self, Ending, Job, Observer, RunError};
+use crate::scratch;
 use crate::store::{Entry, Recording, Store, StoreError};
 
 /// How often a waiter checks whether an identical run has finished.
@@ -225,10 +226,10 @@ impl Run<'_> {
         cache: Option<&Cache>,
         job: Option<(Jobs, String)>,
     ) -> anyhow::Result<Exit> {
-        let progress_file = tempfile::Builder::new()
-            .prefix("lcrun-progress-")
-            .tempfile()
-            .context("cannot create the progress file")?;
+        // A guard: the file is removed when it drops, on every way out of
+        // here. (A cancelled lcrun re-raises its signal only after this has
+        // returned.)
+        let progress_file = progress_file(cache, self.messages);
         let mut observer = RunObserver {
             display: Display::new(
                 self.style,
@@ -237,7 +238,9 @@ impl Run<'_> {
                 self.matcher,
             ),
             recording,
-            progress: ProgressFile::open(progress_file.path()).ok(),
+            progress: progress_file
+                .as_ref()
+                .and_then(|file| ProgressFile::open(file.path()).ok()),
             messages: self.messages,
             job: job.as_ref().map(|(jobs, id)| Publisher::new(jobs, id)),
         };
@@ -245,15 +248,15 @@ impl Run<'_> {
             program: self.program,
             argv: self.invocation.argv.clone(),
             stdin,
-            env: vec![(
-                "LCRUN_PROGRESS".into(),
-                progress_file.path().as_os_str().to_owned(),
-            )],
+            env: progress_file
+                .iter()
+                .map(|file| ("LCRUN_PROGRESS".into(), file.path().as_os_str().to_owned()))
+                .collect(),
             timeout: self.args.timeout,
             kill_after: self.args.kill_after,
         };
         let started = Instant::now();
-        let result = runner::run(spec, &mut observer);
+        let result = run_as_execvp(spec, &mut observer);
         observer.tick();
         observer.display.finish();
         let duration = started.elapsed();
@@ -310,6 +313,48 @@ impl Run<'_> {
             let _ = jobs.finish(id, state, exit.code());
         }
         Ok(exit)
+    }
+}
+
+/// The file the command reports progress to (`LCRUN_PROGRESS`), in the
+/// temporary directory, else the cache dir, else /tmp; without one the
+/// command runs all the same, only without the variable.
+fn progress_file(cache: Option<&Cache>, messages: Messages) -> Option<tempfile::NamedTempFile> {
+    match scratch::named("lcrun-progress-", cache.and_then(Cache::dir)) {
+        Ok((file, note)) => {
+            if let Some(note) = note {
+                messages.warn(note);
+            }
+            Some(file)
+        }
+        Err(err) => {
+            messages.warn(format!("{err}; the command runs without LCRUN_PROGRESS"));
+            None
+        }
+    }
+}
+
+/// Starts `job` as `execvp` would, which is how a shell, `env` and
+/// `--no-cache` (an exec in place) start it: a file the kernel refuses to
+/// execute (ENOEXEC: a script without `#!`) is run by `/bin/sh FILE ARGS...`.
+fn run_as_execvp(job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError> {
+    // The first attempt consumes the stdin file even when it fails to start.
+    let stdin = job.stdin.as_ref().map(std::fs::File::try_clone).transpose()?;
+    let mut argv = vec!["/bin/sh".into(), job.program.clone().into_os_string()];
+    argv.extend_from_slice(&job.argv[1..]);
+    let by_shell = Job {
+        program: "/bin/sh".into(),
+        argv,
+        stdin,
+        env: job.env.clone(),
+        timeout: job.timeout,
+        kill_after: job.kill_after,
+    };
+    match runner::run(job, observer) {
+        Err(RunError::Spawn(err)) if err.raw_os_error() == Some(libc::ENOEXEC) => {
+            runner::run(by_shell, observer)
+        }
+        other => other,
     }
 }
 

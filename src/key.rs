@@ -247,7 +247,8 @@ pub fn resolve_program(name: &OsStr, cwd: &Path) -> Resolved {
             Err(_) => Resolved::NotFound,
         };
     }
-    let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    // With no PATH, glibc's execvp searches its default, `confstr(_CS_PATH)`.
+    let search = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
     let mut not_executable = None;
     for dir in std::env::split_paths(&search) {
         let path = cwd.join(dir).join(name);
@@ -460,7 +461,7 @@ fn command_output(command: &str) -> Result<[u8; 32], String> {
 /// `stdin`: hashes lcrun's stdin while spooling it to an unlinked temporary
 /// file that becomes the command's stdin, so any size fits in bounded memory.
 fn spool_stdin() -> io::Result<([u8; 32], File)> {
-    let mut file = tempfile::tempfile()?;
+    let mut file = crate::scratch::unnamed()?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut stdin = io::stdin().lock();

@@ -20,6 +20,7 @@ pub mod messages;
 pub mod output;
 pub mod progress;
 pub mod runner;
+pub mod scratch;
 pub mod store;
 pub mod usage;
 

@@ -308,3 +308,154 @@ fn progress_helper_never_blocks_on_a_fifo_without_reader() {
     let out = wait_at_most(child, Duration::from_secs(5), "lcrun progress on a FIFO");
     assert_code(&out, 0);
 }
+
+// --- item 12: a missing TMPDIR ---------------------------------------------
+
+#[test]
+fn a_missing_tmpdir_never_stops_the_command() {
+    let env = Env::new();
+    for args in [
+        &["--", "echo", "t1"][..],
+        &["--no-cache", "--timeout", "5", "--", "echo", "t1"],
+        &[
+            "--no-cache",
+            "--progress",
+            "plain",
+            "--interval",
+            "1h",
+            "--",
+            "echo",
+            "t1",
+        ],
+        &["-c", "stdin", "--", "sh", "-c", "cat; echo t1"],
+    ] {
+        let out = env
+            .lcrun()
+            .env("TMPDIR", "/nonexistent")
+            .args(args)
+            .output()
+            .unwrap();
+        assert_code(&out, 0);
+        assert_eq!(stdout(&out), "t1\n", "{args:?}: {}", stderr(&out));
+    }
+    // The command still gets a progress file to report to.
+    let out = env
+        .lcrun()
+        .env("TMPDIR", "/nonexistent")
+        .args([
+            "--",
+            "sh",
+            "-c",
+            r#"test -f "$LCRUN_PROGRESS" && lcrun progress 1/2 && echo has-progress"#,
+        ])
+        .output()
+        .unwrap();
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "has-progress\n", "{}", stderr(&out));
+    // `-c stdin` spools the input somewhere and feeds all of it on.
+    let out = env
+        .lcrun()
+        .env("TMPDIR", "/nonexistent")
+        .args(["-c", "stdin", "--", "wc", "-c"])
+        .stdin(fs::File::open(env.write("input", vec![b'x'; 100_000])).unwrap())
+        .output()
+        .unwrap();
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out).trim(), "100000");
+}
+
+#[test]
+fn progress_files_are_removed_when_lcrun_is_cancelled_or_times_out() {
+    let env = Env::new();
+    let tmp = env.path("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let started = env.path("started");
+    let script = format!("touch '{}'; exec sleep 30", started.display());
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        let _ = fs::remove_file(&started);
+        let child = env
+            .lcrun()
+            .env("TMPDIR", &tmp)
+            .args([
+                "--kill-after",
+                "1",
+                "--",
+                "sh",
+                "-c",
+                &script,
+                &signal.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !started.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the command never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(progress_files(&tmp).len(), 1, "no progress file while running");
+        // SAFETY: signalling the child we started.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let out = wait_at_most(child, Duration::from_secs(20), "cancelled lcrun");
+        assert_ne!(out.status.code(), Some(0));
+        assert_eq!(progress_files(&tmp), Vec::<String>::new(), "signal {signal}");
+    }
+    let out = env
+        .lcrun()
+        .env("TMPDIR", &tmp)
+        .args(["--timeout", "0.3", "--kill-after", "0.5", "--", "sleep", "30"])
+        .output()
+        .unwrap();
+    assert_code(&out, 124);
+    assert_eq!(progress_files(&tmp), Vec::<String>::new(), "timeout");
+}
+
+// --- item 15: a script without `#!` ----------------------------------------
+
+#[test]
+fn a_script_without_shebang_runs_as_execvp_runs_it() {
+    let env = Env::new();
+    env.script(
+        "noshebang",
+        &format!("{}\necho \"ran with $# args: $*\"\n", env.tally("ran")),
+    );
+    let cases: [&[&str]; 4] = [
+        &["--", "./noshebang", "a", "b c"],
+        &["--no-cache", "--", "./noshebang", "a", "b c"],
+        &["--no-cache", "--timeout", "1m", "--", "./noshebang", "a", "b c"],
+        &["-c", "stdin", "--", "./noshebang", "a", "b c"],
+    ];
+    for (i, args) in cases.into_iter().enumerate() {
+        let out = env.run(args);
+        assert_code(&out, 0);
+        assert_eq!(
+            stdout(&out),
+            "ran with 2 args: a b c\n",
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert_eq!(env.count("ran"), i + 1, "{args:?}");
+    }
+    // Found on PATH too, and the cached run replays.
+    let path = format!("{}:{}", env.dir.path().display(), path_with_lcrun());
+    let out = env
+        .lcrun()
+        .env("PATH", &path)
+        .args(["--", "noshebang", "x"])
+        .output()
+        .unwrap();
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "ran with 1 args: x\n");
+    let again = env
+        .lcrun()
+        .env("PATH", &path)
+        .args(["--", "noshebang", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&again), "ran with 1 args: x\n");
+    assert_eq!(env.count("ran"), cases.len() + 1, "the second run was not a hit");
+}
