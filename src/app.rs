@@ -433,10 +433,8 @@ impl Observer for RunObserver<'_> {
     }
 
     fn tick(&mut self) {
-        if let Some(progress) = &mut self.progress {
-            for update in progress.updates() {
-                self.display.progress(update);
-            }
+        if let Some(update) = self.progress.as_mut().and_then(ProgressFile::update) {
+            self.display.progress(update);
         }
         self.display.tick();
         if let Some(job) = &mut self.job {

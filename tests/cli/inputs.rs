@@ -459,3 +459,96 @@ fn a_script_without_shebang_runs_as_execvp_runs_it() {
     assert_eq!(stdout(&again), "ran with 1 args: x\n");
     assert_eq!(env.count("ran"), cases.len() + 1, "the second run was not a hit");
 }
+
+// --- item 13: floods ---------------------------------------------------------
+
+/// The peak resident memory of `child` (VmHWM, KiB), read until it exits.
+fn peak_rss_kib(mut child: Child) -> (u64, Output) {
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        let status = fs::read_to_string(&status_file).unwrap_or_default();
+        if let Some(kib) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            peak = peak.max(kib);
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "still running");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (peak, child.wait_with_output().unwrap())
+}
+
+#[test]
+fn a_flood_on_the_progress_file_is_read_in_linear_time_and_signals_still_act() {
+    let env = Env::new();
+    let tmp = env.path("tmp");
+    fs::create_dir(&tmp).unwrap();
+    // 16 MiB of progress lines: read whole in time linear in their size.
+    let start = Instant::now();
+    let out = env
+        .lcrun()
+        .env("TMPDIR", &tmp)
+        .args(["--no-cache", "--timeout", "2m", "--shell"])
+        .arg(r#"yes 1/2 | head -c 16M > "$LCRUN_PROGRESS"; echo done"#)
+        .output()
+        .unwrap();
+    assert_code(&out, 0);
+    assert!(start.elapsed() < Duration::from_secs(4), "{:?}", start.elapsed());
+    // 16 MiB without a newline, then the command waits: lcrun is not stuck
+    // in the progress file, it acts on a SIGTERM at once.
+    let written = env.path("written");
+    let child = env
+        .lcrun()
+        .env("TMPDIR", &tmp)
+        .args(["--no-cache", "--timeout", "2m", "--kill-after", "1", "--shell"])
+        .arg(format!(
+            r#"head -c 16M /dev/zero > "$LCRUN_PROGRESS"; touch '{}'; exec sleep 30"#,
+            written.display()
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !written.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the command never wrote"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: signalling the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = wait_at_most(child, Duration::from_secs(5), "lcrun after SIGTERM");
+    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(progress_files(&tmp), Vec::<String>::new());
+}
+
+#[test]
+fn the_bar_holds_no_more_than_a_little_of_a_stream_without_newlines() {
+    let env = Env::new();
+    let run = |mode: &str| {
+        let child = env
+            .lcrun()
+            .args(["--no-cache", "--timeout", "2m", "--progress", mode, "--shell"])
+            .arg("head -c 256M /dev/zero >&2; sleep 0.5")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (peak, out) = peak_rss_kib(child);
+        assert_code(&out, 0);
+        peak
+    };
+    let plain = run("plain");
+    let bar = run("bar");
+    assert!(
+        bar < plain + 3 * 1024,
+        "peak RSS with the bar {bar} KiB, without {plain} KiB"
+    );
+}
