@@ -227,8 +227,8 @@ impl Run<'_> {
         job: Option<(Jobs, String)>,
     ) -> anyhow::Result<Exit> {
         // A guard: the file is removed when it drops, on every way out of
-        // here. (A cancelled lcrun re-raises its signal only after this has
-        // returned.)
+        // here, so a cancelled lcrun may re-raise its signal only after
+        // `execute` has returned.
         let progress_file = progress_file(cache, self.messages);
         let mut observer = RunObserver {
             display: Display::new(

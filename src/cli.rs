@@ -183,16 +183,15 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let mut command = Cli::command().mut_args(|arg| {
-            let empty = arg
-                .get_env()
-                .is_some_and(|name| std::env::var_os(name).is_some_and(|v| v.is_empty()));
-            if empty {
-                arg.env(None)
-            } else {
-                arg
-            }
-        });
+        let is_empty = |arg: &clap::Arg| {
+            arg.get_env()
+                .is_some_and(|name| std::env::var_os(name).is_some_and(|v| v.is_empty()))
+        };
+        let mut command = Cli::command();
+        // Rebuilt only when needed: a cache hit is measured in instructions.
+        if command.get_arguments().any(is_empty) {
+            command = command.mut_args(|arg| if is_empty(&arg) { arg.env(None) } else { arg });
+        }
         let mut matches = command.try_get_matches_from_mut(args)?;
         Cli::from_arg_matches_mut(&mut matches).map_err(|err| err.format(&mut command))
     }
