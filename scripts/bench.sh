@@ -19,8 +19,9 @@ fi
 if [ ! -x target/peer/bin/bkt ]; then
     cargo install --quiet bkt --root target/peer
 fi
-cargo --quiet build-release
-lcrun=$root/target/release/lcrun
+# The binary people install, built the way the README installs it.
+cargo install --quiet --locked --path . --root target/dist
+lcrun=$root/target/dist/bin/lcrun
 bkt=$root/target/peer/bin/bkt
 
 quick=${QUICK:-}
