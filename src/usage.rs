@@ -6,7 +6,6 @@
 use std::ffi::OsString;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::Parser;
 
 use crate::cli::Cli;
 use crate::invocation::shell_quote;
@@ -66,7 +65,7 @@ fn command_without_separator(err: &clap::Error, args: &[OsString]) -> Option<Str
     (1..args.len())
         .filter(|&i| args[i] == word.as_str())
         .map(|i| [&args[..i], &["--".into()], &args[i..]].concat())
-        .find(|fixed| Cli::try_parse_from(fixed).is_ok())
+        .find(|fixed| Cli::parse_args(fixed).is_ok())
         .map(|fixed| {
             let mut words = vec!["lcrun".to_owned()];
             words.extend(fixed[1..].iter().map(|a| shell_quote(&a.to_string_lossy())));
@@ -77,6 +76,7 @@ fn command_without_separator(err: &clap::Error, args: &[OsString]) -> Option<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     fn line_for(args: &[&str]) -> String {
         let args: Vec<OsString> = args.iter().map(OsString::from).collect();
