@@ -17,7 +17,9 @@ if ! command -v hyperfine >/dev/null; then
     apt-get update -qq && apt-get install -y -qq hyperfine >/dev/null
 fi
 if [ ! -x target/peer/bin/bkt ]; then
-    cargo install --quiet bkt --root target/peer
+    # From outside this repository, so that bkt is built as its users get it,
+    # not with lcrun's .cargo/config.toml (static glibc).
+    (cd / && cargo install --quiet bkt --root "$root/target/peer")
 fi
 # The binary people install, built the way the README installs it.
 cargo install --quiet --locked --path . --root target/dist
