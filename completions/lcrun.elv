@@ -47,8 +47,8 @@ set edit:completion:arg-completer[lcrun] = {|@words|
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'lcrun;progress'= {
-            cand -h 'Print help'
-            cand --help 'Print help'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
         }
         &'lcrun;help'= {
             cand progress 'Report progress from inside a command that lcrun runs (a no-op outside lcrun)'

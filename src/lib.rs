@@ -20,7 +20,9 @@ pub mod messages;
 pub mod output;
 pub mod progress;
 pub mod runner;
+pub mod scratch;
 pub mod store;
+pub mod usage;
 
 pub use app::run;
 pub use exit::Exit;

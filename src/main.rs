@@ -12,9 +12,9 @@ use std::ffi::{c_char, c_int};
 use std::io::Write;
 
 use clap::error::ErrorKind;
-use clap::Parser;
 use lcrun::cli::Cli;
 use lcrun::messages::error;
+use lcrun::usage;
 use lcrun::Exit;
 
 /// The process's entry point, called by the C runtime.
@@ -57,7 +57,7 @@ fn start_up() {
 
 /// Parses the command line and runs it.
 fn lcrun() -> Exit {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
@@ -79,12 +79,8 @@ fn usage_error(err: clap::Error) -> Exit {
             Exit::Command(0)
         }
         _ => {
-            let rendered = err.render().to_string();
-            let first = rendered.lines().next().unwrap_or("bad arguments");
-            error(format!(
-                "{} (see 'lcrun --help')",
-                first.trim_start_matches("error: ")
-            ));
+            let args: Vec<_> = std::env::args_os().collect();
+            error(usage::one_line(&err, &args));
             Exit::Usage
         }
     }

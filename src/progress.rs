@@ -2,8 +2,11 @@
 //! counterpart of Dash's `set_progress`), reading it back, and reading it out
 //! of output lines with `--progress-regex`.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use regex::Regex;
@@ -115,6 +118,38 @@ fn parse_json(line: &str) -> Option<Update> {
     (update != Update::default()).then_some(update)
 }
 
+/// The line `lcrun progress POSITION MESSAGE...` writes, newline included;
+/// `None` when it is not a progress line. Line breaks in the message become
+/// spaces, so one report is one line.
+pub fn helper_line(position: &OsStr, message: &[OsString]) -> Option<Vec<u8>> {
+    let mut line = position.as_bytes().to_vec();
+    for word in message {
+        line.push(b' ');
+        line.extend(word.as_bytes().iter().map(|&b| match b {
+            b'\n' | b'\r' => b' ',
+            b => b,
+        }));
+    }
+    parse_line(&String::from_utf8_lossy(&line))?;
+    line.push(b'\n');
+    Some(line)
+}
+
+/// Appends one line to the progress file at `path`; a failure is dropped, as
+/// progress never matters more than the command. Opened non-blocking: an
+/// `LCRUN_PROGRESS` that is a FIFO with no reader fails (ENXIO) instead of
+/// blocking the command, and a full one drops the line.
+pub fn append(path: &Path, line: &[u8]) {
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path);
+    if let Ok(mut file) = file {
+        // One write on an O_APPEND file: lines from parallel writers never mix.
+        let _ = file.write_all(line);
+    }
+}
+
 /// Reads progress out of output lines with a user's regex and its named
 /// groups `pos`, `total`, `pct` and `msg`.
 pub struct LineMatcher {
@@ -168,11 +203,25 @@ impl LineMatcher {
     }
 }
 
-/// Follows the progress file a command appends to. Reads every byte, so no
-/// update is lost however fast they come; only complete lines are parsed.
+/// The longest progress line read; a longer one is skipped whole, so a
+/// command that writes megabytes without a newline costs no memory.
+const MAX_LINE: usize = 4096;
+
+/// At most this much of the progress file is read per call. The call comes
+/// from the loop that also acts on signals and timeouts, so a command
+/// flooding the file (`yes 1/2 > "$LCRUN_PROGRESS"`) delays them by one
+/// bounded read, not by the whole flood; the rest waits for the next call.
+const READ_BUDGET: usize = 256 * 1024;
+
+/// Follows the progress file a command appends to. Every complete line is
+/// parsed, in order, in time linear in its length; only complete lines count.
 pub struct ProgressFile {
     file: File,
+    buf: Vec<u8>,
+    /// The start of a line whose newline has not been read yet.
     partial: Vec<u8>,
+    /// The line being read is longer than [`MAX_LINE`]: skip to its end.
+    skipping: bool,
 }
 
 impl ProgressFile {
@@ -180,24 +229,68 @@ impl ProgressFile {
     pub fn open(path: &Path) -> io::Result<ProgressFile> {
         Ok(ProgressFile {
             file: File::open(path)?,
+            buf: vec![0; 64 * 1024],
             partial: Vec::new(),
+            skipping: false,
         })
     }
 
-    /// Every update appended since the last call, in order.
-    pub fn updates(&mut self) -> Vec<Update> {
-        let mut buf = [0u8; 8192];
-        let mut updates = Vec::new();
-        while let Ok(n @ 1..) = self.file.read(&mut buf) {
-            self.partial.extend_from_slice(&buf[..n]);
-            while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.partial.drain(..=end).collect();
-                if let Some(update) = parse_line(&String::from_utf8_lossy(&line)) {
-                    updates.push(update);
+    /// The updates appended since the last call, merged into one (applying
+    /// it is applying each in turn); `None` when there were none.
+    pub fn update(&mut self) -> Option<Update> {
+        let mut merged: Option<Update> = None;
+        let mut read = 0;
+        while read < READ_BUDGET {
+            let n = match self.file.read(&mut self.buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            read += n;
+            let mut rest = &self.buf[..n];
+            while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+                let line = &rest[..end];
+                rest = &rest[end + 1..];
+                if self.skipping || self.partial.len() + line.len() > MAX_LINE {
+                    self.skipping = false;
+                    self.partial.clear();
+                    continue;
+                }
+                let update = if self.partial.is_empty() {
+                    parse_line(&String::from_utf8_lossy(line))
+                } else {
+                    self.partial.extend_from_slice(line);
+                    let update = parse_line(&String::from_utf8_lossy(&self.partial));
+                    self.partial.clear();
+                    update
+                };
+                if let Some(update) = update {
+                    merged = Some(match merged {
+                        Some(earlier) => earlier.then(update),
+                        None => update,
+                    });
+                }
+            }
+            if !self.skipping {
+                if self.partial.len() + rest.len() > MAX_LINE {
+                    self.partial = Vec::new();
+                    self.skipping = true;
+                } else {
+                    self.partial.extend_from_slice(rest);
                 }
             }
         }
-        updates
+        merged
+    }
+}
+
+impl Update {
+    /// This update followed by `later`, as one.
+    fn then(self, later: Update) -> Update {
+        Update {
+            pos: later.pos.or(self.pos),
+            total: later.total.or(self.total),
+            message: later.message.or(self.message),
+        }
     }
 }
 
@@ -287,11 +380,42 @@ mod tests {
         let mut tmp = tempfile::NamedTempFile::new().unwrap();
         let mut follow = ProgressFile::open(tmp.path()).unwrap();
         write!(tmp, "1/3\ngarbage\n2/3").unwrap();
-        assert_eq!(follow.updates(), vec![parse_line("1/3").unwrap()]);
+        assert_eq!(follow.update(), parse_line("1/3"));
         write!(tmp, " two\n3/3\n").unwrap();
-        assert_eq!(
-            follow.updates(),
-            vec![parse_line("2/3 two").unwrap(), parse_line("3/3").unwrap()]
-        );
+        assert_eq!(follow.update(), upd(Some(3), Some(3), Some("two")));
+        assert_eq!(follow.update(), None);
+    }
+
+    #[test]
+    fn progress_file_skips_lines_too_long_to_be_progress() {
+        use std::io::Write;
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        let mut follow = ProgressFile::open(tmp.path()).unwrap();
+        tmp.write_all(&vec![b'7'; MAX_LINE - 10]).unwrap();
+        assert_eq!(follow.update(), None);
+        // The same line goes on past the limit, across reads.
+        tmp.write_all(&vec![b'7'; 3 * MAX_LINE]).unwrap();
+        assert_eq!(follow.update(), None);
+        assert!(follow.partial.capacity() <= 2 * MAX_LINE);
+        tmp.write_all(b"9\n4/5 next\n").unwrap();
+        assert_eq!(follow.update(), upd(Some(4), Some(5), Some("next")));
+    }
+
+    #[test]
+    fn progress_file_reads_a_flood_in_bounded_steps() {
+        use std::io::Write;
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        let mut follow = ProgressFile::open(tmp.path()).unwrap();
+        let lines = 2 * READ_BUDGET / 4;
+        for _ in 0..lines {
+            tmp.write_all(b"1/2\n").unwrap();
+        }
+        tmp.write_all(b"2/2 last\n").unwrap();
+        assert_eq!(follow.update(), upd(Some(1), Some(2), None));
+        let mut last = None;
+        while let Some(update) = follow.update() {
+            last = Some(update);
+        }
+        assert_eq!(last, upd(Some(2), Some(2), Some("last")));
     }
 }

@@ -42,7 +42,7 @@ pub(super) fn output(command: &OsStr) -> Result<[u8; 32], String> {
 /// `stdin`: hashes lcrun's stdin while spooling it to an unlinked temporary
 /// file that becomes the command's stdin, so any size fits in bounded memory.
 pub(super) fn spool_stdin() -> io::Result<([u8; 32], File)> {
-    let mut file = tempfile::tempfile()?;
+    let mut file = crate::scratch::unnamed()?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut stdin = io::stdin().lock();

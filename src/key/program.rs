@@ -39,7 +39,8 @@ pub fn resolve_program(name: &OsStr, cwd: &Path) -> Resolved {
             Err(_) => Resolved::NotFound,
         };
     }
-    let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    // With no PATH, glibc's execvp searches its default, `confstr(_CS_PATH)`.
+    let search = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
     let mut not_executable = None;
     for dir in std::env::split_paths(&search) {
         let path = cwd.join(dir).join(name);

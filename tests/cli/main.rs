@@ -8,6 +8,7 @@ mod util;
 
 mod concurrency;
 mod foundation;
+mod inputs;
 mod keys;
 mod packaging;
 mod terminal;
