@@ -1,5 +1,7 @@
 //! Writing the command's bytes to lcrun's own stdout and stderr: unbuffered,
-//! binary safe, and quiet about a reader that went away.
+//! binary safe, and remembering the first failure of each (a reader that
+//! went away, a full disk) so that nothing more is written there and the
+//! caller can act as the command would have bare.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -16,6 +18,14 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// Its name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+
     /// The number stored in the database for this stream.
     pub fn tag(self) -> i64 {
         self as i64
@@ -36,7 +46,7 @@ impl Stream {
 /// each read of the child to reach our reader as it is.
 pub struct RawOut {
     files: [ManuallyDrop<File>; 2],
-    broken: [bool; 2],
+    faults: [Option<io::Error>; 2],
 }
 
 impl Default for RawOut {
@@ -58,29 +68,40 @@ impl RawOut {
         };
         RawOut {
             files,
-            broken: [false; 2],
+            faults: [None, None],
         }
     }
 
-    /// Writes all of `bytes` to `stream`. A closed reader (EPIPE) is remembered
-    /// and later writes are dropped: the command keeps running and its output is
-    /// still recorded, as `lcrun -- cmd | head` should behave.
+    /// Writes all of `bytes` to `stream`. The first failure (EPIPE when the
+    /// reader went away, ENOSPC, EIO) is kept and returned again, and nothing
+    /// more is written to that stream.
     pub fn write(&mut self, stream: Stream, bytes: &[u8]) -> io::Result<()> {
         let i = stream as usize - 1;
-        if self.broken[i] {
-            return Ok(());
+        if let Some(fault) = &self.faults[i] {
+            return Err(copy(fault));
         }
-        match self.files[i].write_all(bytes) {
-            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {
-                self.broken[i] = true;
-                Ok(())
-            }
-            other => other,
-        }
+        self.files[i].write_all(bytes).map_err(|err| {
+            let returned = copy(&err);
+            self.faults[i] = Some(err);
+            returned
+        })
     }
 
-    /// True once the reader of stdout has gone away.
-    pub fn stdout_closed(&self) -> bool {
-        self.broken[0]
+    /// The failure that stopped writes to `stream`, if one did.
+    pub fn fault(&self, stream: Stream) -> Option<&io::Error> {
+        self.faults[stream as usize - 1].as_ref()
+    }
+}
+
+/// Whether a write failure only means that the reader went away (EPIPE),
+/// which is quiet, as a command's death by SIGPIPE is.
+pub fn reader_gone(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::BrokenPipe
+}
+
+fn copy(err: &io::Error) -> io::Error {
+    match err.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(err.kind(), err.to_string()),
     }
 }

@@ -9,4 +9,5 @@ mod util;
 mod concurrency;
 mod foundation;
 mod packaging;
+mod runner;
 mod terminal;
