@@ -45,6 +45,11 @@ const PIPE_BYTES: libc::c_int = 1024 * 1024;
 /// longer; what it writes later is not captured.
 const DRAIN: Duration = Duration::from_millis(150);
 
+/// A cancelling signal repeated within this time is the same request, not a
+/// second one that kills at once: `timeout(1)` and `kill 0` signal lcrun
+/// both directly and through its process group.
+const SAME_REQUEST: Duration = Duration::from_millis(200);
+
 /// What to run and how.
 pub struct Job {
     /// The resolved program to execute.
@@ -103,12 +108,13 @@ pub enum RunError {
 }
 
 /// Runs `job` to its end, reporting output to `observer`.
-pub fn run(job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError> {
+pub fn run(mut job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError> {
     // Installed before the spawn so no signal falls between; exec resets
     // the handlers in the child, and leaves what was ignored ignored.
     let signals = Signals::install()?;
     tree::become_subreaper();
-    let child = spawn(&job, &signals).map_err(RunError::Spawn)?;
+    let stdin = job.stdin.take();
+    let child = spawn(&job, stdin, &signals).map_err(RunError::Spawn)?;
     let started = Instant::now();
     let mut run = Supervision {
         me: std::process::id() as libc::pid_t,
@@ -208,17 +214,14 @@ struct Child {
     pipes: [Option<OwnedFd>; 2],
 }
 
-fn spawn(job: &Job, signals: &Signals) -> io::Result<Child> {
+fn spawn(job: &Job, stdin: Option<File>, signals: &Signals) -> io::Result<Child> {
     let mut command = Command::new(&job.program);
     command
         .arg0(&job.argv[0])
         .args(&job.argv[1..])
         .envs(job.env.iter().map(|(k, v)| (k, v)));
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    command.stdin(match &job.stdin {
-        Some(file) => Stdio::from(file.try_clone()?),
-        None => Stdio::inherit(),
-    });
+    command.stdin(stdin.map_or_else(Stdio::inherit, Stdio::from));
     // SAFETY: plain query of our own pid.
     let parent = unsafe { libc::getpid() };
     let sigpipe_ignored = signals::sigpipe_ignored();
@@ -329,6 +332,8 @@ impl Supervision {
                     tree::signal_descendants(self.me, signal);
                 }
             }
+            Some(cancel)
+                if cancel.ending == Ending::Cancelled(signal) && cancel.at.elapsed() < SAME_REQUEST => {}
             // A second signal: no more grace.
             Some(cancel) => {
                 cancel.killed = true;
@@ -366,15 +371,18 @@ impl Supervision {
 
 struct Cancel {
     ending: Ending,
+    at: Instant,
     kill_at: Instant,
     killed: bool,
 }
 
 impl Cancel {
     fn new(ending: Ending, grace: Duration) -> Cancel {
+        let at = Instant::now();
         Cancel {
             ending,
-            kill_at: Instant::now() + grace,
+            at,
+            kill_at: at + grace,
             killed: false,
         }
     }

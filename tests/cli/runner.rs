@@ -564,3 +564,32 @@ fn a_dead_owners_command_never_runs_beside_its_successor() {
         "the dead owner's command ran on beside its successor"
     );
 }
+
+#[test]
+fn a_timeout_ends_daemons_the_command_started() {
+    let env = Env::new();
+    let out = env.run([
+        "--timeout",
+        "1s",
+        "--shell",
+        "setsid sh -c 'echo $$ > dpid; exec sleep 30' & sleep 30",
+    ]);
+    assert_code(&out, 124);
+    let daemon = pids(&env.path("dpid"));
+    let gone = daemon.iter().all(|&pid| !alive(pid));
+    kill_all(&env.path("dpid"));
+    assert!(gone, "the daemon {daemon:?} outlived the timed-out run");
+}
+
+#[test]
+fn orphans_of_the_command_are_reaped_while_it_runs() {
+    // They reparent to lcrun (a subreaper); none may stay a zombie.
+    let env = Env::new();
+    let out = env.run([
+        "--shell",
+        "for i in 1 2 3 4 5 6 7 8 9 10; do (sleep 0.05 &); done; sleep 1; n=0; \
+         for s in /proc/[0-9]*/stat; do set -- $(cat $s 2>/dev/null) x x x x; \
+         [ \"$3\" = Z ] && [ \"$4\" = \"$PPID\" ] && n=$((n+1)); done; echo zombies=$n",
+    ]);
+    assert_eq!(stdout(&out), "zombies=0\n", "{}", stderr(&out));
+}
