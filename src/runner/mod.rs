@@ -142,14 +142,22 @@ pub fn run(mut job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError
         .min()
         .unwrap_or(next_tick);
         let ready = poll(&signals, &pipes, wake)?;
+        let now = Instant::now();
 
         // Signals first: the one that ended the command arrives with its exit.
-        for caught in signals.take() {
-            run.on_signal(caught);
+        // Children are reaped on SIGCHLD, with the tick as a fallback.
+        let mut reap = now >= next_tick;
+        if ready.signals {
+            for caught in signals.take() {
+                reap |= caught.signal == libc::SIGCHLD;
+                run.on_signal(caught);
+            }
         }
-        run.reap()?;
+        if reap {
+            run.reap()?;
+        }
         for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
-            if !ready[i] {
+            if !ready.pipes[i] {
                 continue;
             }
             let Some(pipe) = &pipes[i] else { continue };
@@ -169,7 +177,6 @@ pub fn run(mut job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError
             }
         }
 
-        let now = Instant::now();
         if run.status.is_some() {
             if run.exited_at.is_none() && run.cancel.is_some() {
                 // The command is gone; what it leaves of a cancelled job
@@ -269,9 +276,14 @@ fn spawn(job: &Job, stdin: Option<File>, signals: &Signals) -> io::Result<Child>
     })
 }
 
-/// Waits until a pipe or the signal pipe is readable, or until `wake`.
-/// Returns which of the two pipes are ready (readable, closed or failed).
-fn poll(signals: &Signals, pipes: &[Option<OwnedFd>; 2], wake: Instant) -> io::Result<[bool; 2]> {
+/// What [`poll`] found ready: readable, closed or failed.
+struct Ready {
+    signals: bool,
+    pipes: [bool; 2],
+}
+
+/// Waits until a pipe or the signal pipe is ready, or until `wake`.
+fn poll(signals: &Signals, pipes: &[Option<OwnedFd>; 2], wake: Instant) -> io::Result<Ready> {
     let mut fds = [signals.fd(), -1, -1].map(|fd| libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -290,9 +302,16 @@ fn poll(signals: &Signals, pipes: &[Option<OwnedFd>; 2], wake: Instant) -> io::R
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
-        return Ok([false; 2]);
+        // A signal's handler ran: its record is in the pipe.
+        return Ok(Ready {
+            signals: true,
+            pipes: [false; 2],
+        });
     }
-    Ok([fds[1].revents != 0, fds[2].revents != 0])
+    Ok(Ready {
+        signals: fds[0].revents != 0,
+        pipes: [fds[1].revents != 0, fds[2].revents != 0],
+    })
 }
 
 /// What the loop knows of the command while it runs.
