@@ -593,3 +593,28 @@ fn orphans_of_the_command_are_reaped_while_it_runs() {
     ]);
     assert_eq!(stdout(&out), "zombies=0\n", "{}", stderr(&out));
 }
+
+#[test]
+fn signals_sent_to_lcrun_alone_reach_the_command() {
+    // SIGUSR1 to lcrun (dd's progress request, say) goes on to the command,
+    // which decides; lcrun does not die of it.
+    let env = Env::new();
+    let child = env
+        .lcrun()
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-usr1' USR1; echo $$ > pid; sleep 2 & wait; wait; echo done",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the command", Duration::from_secs(10), || {
+        !pids(&env.path("pid")).is_empty()
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "got-usr1\ndone\n");
+}
