@@ -618,3 +618,26 @@ fn signals_sent_to_lcrun_alone_reach_the_command() {
     assert_code(&out, 0);
     assert_eq!(stdout(&out), "got-usr1\ndone\n");
 }
+
+#[test]
+fn a_killed_lcrun_takes_its_command_with_it() {
+    let env = Env::new();
+    let mut owner = env
+        .lcrun()
+        .args(["--", "sh", "-c", "echo $$ > pid; sleep 30"])
+        .spawn()
+        .unwrap();
+    wait_until("the command", Duration::from_secs(10), || {
+        !pids(&env.path("pid")).is_empty()
+    });
+    unsafe { libc::kill(owner.id() as i32, libc::SIGKILL) };
+    owner.wait().unwrap();
+    let command = pids(&env.path("pid"))[0];
+    let gone = Instant::now();
+    while alive(command) && gone.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let survived = alive(command);
+    kill_all(&env.path("pid"));
+    assert!(!survived, "the command ran on after its lcrun was killed");
+}
