@@ -8,6 +8,8 @@ use std::io::{self, Write};
 use std::mem::ManuallyDrop;
 use std::os::fd::FromRawFd;
 
+use crate::runner::signals;
+
 /// Which of the command's streams a chunk of output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -47,6 +49,9 @@ impl Stream {
 pub struct RawOut {
     files: [ManuallyDrop<File>; 2],
     faults: [Option<io::Error>; 2],
+    /// lcrun gave up on a reader that stopped reading, to act on a signal
+    /// or a deadline: what is left for it is dropped.
+    abandoned: [bool; 2],
 }
 
 impl Default for RawOut {
@@ -69,22 +74,40 @@ impl RawOut {
         RawOut {
             files,
             faults: [None, None],
+            abandoned: [false; 2],
         }
     }
 
     /// Writes all of `bytes` to `stream`. The first failure (EPIPE when the
     /// reader went away, ENOSPC, EIO) is kept and returned again, and nothing
-    /// more is written to that stream.
+    /// more is written to that stream. A write blocked by a reader that
+    /// stopped reading gives up, dropping the rest, when a signal or a
+    /// deadline needs lcrun (see [`signals::must_act`]).
     pub fn write(&mut self, stream: Stream, bytes: &[u8]) -> io::Result<()> {
         let i = stream as usize - 1;
         if let Some(fault) = &self.faults[i] {
             return Err(copy(fault));
         }
-        self.files[i].write_all(bytes).map_err(|err| {
-            let returned = copy(&err);
-            self.faults[i] = Some(err);
-            returned
-        })
+        let mut rest = bytes;
+        while !rest.is_empty() && !self.abandoned[i] {
+            match self.files[i].write(rest) {
+                Ok(0) => return Err(self.fail(i, io::ErrorKind::WriteZero.into())),
+                Ok(n) => rest = &rest[n..],
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(self.fail(i, err)),
+            }
+            // A short write or EINTR: a signal interrupted a blocked write.
+            if !rest.is_empty() && signals::must_act() {
+                self.abandoned[i] = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, i: usize, err: io::Error) -> io::Error {
+        let returned = copy(&err);
+        self.faults[i] = Some(err);
+        returned
     }
 
     /// The failure that stopped writes to `stream`, if one did.

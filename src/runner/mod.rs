@@ -166,7 +166,17 @@ pub fn run(mut job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError
             match n {
                 0 => pipes[i] = None,
                 n if n > 0 => {
-                    if observer.output(stream, &buf[..n as usize]) == Delivery::Refused {
+                    // A reader that stopped reading blocks the write, and
+                    // must not keep the loop from a deadline.
+                    let act_at = run.act_at();
+                    if act_at.is_some() {
+                        signals::act_at(act_at);
+                    }
+                    let delivery = observer.output(stream, &buf[..n as usize]);
+                    if act_at.is_some() {
+                        signals::act_at(None);
+                    }
+                    if delivery == Delivery::Refused {
                         pipes[i] = None;
                     }
                 }
@@ -232,7 +242,7 @@ fn spawn(job: &Job, stdin: Option<File>, signals: &Signals) -> io::Result<Child>
     // SAFETY: plain query of our own pid.
     let parent = unsafe { libc::getpid() };
     let sigpipe_ignored = signals::sigpipe_ignored();
-    let sigchld_ignored = signals.sigchld_ignored();
+    let ignored = signals.ignored().to_vec();
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         command.pre_exec(move || {
@@ -248,8 +258,8 @@ fn spawn(job: &Job, stdin: Option<File>, signals: &Signals) -> io::Result<Child>
             if sigpipe_ignored {
                 libc::signal(libc::SIGPIPE, libc::SIG_IGN);
             }
-            if sigchld_ignored {
-                libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+            for &signal in &ignored {
+                libc::signal(signal, libc::SIG_IGN);
             }
             Ok(())
         });
@@ -327,6 +337,15 @@ struct Supervision {
 }
 
 impl Supervision {
+    /// When the loop must act next, whatever else happens.
+    fn act_at(&self) -> Option<Instant> {
+        match &self.cancel {
+            None => self.deadline,
+            Some(cancel) if !cancel.killed => Some(cancel.kill_at),
+            Some(_) => None,
+        }
+    }
+
     fn on_signal(&mut self, caught: Caught) {
         let signal = caught.signal;
         if signal == libc::SIGCHLD {

@@ -641,3 +641,47 @@ fn a_killed_lcrun_takes_its_command_with_it() {
     kill_all(&env.path("pid"));
     assert!(!survived, "the command ran on after its lcrun was killed");
 }
+
+#[test]
+fn a_reader_that_stops_reading_does_not_stop_signals_or_the_timeout() {
+    // The test holds lcrun's stdout open and never reads it: lcrun blocks
+    // writing, as the command would bare; a signal or the timeout must still
+    // end the run, as they would end the bare command.
+    let env = Env::new();
+    for (options, signal) in [(&["--timeout", "1s"][..], None), (&[][..], Some(libc::SIGTERM))] {
+        let _ = std::fs::remove_file(env.path("pid"));
+        let mut child = env
+            .lcrun()
+            .args(options)
+            .args(["--", "sh", "-c", "echo $$ > pid; exec yes"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("the command", Duration::from_secs(10), || {
+            !pids(&env.path("pid")).is_empty()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        if let Some(signal) = signal {
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if start.elapsed() > Duration::from_secs(8) {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        kill_all(&env.path("pid"));
+        let status = status.unwrap_or_else(|| panic!("{options:?} {signal:?}: lcrun stayed blocked"));
+        match signal {
+            Some(signal) => assert_eq!(status.signal(), Some(signal)),
+            None => assert_eq!(status.code(), Some(124)),
+        }
+    }
+}
