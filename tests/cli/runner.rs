@@ -685,3 +685,46 @@ fn a_reader_that_stops_reading_does_not_stop_signals_or_the_timeout() {
         }
     }
 }
+
+#[test]
+fn the_command_gets_sigpipe_as_lcrun_got_it() {
+    // lcrun ignores SIGPIPE for itself; the command gets the disposition
+    // lcrun's caller gave, as it would bare.
+    let env = Env::new();
+    let sigpipe_ignored = |options: &[&str], ignore: bool| {
+        let mut lcrun = env.lcrun();
+        lcrun
+            .args(options)
+            // A distinct command each time, or the cached run would replay.
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "grep SigIgn /proc/$$/status",
+                &format!("{ignore}"),
+            ]);
+        if ignore {
+            unsafe {
+                lcrun.pre_exec(|| {
+                    libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        }
+        let out = lcrun.output().unwrap();
+        assert_code(&out, 0);
+        let mask = stdout(&out)
+            .split_whitespace()
+            .nth(1)
+            .map(|hex| u64::from_str_radix(hex, 16).unwrap());
+        mask.unwrap() & (1 << (libc::SIGPIPE - 1)) != 0
+    };
+    for options in [
+        &["--no-cache"][..],
+        &["--cache-mode", "off", "--timeout", "1m"],
+        &[],
+    ] {
+        assert!(!sigpipe_ignored(options, false), "{options:?}");
+        assert!(sigpipe_ignored(options, true), "{options:?}");
+    }
+}
