@@ -191,7 +191,7 @@ pub fn run(mut job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError
             if run.exited_at.is_none() && run.cancel.is_some() {
                 // The command is gone; what it leaves of a cancelled job
                 // goes too, and with it the pipes' last writers.
-                tree::kill_descendants(run.me);
+                run.kill_tree();
             }
             let exited_at = *run.exited_at.get_or_insert(now);
             if pipes.iter().all(Option::is_none) || now >= exited_at + DRAIN {
@@ -200,12 +200,12 @@ pub fn run(mut job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError
         }
         if run.cancel.is_none() && run.deadline.is_some_and(|d| now >= d) {
             run.cancel = Some(Cancel::new(Ending::TimedOut, run.kill_after));
-            tree::signal_descendants(run.me, libc::SIGTERM);
+            run.signal_tree(libc::SIGTERM);
         }
         if let Some(c) = &mut run.cancel {
             if !c.killed && now >= c.kill_at {
                 c.killed = true;
-                tree::kill_descendants(run.me);
+                run.kill_tree();
             }
         }
         if now >= next_tick {
@@ -215,7 +215,7 @@ pub fn run(mut job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError
     }
     if run.cancel.is_some() {
         // Whatever forked since the kill above.
-        tree::kill_descendants(run.me);
+        run.kill_tree();
         run.reap()?;
     }
     Ok(match (run.cancel, run.status) {
@@ -337,6 +337,27 @@ struct Supervision {
 }
 
 impl Supervision {
+    /// The command's processes: lcrun's descendants, and the command itself
+    /// until it is reaped, should /proc be unreadable.
+    fn tree(&self) -> Vec<libc::pid_t> {
+        let mut pids = tree::descendants(self.me);
+        if self.status.is_none() && !pids.contains(&self.child) {
+            pids.push(self.child);
+        }
+        pids
+    }
+
+    fn signal_tree(&self, signal: i32) {
+        for pid in self.tree() {
+            // SAFETY: signalling a process of the command's tree.
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+
+    fn kill_tree(&self) {
+        tree::kill_until_none(|| self.tree());
+    }
+
     /// When the loop must act next, whatever else happens.
     fn act_at(&self) -> Option<Instant> {
         match &self.cancel {
@@ -367,7 +388,7 @@ impl Supervision {
             None => {
                 self.cancel = Some(Cancel::new(Ending::Cancelled(signal), self.kill_after));
                 if !reached_command {
-                    tree::signal_descendants(self.me, signal);
+                    self.signal_tree(signal);
                 }
             }
             Some(cancel)
@@ -375,7 +396,7 @@ impl Supervision {
             // A second signal: no more grace.
             Some(cancel) => {
                 cancel.killed = true;
-                tree::kill_descendants(self.me);
+                self.kill_tree();
             }
         }
     }

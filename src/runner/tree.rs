@@ -39,20 +39,6 @@ pub fn descendants(root: libc::pid_t) -> Vec<libc::pid_t> {
     found
 }
 
-/// Sends `signal` to every process under `root`.
-pub fn signal_descendants(root: libc::pid_t, signal: i32) {
-    for pid in descendants(root) {
-        // SAFETY: signalling a process found under us.
-        unsafe { libc::kill(pid, signal) };
-    }
-}
-
-/// SIGKILLs every process under `root`, walking again until a walk finds
-/// none that was not already killed. The dead stay to be reaped.
-pub fn kill_descendants(root: libc::pid_t) {
-    kill_until_none(|| descendants(root));
-}
-
 /// Ends what is left of a job whose lcrun died without ending it (SIGKILL,
 /// a crash): every process that carries `marker` (`LCRUN_JOB=<id>`) in its
 /// environment. Returns once they are gone, or after [`GONE_WITHIN`].
@@ -72,7 +58,9 @@ pub fn end_marked(marker: &[u8]) {
     }
 }
 
-fn kill_until_none(mut find: impl FnMut() -> Vec<libc::pid_t>) -> HashSet<libc::pid_t> {
+/// SIGKILLs what `find` returns, and again what it returns then that was
+/// not killed yet (forked meanwhile), until it finds nothing new.
+pub fn kill_until_none(mut find: impl FnMut() -> Vec<libc::pid_t>) -> HashSet<libc::pid_t> {
     let mut killed = HashSet::new();
     for _ in 0..KILL_ROUNDS {
         let fresh: Vec<_> = find().into_iter().filter(|p| !killed.contains(p)).collect();
@@ -160,7 +148,7 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(10), "no sleep under sh");
             std::thread::sleep(Duration::from_millis(10));
         }
-        kill_descendants(pid);
+        kill_until_none(|| descendants(pid));
         // `wait` returns the killed sleep's status, and sh exits with it.
         let status = shell.wait().expect("wait");
         assert_eq!(
