@@ -200,14 +200,18 @@ impl Signals {
 
 impl Drop for Signals {
     fn drop(&mut self) {
-        arm(None, Duration::ZERO);
         ACT_AT.store(u64::MAX, Ordering::Relaxed);
-        CANCEL_PENDING.store(false, Ordering::Relaxed);
         PIPE.store(-1, Ordering::SeqCst);
+        // SIGALRM comes last: the timer is disarmed once no handler can arm
+        // it again, so no alarm outlives its handler and kills lcrun.
         for (signal, old) in &self.saved {
+            if *signal == libc::SIGALRM {
+                arm(None, Duration::ZERO);
+            }
             // SAFETY: putting back the action this signal had.
             unsafe { libc::sigaction(*signal, old, std::ptr::null_mut()) };
         }
+        CANCEL_PENDING.store(false, Ordering::Relaxed);
     }
 }
 
