@@ -18,9 +18,9 @@ use crate::jobs::Jobs;
 use crate::key::{Key, Resolved, Secret};
 use crate::lock::KeyLock;
 use crate::messages::{error, Messages};
-use crate::output::{RawOut, Stream};
+use crate::output::{reader_gone, RawOut, Stream};
 use crate::progress::{self, LineMatcher, ProgressFile};
-use crate::runner::{self, Ending, Job, Observer, RunError};
+use crate::runner::{self, Delivery, Ending, Job, Observer, RunError};
 use crate::scratch;
 use crate::store::{Entry, Recording, Store, StoreError};
 
@@ -160,10 +160,21 @@ impl Run<'_> {
     /// Replaces lcrun with the command; returns only if that fails.
     fn exec_in_place(self) -> Exit {
         use std::os::unix::process::CommandExt;
-        let err = std::process::Command::new(&self.program)
+        let mut command = std::process::Command::new(&self.program);
+        command
             .arg0(&self.invocation.argv[0])
-            .args(&self.invocation.argv[1..])
-            .exec();
+            .args(&self.invocation.argv[1..]);
+        if runner::signals::sigpipe_ignored() {
+            // std gives the command the default SIGPIPE; its caller ignored it.
+            // SAFETY: signal(2) is async-signal-safe.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        }
+        let err = command.exec();
         spawn_failed(&self.invocation.argv[0], &err)
     }
 
@@ -178,15 +189,21 @@ impl Run<'_> {
         let mut started_output = false;
         let result = store.replay(entry, |stream, bytes| {
             started_output = true;
-            out.write(stream, bytes)?;
-            if out.stdout_closed() {
-                return Err(std::io::ErrorKind::BrokenPipe.into());
-            }
-            Ok(())
+            out.write(stream, bytes)
         });
+        let fault = [Stream::Stdout, Stream::Stderr]
+            .into_iter()
+            .find_map(|stream| out.fault(stream).map(|err| (stream, err)));
+        match fault {
+            // As the command would have died, writing into a closed pipe.
+            Some((_, err)) if reader_gone(err) => {
+                return Some(Exit::Command(crate::exit::signal_status(libc::SIGPIPE)));
+            }
+            Some((stream, err)) => return Some(write_failed(stream, err, entry.meta.status)),
+            None => {}
+        }
         match result {
             Ok(()) => {}
-            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {}
             // Replaced by an identical run or a refresh since the lookup:
             // that run's result is what to show, and the miss path finds it.
             Err(StoreError::Gone) if !started_output => return None,
@@ -244,14 +261,18 @@ impl Run<'_> {
             messages: self.messages,
             job: job.as_ref().map(|(jobs, id)| Publisher::new(jobs, id)),
         };
+        let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = progress_file
+            .iter()
+            .map(|file| ("LCRUN_PROGRESS".into(), file.path().as_os_str().to_owned()))
+            .collect();
+        if let Some((_, id)) = &job {
+            env.push((runner::JOB_VAR.into(), id.into()));
+        }
         let spec = Job {
             program: self.program,
             argv: self.invocation.argv.clone(),
             stdin,
-            env: progress_file
-                .iter()
-                .map(|file| ("LCRUN_PROGRESS".into(), file.path().as_os_str().to_owned()))
-                .collect(),
+            env,
             timeout: self.args.timeout,
             kill_after: self.args.kill_after,
         };
@@ -276,11 +297,21 @@ impl Run<'_> {
             }
             Err(RunError::Io(err)) => return Err(err).context("while running the command"),
         };
+        // Output that could not be delivered (a reader gone, a full disk) is
+        // a run not to keep, and a write error is the run's failure.
+        let fault = [Stream::Stdout, Stream::Stderr]
+            .into_iter()
+            .find_map(|stream| observer.display.fault(stream).map(|err| (stream, err)));
         let (exit, storable) = match ending {
             Ending::Exited(status) => {
                 let exit = Exit::from_status(status);
                 let ok = status.code() == Some(0) || (self.args.cache_failures && status.code().is_some());
-                (exit, ok)
+                match fault {
+                    // The command met the closed pipe, and its status says so.
+                    Some((_, err)) if reader_gone(err) => (exit, false),
+                    Some((stream, err)) => (write_failed(stream, err, exit.code()), false),
+                    None => (exit, ok),
+                }
             }
             Ending::Cancelled(signal) => {
                 self.messages
@@ -358,6 +389,14 @@ fn run_as_execvp(job: Job, observer: &mut dyn Observer) -> Result<Ending, RunErr
     }
 }
 
+/// A write error on lcrun's `stream` (ENOSPC, EIO) is never swallowed: one
+/// line, and the run fails with the command's status, or 1 if it succeeded
+/// (what coreutils do when their output fails).
+fn write_failed(stream: Stream, err: &std::io::Error, status: u8) -> Exit {
+    error(format!("cannot write to {}: {err}", stream.name()));
+    Exit::Command(status.max(1))
+}
+
 /// Says why the command could not be started: 127 when it is gone (removed
 /// since it was resolved), else 126.
 fn spawn_failed(name: &std::ffi::OsStr, err: &std::io::Error) -> Exit {
@@ -417,8 +456,16 @@ struct RunObserver<'s> {
 }
 
 impl Observer for RunObserver<'_> {
-    fn output(&mut self, stream: Stream, bytes: &[u8]) {
+    fn output(&mut self, stream: Stream, bytes: &[u8]) -> Delivery {
         self.display.output(stream, bytes);
+        if self.display.fault(stream).is_some() {
+            // Nothing is kept of a run whose output did not reach its reader,
+            // and nothing more is written to the cache for it.
+            if let Some(recording) = self.recording.take() {
+                let _ = recording.abandon();
+            }
+            return Delivery::Refused;
+        }
         if let Some(recording) = &mut self.recording {
             if let Err(err) = recording.write(stream, bytes) {
                 // A full disk, say: the command goes on, uncached.
@@ -430,6 +477,7 @@ impl Observer for RunObserver<'_> {
                 }
             }
         }
+        Delivery::Delivered
     }
 
     fn tick(&mut self) {
@@ -558,6 +606,13 @@ impl Cache {
     /// Registers this process as the one running `key`.
     fn job_start(&self, key: &Key, invocation: &Invocation) -> Option<(Jobs, String)> {
         let jobs = Jobs::open(self.dir()?).ok()?;
+        // We hold the key's lock, so a job still marked running for the key
+        // lost its owner (SIGKILL, a crash). What its command left running
+        // ends first: two copies of one command never run at once.
+        if let Ok(Some(lost)) = jobs.running(&key.hex) {
+            let marker = format!("{}={}", runner::JOB_VAR, lost.id);
+            runner::tree::end_marked(marker.as_bytes());
+        }
         let id = jobs.start(&key.hex, &invocation.label()).ok()?;
         Some((jobs, id))
     }

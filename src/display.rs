@@ -187,6 +187,11 @@ impl Display {
         &self.state
     }
 
+    /// The failure that stopped output to `stream`, if one did.
+    pub fn fault(&self, stream: Stream) -> Option<&std::io::Error> {
+        self.out.fault(stream)
+    }
+
     /// Clears the bar and lets out anything held back.
     pub fn finish(&mut self) {
         self.hide_bar();

@@ -8,7 +8,8 @@ use std::process::ExitStatus;
 pub enum Exit {
     /// The command ran (live or replayed) and ended with this code.
     Command(u8),
-    /// A signal cancelled the job: 128 + the signal's number.
+    /// A signal cancelled the job: lcrun dies by it after its cleanup, and a
+    /// shell reports 128 + the signal's number.
     Cancelled(i32),
     /// `--timeout` expired.
     TimedOut,
@@ -48,6 +49,21 @@ impl Exit {
 impl From<Exit> for std::process::ExitCode {
     fn from(exit: Exit) -> Self {
         std::process::ExitCode::from(exit.code())
+    }
+}
+
+/// Ends the process by `signal`, its default action restored and unblocked:
+/// how a cancelled lcrun ends after its cleanup. Returns only if the signal
+/// did not end the process.
+pub fn die_by(signal: i32) {
+    // SAFETY: restoring a default action, unblocking and raising a signal.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(signal);
     }
 }
 

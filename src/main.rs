@@ -25,6 +25,11 @@ pub extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
     // Rust's own exit path would flush stdout; help and version text go
     // through its buffer.
     let _ = std::io::stdout().flush();
+    if let Exit::Cancelled(signal) = exit {
+        // Cleaned up: now die by the signal, so the caller (a shell loop,
+        // make) sees a signal death and stops, as with the bare command.
+        lcrun::exit::die_by(signal);
+    }
     c_int::from(exit.code())
 }
 
@@ -48,11 +53,14 @@ fn start_up() {
         }
     }
     // A reader that goes away (`lcrun ... | head`) is an EPIPE lcrun handles
-    // (the run is still recorded whole), not a signal that kills it. Commands
-    // lcrun starts get the default disposition back: std resets SIGPIPE in
-    // every child it spawns.
+    // (it closes the command's pipe so the command meets it too, and keeps
+    // nothing), not a signal that kills it before it can clean up. Commands
+    // get the disposition lcrun was given back: std resets SIGPIPE to the
+    // default in every child, and the runner ignores it again when lcrun's
+    // caller had it ignored.
     // SAFETY: setting a standard signal to be ignored.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let inherited = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    lcrun::runner::signals::inherit_sigpipe(inherited == libc::SIG_IGN);
 }
 
 /// Parses the command line and runs it.

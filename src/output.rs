@@ -1,10 +1,14 @@
 //! Writing the command's bytes to lcrun's own stdout and stderr: unbuffered,
-//! binary safe, and quiet about a reader that went away.
+//! binary safe, and remembering the first failure of each (a reader that
+//! went away, a full disk) so that nothing more is written there and the
+//! caller can act as the command would have bare.
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::mem::ManuallyDrop;
 use std::os::fd::FromRawFd;
+
+use crate::runner::signals;
 
 /// Which of the command's streams a chunk of output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +20,14 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// Its name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+
     /// The number stored in the database for this stream.
     pub fn tag(self) -> i64 {
         self as i64
@@ -36,7 +48,10 @@ impl Stream {
 /// each read of the child to reach our reader as it is.
 pub struct RawOut {
     files: [ManuallyDrop<File>; 2],
-    broken: [bool; 2],
+    faults: [Option<io::Error>; 2],
+    /// lcrun gave up on a reader that stopped reading, to act on a signal
+    /// or a deadline: what is left for it is dropped.
+    abandoned: [bool; 2],
 }
 
 impl Default for RawOut {
@@ -58,29 +73,58 @@ impl RawOut {
         };
         RawOut {
             files,
-            broken: [false; 2],
+            faults: [None, None],
+            abandoned: [false; 2],
         }
     }
 
-    /// Writes all of `bytes` to `stream`. A closed reader (EPIPE) is remembered
-    /// and later writes are dropped: the command keeps running and its output is
-    /// still recorded, as `lcrun -- cmd | head` should behave.
+    /// Writes all of `bytes` to `stream`. The first failure (EPIPE when the
+    /// reader went away, ENOSPC, EIO) is kept and returned again, and nothing
+    /// more is written to that stream. A write blocked by a reader that
+    /// stopped reading gives up, dropping the rest, when a signal or a
+    /// deadline needs lcrun (see [`signals::must_act`]).
     pub fn write(&mut self, stream: Stream, bytes: &[u8]) -> io::Result<()> {
         let i = stream as usize - 1;
-        if self.broken[i] {
-            return Ok(());
+        if let Some(fault) = &self.faults[i] {
+            return Err(copy(fault));
         }
-        match self.files[i].write_all(bytes) {
-            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {
-                self.broken[i] = true;
-                Ok(())
+        let mut rest = bytes;
+        while !rest.is_empty() && !self.abandoned[i] {
+            match self.files[i].write(rest) {
+                Ok(0) => return Err(self.fail(i, io::ErrorKind::WriteZero.into())),
+                Ok(n) => rest = &rest[n..],
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(self.fail(i, err)),
             }
-            other => other,
+            // A short write or EINTR: a signal interrupted a blocked write.
+            if !rest.is_empty() && signals::must_act() {
+                self.abandoned[i] = true;
+            }
         }
+        Ok(())
     }
 
-    /// True once the reader of stdout has gone away.
-    pub fn stdout_closed(&self) -> bool {
-        self.broken[0]
+    fn fail(&mut self, i: usize, err: io::Error) -> io::Error {
+        let returned = copy(&err);
+        self.faults[i] = Some(err);
+        returned
+    }
+
+    /// The failure that stopped writes to `stream`, if one did.
+    pub fn fault(&self, stream: Stream) -> Option<&io::Error> {
+        self.faults[stream as usize - 1].as_ref()
+    }
+}
+
+/// Whether a write failure only means that the reader went away (EPIPE),
+/// which is quiet, as a command's death by SIGPIPE is.
+pub fn reader_gone(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::BrokenPipe
+}
+
+fn copy(err: &io::Error) -> io::Error {
+    match err.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(err.kind(), err.to_string()),
     }
 }

@@ -102,7 +102,7 @@ fn killed_owner_does_not_block_the_next_run() {
     }
     unsafe { libc::kill(owner.id() as i32, libc::SIGKILL) };
     owner.wait().unwrap();
-    // The orphaned command is still running, but it holds no lock.
+    // The command died with its owner; its key's lock went with the owner.
     let fresh = format!("{}; echo fresh", env.tally("runs"));
     let start = Instant::now();
     let out = env.run(["--", "sh", "-c", &fresh]);

@@ -11,4 +11,5 @@ mod foundation;
 mod inputs;
 mod keys;
 mod packaging;
+mod runner;
 mod terminal;
