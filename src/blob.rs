@@ -201,7 +201,11 @@ pub fn load_stream(
     }
     if contents.blob_len(contents.blobs.len()) != 0 {
         // Fewer blobs than the size needs: the record itself is damaged.
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "stored contents are shorter than their size").into());
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "stored contents are shorter than their size",
+        )
+        .into());
     }
     Ok(())
 }
@@ -290,7 +294,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = DirBlobs::new(dir.path());
         let contents = store_stream(&store, io::empty()).unwrap();
-        assert_eq!(contents, Contents { size: 0, blobs: vec![] });
+        assert_eq!(
+            contents,
+            Contents {
+                size: 0,
+                blobs: vec![]
+            }
+        );
         load_stream(&store, &contents, |_| panic!("no bytes")).unwrap();
     }
 

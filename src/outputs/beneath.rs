@@ -54,7 +54,11 @@ pub struct Created {
 
 /// Opens directory `name` in `dir`, refusing a symlink. With `created`,
 /// a missing directory is made (and recorded there).
-pub fn child_dir(dir: BorrowedFd<'_>, name: &[u8], created: Option<&mut Vec<Created>>) -> Result<OwnedFd, Step> {
+pub fn child_dir(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    created: Option<&mut Vec<Created>>,
+) -> Result<OwnedFd, Step> {
     open_child(dir, name, DIR_NOFOLLOW, created)
 }
 
@@ -123,17 +127,27 @@ pub fn open_parent<'d>(
     } else {
         (cwd, false)
     };
-    let mut dir = rfs::openat(CWD, start, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| (start.to_owned(), Step::from(e)))?;
+    let mut dir = rfs::openat(
+        CWD,
+        start,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| (start.to_owned(), Step::from(e)))?;
     let flags = if follow {
         DIR_NOFOLLOW.difference(OFlags::NOFOLLOW)
     } else {
         DIR_NOFOLLOW
     };
-    let mut walked = if follow { PathBuf::from("/") } else { PathBuf::new() };
+    let mut walked = if follow {
+        PathBuf::from("/")
+    } else {
+        PathBuf::new()
+    };
     for part in parents {
         walked.push(OsStr::from_bytes(part));
-        dir = open_child(dir.as_fd(), part, flags, created.as_deref_mut()).map_err(|e| (walked.clone(), e))?;
+        dir =
+            open_child(dir.as_fd(), part, flags, created.as_deref_mut()).map_err(|e| (walked.clone(), e))?;
     }
     Ok((dir, leaf))
 }

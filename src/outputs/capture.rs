@@ -59,7 +59,11 @@ pub enum CaptureError {
 ///
 /// On error some blobs may already be stored; no record refers to them,
 /// and the store's sweep removes them.
-pub fn capture(cwd: &Path, declared: &[DeclaredPath], store: &dyn BlobStore) -> Result<OutputTree, CaptureError> {
+pub fn capture(
+    cwd: &Path,
+    declared: &[DeclaredPath],
+    store: &dyn BlobStore,
+) -> Result<OutputTree, CaptureError> {
     let mut tree = OutputTree::default();
     for path in declared {
         tree.outputs.push(capture_one(cwd, path, store)?);

@@ -97,7 +97,9 @@ impl DeclaredPath {
 
     /// Its components, none empty, `.` or `..`.
     pub(super) fn components(&self) -> impl Iterator<Item = &[u8]> {
-        self.as_bytes().split(|&b| b == b'/').filter(|part| !part.is_empty())
+        self.as_bytes()
+            .split(|&b| b == b'/')
+            .filter(|part| !part.is_empty())
     }
 }
 
@@ -132,7 +134,12 @@ mod tests {
             (b"caf\xe9", b"caf\xe9"),
         ];
         for (arg, want) in cases {
-            assert_eq!(canonical(arg).as_deref(), Ok(*want), "{:?}", OsStr::from_bytes(arg));
+            assert_eq!(
+                canonical(arg).as_deref(),
+                Ok(*want),
+                "{:?}",
+                OsStr::from_bytes(arg)
+            );
         }
         assert!(DeclaredPath::parse(OsStr::new("/a")).unwrap().is_absolute());
         assert!(!DeclaredPath::parse(OsStr::new("a")).unwrap().is_absolute());
@@ -146,11 +153,17 @@ mod tests {
             assert!(err.to_string().contains("give it as an absolute path"), "{err}");
         }
         for arg in [".", "./", "a/.."] {
-            assert_eq!(canonical(arg.as_bytes()), Err(DeclareError::WorkingDir(arg.into())));
+            assert_eq!(
+                canonical(arg.as_bytes()),
+                Err(DeclareError::WorkingDir(arg.into()))
+            );
         }
         assert_eq!(canonical(b""), Err(DeclareError::Empty));
         assert_eq!(canonical(b"/"), Err(DeclareError::Root("/".into())));
-        assert_eq!(canonical(b"/a/../b"), Err(DeclareError::DotDotInAbsolute("/a/../b".into())));
+        assert_eq!(
+            canonical(b"/a/../b"),
+            Err(DeclareError::DotDotInAbsolute("/a/../b".into()))
+        );
     }
 
     #[test]

@@ -131,7 +131,11 @@ impl Restorer<'_> {
             outputs.push((path, output));
         }
         if tree.outputs.len() != declared.len() {
-            return Err(bad(Path::new("-o"), &[], "another set of outputs than was declared"));
+            return Err(bad(
+                Path::new("-o"),
+                &[],
+                "another set of outputs than was declared",
+            ));
         }
         self.check_blobs(&outputs)?;
         for (path, output) in outputs {
@@ -155,7 +159,13 @@ impl Restorer<'_> {
                     }
                     match self.store.has(digest) {
                         Ok(true) => {}
-                        Ok(false) => return Err(at(path.as_path(), entry, RestoreCause::Blob(BlobError::Missing(*digest)))),
+                        Ok(false) => {
+                            return Err(at(
+                                path.as_path(),
+                                entry,
+                                RestoreCause::Blob(BlobError::Missing(*digest)),
+                            ))
+                        }
                         Err(e) => return Err(at(path.as_path(), entry, RestoreCause::Blob(e))),
                     }
                 }
@@ -166,23 +176,33 @@ impl Restorer<'_> {
 
     fn output(&mut self, cwd: &Path, declared: &DeclaredPath, output: &Output) -> Result<(), RestoreError> {
         let shown = declared.as_path();
-        let (parent, leaf) = beneath::open_parent(cwd, declared, Some(&mut self.created)).map_err(|(path, step)| {
-            let cause = match step {
-                Step::Symlink => RestoreCause::Symlink,
-                Step::NotDir => RestoreCause::NotDir,
-                Step::NotFound => RestoreCause::Io(io::ErrorKind::NotFound.into()),
-                Step::Io(e) => RestoreCause::Io(e),
-            };
-            RestoreError {
-                path,
-                cause,
-                written: false,
-            }
-        })?;
-        let (root, inside) = output.entries.split_first().ok_or_else(|| bad(shown, &[], "an empty output"))?;
+        let (parent, leaf) =
+            beneath::open_parent(cwd, declared, Some(&mut self.created)).map_err(|(path, step)| {
+                let cause = match step {
+                    Step::Symlink => RestoreCause::Symlink,
+                    Step::NotDir => RestoreCause::NotDir,
+                    Step::NotFound => RestoreCause::Io(io::ErrorKind::NotFound.into()),
+                    Step::Io(e) => RestoreCause::Io(e),
+                };
+                RestoreError {
+                    path,
+                    cause,
+                    written: false,
+                }
+            })?;
+        let (root, inside) = output
+            .entries
+            .split_first()
+            .ok_or_else(|| bad(shown, &[], "an empty output"))?;
         let root_dir = match &root.kind {
-            Kind::Dir => self.dir(parent.as_fd(), leaf, true).map_err(|cause| at(shown, root, cause))?,
-            kind => return self.leaf(parent.as_fd(), leaf, kind).map_err(|cause| at(shown, root, cause)),
+            Kind::Dir => self
+                .dir(parent.as_fd(), leaf, true)
+                .map_err(|cause| at(shown, root, cause))?,
+            kind => {
+                return self
+                    .leaf(parent.as_fd(), leaf, kind)
+                    .map_err(|cause| at(shown, root, cause))
+            }
         };
         // Entries come grouped by directory; keep the last one open.
         let mut last: Option<(&[u8], OwnedFd)> = None;
@@ -196,7 +216,9 @@ impl Restorer<'_> {
                 root_dir.as_fd()
             } else {
                 if last.as_ref().is_none_or(|(path, _)| *path != dir_rel) {
-                    let fd = self.walk(root_dir.as_fd(), dir_rel).map_err(|cause| at(shown, entry, cause))?;
+                    let fd = self
+                        .walk(root_dir.as_fd(), dir_rel)
+                        .map_err(|cause| at(shown, entry, cause))?;
                     last = Some((dir_rel, fd));
                 }
                 match &last {
@@ -258,13 +280,21 @@ impl Restorer<'_> {
         Ok(fd)
     }
 
-    fn file(&mut self, dir: BorrowedFd<'_>, name: &[u8], contents: &Contents, executable: bool) -> Result<(), RestoreCause> {
+    fn file(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        contents: &Contents,
+        executable: bool,
+    ) -> Result<(), RestoreCause> {
         match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => match FileType::from_raw_mode(stat.st_mode) {
-                FileType::RegularFile if stat.st_size as u64 == contents.size => {
-                    if self.same_file(dir, name, contents, executable)? {
-                        return Ok(());
-                    }
+                // Size first: reading the file is only worth it when it may match.
+                FileType::RegularFile
+                    if stat.st_size as u64 == contents.size
+                        && self.same_file(dir, name, contents, executable)? =>
+                {
+                    return Ok(());
                 }
                 FileType::Directory => return Err(RestoreCause::DirInTheWay),
                 _ => {}
@@ -283,7 +313,13 @@ impl Restorer<'_> {
 
     /// Whether the regular file `name` already holds `contents`; if so it is
     /// touched and its executable bit set as stored.
-    fn same_file(&mut self, dir: BorrowedFd<'_>, name: &[u8], contents: &Contents, executable: bool) -> Result<bool, RestoreCause> {
+    fn same_file(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        contents: &Contents,
+        executable: bool,
+    ) -> Result<bool, RestoreCause> {
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
         let Ok(fd) = rfs::openat(dir, name, flags, Mode::empty()) else {
             return Ok(false);
@@ -298,7 +334,11 @@ impl Restorer<'_> {
         }
         if (stat.st_mode & 0o111 != 0) != executable {
             let mode = stat.st_mode & 0o7777;
-            let mode = if executable { mode | (mode & 0o444) >> 2 } else { mode & !0o111 };
+            let mode = if executable {
+                mode | (mode & 0o444) >> 2
+            } else {
+                mode & !0o111
+            };
             if rfs::fchmod(&file, Mode::from_bits_truncate(mode)).is_err() {
                 return Ok(false);
             }
@@ -364,7 +404,10 @@ static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 impl<'d> Temp<'d> {
     /// Creates something under a fresh temp name with `create`, which says
     /// `EEXIST` when the name is taken.
-    fn create<T>(dir: BorrowedFd<'d>, mut create: impl FnMut(&str) -> Result<T, Errno>) -> Result<(Temp<'d>, T), RestoreCause> {
+    fn create<T>(
+        dir: BorrowedFd<'d>,
+        mut create: impl FnMut(&str) -> Result<T, Errno>,
+    ) -> Result<(Temp<'d>, T), RestoreCause> {
         for _ in 0..100 {
             let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
             let name = format!(".lcrun-{}-{seq}.tmp", std::process::id());
@@ -437,10 +480,18 @@ fn check(declared: &Path, output: &Output) -> Result<(), RestoreError> {
         return Err(bad(declared, &[], "an empty output"));
     };
     if !root.path.as_bytes().is_empty() {
-        return Err(bad(declared, root.path.as_bytes(), "an output without its own entry"));
+        return Err(bad(
+            declared,
+            root.path.as_bytes(),
+            "an output without its own entry",
+        ));
     }
     if !matches!(root.kind, Kind::Dir) && !inside.is_empty() {
-        return Err(bad(declared, &[], "entries inside something that is not a directory"));
+        return Err(bad(
+            declared,
+            &[],
+            "entries inside something that is not a directory",
+        ));
     }
     for entry in &output.entries {
         let rel = entry.path.as_bytes();
@@ -448,8 +499,16 @@ fn check(declared: &Path, output: &Output) -> Result<(), RestoreError> {
             return Err(bad(declared, rel, "an absolute path inside an output"));
         }
         let inner = !std::ptr::eq(entry, root);
-        if inner && rel.split(|&b| b == b'/').any(|part| matches!(part, b"" | b"." | b"..")) {
-            return Err(bad(declared, rel, "a path with '..', '.' or an empty name inside an output"));
+        if inner
+            && rel
+                .split(|&b| b == b'/')
+                .any(|part| matches!(part, b"" | b"." | b".."))
+        {
+            return Err(bad(
+                declared,
+                rel,
+                "a path with '..', '.' or an empty name inside an output",
+            ));
         }
         if rel.contains(&0) {
             return Err(bad(declared, rel, "a path with a NUL byte"));

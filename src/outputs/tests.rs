@@ -14,6 +14,9 @@ use super::*;
 use crate::blob::dir::DirBlobs;
 use crate::blob::{BlobError, BLOB_BYTES};
 
+/// Per relative path: kind, bytes or link target, permission bits.
+type Snapshot = BTreeMap<Vec<u8>, (char, Vec<u8>, u32)>;
+
 /// A working directory, a sibling outside it, and a blob store.
 struct Scene {
     _root: tempfile::TempDir,
@@ -65,9 +68,9 @@ fn declared(args: &[&[u8]]) -> Vec<DeclaredPath> {
 
 /// What a path holds, as `ls -lR` would tell: per relative path, its kind,
 /// bytes or link target, and permission bits.
-fn snapshot(path: &Path) -> BTreeMap<Vec<u8>, (char, Vec<u8>, u32)> {
+fn snapshot(path: &Path) -> Snapshot {
     let mut out = BTreeMap::new();
-    fn walk(path: &Path, rel: Vec<u8>, out: &mut BTreeMap<Vec<u8>, (char, Vec<u8>, u32)>) {
+    fn walk(path: &Path, rel: Vec<u8>, out: &mut Snapshot) {
         let meta = fs::symlink_metadata(path).unwrap();
         let mode = meta.mode() & 0o7777;
         if meta.file_type().is_symlink() {
@@ -128,15 +131,26 @@ fn a_tree_of_files_dirs_links_and_odd_names_round_trips_exactly() {
     let scene = Scene::new();
     build_outputs(&scene);
     let decl = declared(ALL);
-    let before: Vec<_> = ["site", "report.txt", "current"].iter().map(|p| snapshot(&scene.path(p))).collect();
+    let before: Vec<_> = ["site", "report.txt", "current"]
+        .iter()
+        .map(|p| snapshot(&scene.path(p)))
+        .collect();
     let tree = scene.capture(&decl).unwrap();
 
     // Big repeated parts are stored once; the tree is deterministic.
     assert_eq!(tree, scene.capture(&decl).unwrap());
     assert_eq!(tree.outputs.len(), 3);
-    let site = tree.outputs.iter().find(|o| o.path.as_bytes() == b"site").unwrap();
+    let site = tree
+        .outputs
+        .iter()
+        .find(|o| o.path.as_bytes() == b"site")
+        .unwrap();
     assert!(matches!(site.entries[0].kind, Kind::Dir) && site.entries[0].path.as_bytes().is_empty());
-    let kinds: Vec<(&[u8], &Kind)> = site.entries.iter().map(|e| (e.path.as_bytes(), &e.kind)).collect();
+    let kinds: Vec<(&[u8], &Kind)> = site
+        .entries
+        .iter()
+        .map(|e| (e.path.as_bytes(), &e.kind))
+        .collect();
     assert!(kinds.contains(&(b"empty/dir", &Kind::Dir)));
     assert!(kinds.contains(&(
         b"host",
@@ -154,10 +168,13 @@ fn a_tree_of_files_dirs_links_and_odd_names_round_trips_exactly() {
     fs::remove_file(scene.path("current")).unwrap();
     scene.restore(&decl, &tree).unwrap();
 
-    let after: Vec<_> = ["site", "report.txt", "current"].iter().map(|p| snapshot(&scene.path(p))).collect();
+    let after: Vec<_> = ["site", "report.txt", "current"]
+        .iter()
+        .map(|p| snapshot(&scene.path(p)))
+        .collect();
     // Modes come back under the umask, as the command's own files did:
     // compare the executable bits, and everything else exactly.
-    let strip = |snaps: &Vec<BTreeMap<Vec<u8>, (char, Vec<u8>, u32)>>| {
+    let strip = |snaps: &Vec<Snapshot>| {
         snaps
             .iter()
             .map(|snap| {
@@ -220,10 +237,17 @@ fn a_missing_declared_output_is_its_own_error() {
 fn a_fifo_is_refused_by_name() {
     let scene = Scene::new();
     fs::create_dir(scene.path("out")).unwrap();
-    rustix::fs::mkfifoat(rustix::fs::CWD, &scene.path("out/pipe"), rustix::fs::Mode::from_bits_truncate(0o644))
-        .unwrap();
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        scene.path("out/pipe"),
+        rustix::fs::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
     let err = scene.capture(&declared(&[b"out"])).unwrap_err();
-    assert!(matches!(&err, CaptureError::Unsupported { kind: "fifo", .. }), "{err:?}");
+    assert!(
+        matches!(&err, CaptureError::Unsupported { kind: "fifo", .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("out/pipe: is a fifo"), "{err}");
 }
 
@@ -234,7 +258,10 @@ fn capture_refuses_a_relative_output_reached_through_a_link() {
     fs::write(scene.outside.join("build/out.txt"), b"x").unwrap();
     symlink(scene.outside.join("build"), scene.path("build")).unwrap();
     let err = scene.capture(&declared(&[b"build/out.txt"])).unwrap_err();
-    assert!(matches!(&err, CaptureError::Symlink(p) if p == Path::new("build")), "{err:?}");
+    assert!(
+        matches!(&err, CaptureError::Symlink(p) if p == Path::new("build")),
+        "{err:?}"
+    );
 }
 
 /// A one-file tree captured from `out/f.txt`, with the file then removed.
@@ -250,7 +277,10 @@ fn simple_tree(scene: &Scene) -> (Vec<DeclaredPath>, OutputTree) {
 fn stored_paths_with_dotdot_or_absolute_are_refused_before_writing() {
     let scene = Scene::new();
     let (decl, tree) = simple_tree(&scene);
-    let evil_dotdot = format!("../../{}/evil", scene.outside.file_name().unwrap().to_str().unwrap());
+    let evil_dotdot = format!(
+        "../../{}/evil",
+        scene.outside.file_name().unwrap().to_str().unwrap()
+    );
     let evil_abs = scene.outside.join("evil").into_os_string().into_vec();
     for evil in [evil_dotdot.as_bytes(), &evil_abs, b"a/../../x", b"./f", b"a//b"] {
         let mut bad = tree.clone();
@@ -284,14 +314,22 @@ fn a_symlink_planted_at_a_directory_inside_the_output_is_refused() {
     assert!(matches!(err.cause, RestoreCause::Symlink), "{err:?}");
     assert_eq!(err.path, Path::new("out/sub"));
     assert!(err.to_string().contains("refusing to follow it"), "{err}");
-    assert_eq!(fs::read_dir(&scene.outside).unwrap().count(), 0, "nothing written outside");
+    assert_eq!(
+        fs::read_dir(&scene.outside).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
 
     // The declared path itself, a link where a directory was stored.
     fs::remove_dir_all(scene.path("out")).unwrap();
     symlink(&scene.outside, scene.path("out")).unwrap();
     let err = scene.restore(&decl, &tree).unwrap_err();
     assert!(matches!(err.cause, RestoreCause::Symlink), "{err:?}");
-    assert_eq!(fs::read_dir(&scene.outside).unwrap().count(), 0, "nothing written outside");
+    assert_eq!(
+        fs::read_dir(&scene.outside).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
 }
 
 #[test]
@@ -320,7 +358,12 @@ fn a_file_with_the_same_bytes_is_touched_not_rewritten() {
     let tree = scene.capture(&decl).unwrap();
     let path = scene.path("out.bin");
     let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
-    fs::File::options().write(true).open(&path).unwrap().set_modified(old).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
     let inode = fs::metadata(&path).unwrap().ino();
 
@@ -353,7 +396,10 @@ fn a_missing_blob_is_found_before_anything_is_written() {
     fs::remove_file(scene.blobs.path_of(&contents.blobs[0])).unwrap();
 
     let err = scene.restore(&decl, &tree).unwrap_err();
-    assert!(matches!(err.cause, RestoreCause::Blob(BlobError::Missing(_))), "{err:?}");
+    assert!(
+        matches!(err.cause, RestoreCause::Blob(BlobError::Missing(_))),
+        "{err:?}"
+    );
     assert!(err.nothing_written());
     assert_eq!(err.path, Path::new("gen/out/b.txt"));
     assert!(err.to_string().contains("(nothing was restored)"), "{err}");
@@ -373,9 +419,15 @@ fn a_damaged_blob_leaves_no_file_and_no_temp_file() {
     fs::write(scene.blobs.path_of(&contents.blobs[0]), b"evil bytes\n").unwrap();
 
     let err = scene.restore(&decl, &tree).unwrap_err();
-    assert!(matches!(err.cause, RestoreCause::Blob(BlobError::Damaged(_))), "{err:?}");
+    assert!(
+        matches!(err.cause, RestoreCause::Blob(BlobError::Damaged(_))),
+        "{err:?}"
+    );
     assert!(err.nothing_written());
-    assert!(!scene.path("gen").exists(), "the directory made for it is taken back");
+    assert!(
+        !scene.path("gen").exists(),
+        "the directory made for it is taken back"
+    );
     assert!(temp_files(&scene.cwd).is_empty());
 
     // Once something was put in place, the error says so.
@@ -422,7 +474,10 @@ fn restored_directories_are_newer_than_before() {
     let decl = declared(&[b"out"]);
     let tree = scene.capture(&decl).unwrap();
     let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
-    fs::File::open(scene.path("out")).unwrap().set_modified(old).unwrap();
+    fs::File::open(scene.path("out"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
     let started = SystemTime::now() - Duration::from_secs(1);
     scene.restore(&decl, &tree).unwrap();
     assert!(fs::metadata(scene.path("out")).unwrap().modified().unwrap() >= started);

@@ -9,5 +9,6 @@ mod util;
 mod concurrency;
 mod foundation;
 mod keys;
+mod outputs;
 mod packaging;
 mod terminal;
