@@ -5,6 +5,14 @@
 //! successful run [`capture`] walks it into an [`OutputTree`]; on a hit
 //! [`restore`] puts it back, never following a symlink and never writing
 //! outside the declared path ([`beneath`] opens every component).
+//!
+//! How a run uses it: [`declare_all`] on the `-o` arguments before anything
+//! runs (an error is lcrun's own, status 125), their canonical bytes in the
+//! key; after a successful miss, [`capture`] into the entry (any error: one
+//! warning, no entry, the command's status stands); on a hit, [`restore`]
+//! before replaying stdout and stderr, so that when it fails with
+//! [`RestoreError::nothing_written`] the entry can still be dropped and the
+//! command run instead.
 
 use crate::blob::{Contents, Digest};
 
