@@ -482,3 +482,28 @@ fn restored_directories_are_newer_than_before() {
     scene.restore(&decl, &tree).unwrap();
     assert!(fs::metadata(scene.path("out")).unwrap().modified().unwrap() >= started);
 }
+
+#[test]
+fn a_link_where_a_file_belongs_is_replaced_not_written_through() {
+    let scene = Scene::new();
+    scene.write("out/f.txt", b"stored\n", 0o644);
+    let decl = declared(&[b"out", b"single.txt"]);
+    scene.write("single.txt", b"single\n", 0o644);
+    let tree = scene.capture(&decl).unwrap();
+    let victim = scene.outside.join("victim");
+    fs::write(&victim, b"keep me\n").unwrap();
+    fs::remove_file(scene.path("out/f.txt")).unwrap();
+    fs::remove_file(scene.path("single.txt")).unwrap();
+    symlink(&victim, scene.path("out/f.txt")).unwrap();
+    symlink(&victim, scene.path("single.txt")).unwrap();
+
+    scene.restore(&decl, &tree).unwrap();
+    assert_eq!(fs::read(&victim).unwrap(), b"keep me\n");
+    for (path, bytes) in [("out/f.txt", &b"stored\n"[..]), ("single.txt", b"single\n")] {
+        assert!(!fs::symlink_metadata(scene.path(path))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read(scene.path(path)).unwrap(), bytes);
+    }
+}
