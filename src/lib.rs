@@ -7,6 +7,7 @@
 //! replayed.
 
 pub mod app;
+pub mod blob;
 pub mod cli;
 pub mod compress;
 pub mod display;
@@ -18,6 +19,7 @@ pub mod key;
 pub mod lock;
 pub mod messages;
 pub mod output;
+pub mod outputs;
 pub mod progress;
 pub mod runner;
 pub mod scratch;

@@ -10,6 +10,7 @@ mod concurrency;
 mod foundation;
 mod inputs;
 mod keys;
+mod outputs;
 mod packaging;
 mod runner;
 mod terminal;

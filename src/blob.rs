@@ -1,0 +1,327 @@
+//! Content-addressed blobs: byte strings of at most [`BLOB_BYTES`] named by
+//! the SHA-256 of their raw bytes, the one name they carry in every tier
+//! (local files, a remote CAS). A longer byte stream is stored as
+//! [`Contents`]: its size and the digests of its consecutive blobs.
+//!
+//! [`BlobStore`] is the whole interface a tier offers; [`store_stream`] and
+//! [`load_stream`] move a stream through any of them in bounded memory.
+
+use std::fmt;
+use std::io::{self, Read};
+
+use sha2::{Digest as _, Sha256};
+
+#[cfg(test)]
+pub mod dir;
+
+/// The largest blob: contents longer than this are split into consecutive
+/// blobs of this size. Small enough that a stream moves in bounded memory,
+/// large enough that a 1 GiB file is 4096 blobs, not millions.
+pub const BLOB_BYTES: usize = 256 * 1024;
+
+/// SHA-256 of a blob's raw (uncompressed) bytes: its name in every tier.
+/// Serialized as 64 lowercase hex characters, the form a Bazel CAS uses in
+/// its URLs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Digest {
+        Digest(Sha256::digest(bytes).into())
+    }
+
+    /// The raw 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// 64 lowercase hex characters.
+    pub fn hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = String::with_capacity(64);
+        for byte in self.0 {
+            hex.push(char::from(HEX[usize::from(byte >> 4)]));
+            hex.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+        hex
+    }
+
+    /// Parses 64 hex characters (either case); anything else is `None`.
+    pub fn from_hex(s: &str) -> Option<Digest> {
+        fn nibble(c: u8) -> Option<u8> {
+            match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                b'A'..=b'F' => Some(c - b'A' + 10),
+                _ => None,
+            }
+        }
+        let s = s.as_bytes();
+        if s.len() != 64 {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (byte, pair) in bytes.iter_mut().zip(s.chunks_exact(2)) {
+            *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+        }
+        Some(Digest(bytes))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({})", self.hex())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Digest, D::Error> {
+        let hex = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Digest::from_hex(&hex).ok_or_else(|| serde::de::Error::custom("a digest is 64 hex characters"))
+    }
+}
+
+/// Why a blob could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// No tier holds it.
+    #[error("blob {0} is missing")]
+    Missing(Digest),
+    /// What was stored under this name is not these bytes (or not the
+    /// length its contents promise).
+    #[error("blob {0} is damaged")]
+    Damaged(Digest),
+    /// Reading or writing failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Where blobs live. Implementations verify what they return.
+pub trait BlobStore {
+    /// Whether the blob is stored (no verification).
+    fn has(&self, digest: &Digest) -> Result<bool, BlobError>;
+    /// Stores `bytes` (at most [`BLOB_BYTES`]) under their digest, once:
+    /// storing present bytes again is a no-op.
+    fn put(&self, digest: &Digest, bytes: &[u8]) -> Result<(), BlobError>;
+    /// Fills `buf` (cleared first) with the blob's raw bytes, checked against
+    /// `digest`: [`BlobError::Missing`] or [`BlobError::Damaged`] otherwise.
+    fn get(&self, digest: &Digest, buf: &mut Vec<u8>) -> Result<(), BlobError>;
+}
+
+/// A byte stream stored as blobs: `size` bytes in all, in `blobs` in order,
+/// each [`BLOB_BYTES`] long but the last.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Contents {
+    /// Total length in bytes.
+    pub size: u64,
+    /// The blobs, in order.
+    pub blobs: Vec<Digest>,
+}
+
+impl Contents {
+    /// The length blob `index` must have, from the total size: every blob
+    /// is full but the last, so a blob cut short or run long is caught even
+    /// by a store that only checks digests it was handed.
+    fn blob_len(&self, index: usize) -> u64 {
+        let before = index as u64 * BLOB_BYTES as u64;
+        self.size.saturating_sub(before).min(BLOB_BYTES as u64)
+    }
+}
+
+/// Stores everything `reader` yields, [`BLOB_BYTES`] at a time in one reused
+/// buffer, so memory stays bounded whatever the length. A blob the store
+/// already has is not put again.
+pub fn store_stream(store: &dyn BlobStore, mut reader: impl Read) -> Result<Contents, BlobError> {
+    let mut buf = vec![0u8; BLOB_BYTES];
+    let mut contents = Contents {
+        size: 0,
+        blobs: Vec::new(),
+    };
+    loop {
+        let len = fill(&mut reader, &mut buf)?;
+        if len == 0 {
+            return Ok(contents);
+        }
+        let bytes = &buf[..len];
+        let digest = Digest::of(bytes);
+        if !store.has(&digest)? {
+            store.put(&digest, bytes)?;
+        }
+        contents.size += len as u64;
+        contents.blobs.push(digest);
+        if len < BLOB_BYTES {
+            return Ok(contents);
+        }
+    }
+}
+
+/// Reads until `buf` is full or the reader ends, so blob boundaries depend
+/// on the bytes alone, not on how reads happened to split them.
+fn fill(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut len = 0;
+    while len < buf.len() {
+        match reader.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
+}
+
+/// Hands the stored stream to `out` blob by blob, each verified by the store
+/// and checked against the length `contents` promises. An error of `out`
+/// comes back as [`BlobError::Io`].
+pub fn load_stream(
+    store: &dyn BlobStore,
+    contents: &Contents,
+    mut out: impl FnMut(&[u8]) -> io::Result<()>,
+) -> Result<(), BlobError> {
+    let mut buf = Vec::with_capacity(BLOB_BYTES);
+    for (index, digest) in contents.blobs.iter().enumerate() {
+        store.get(digest, &mut buf)?;
+        if buf.len() as u64 != contents.blob_len(index) {
+            return Err(BlobError::Damaged(*digest));
+        }
+        out(&buf)?;
+    }
+    if contents.blob_len(contents.blobs.len()) != 0 {
+        // Fewer blobs than the size needs: the record itself is damaged.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "stored contents are shorter than their size",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Whether `reader` yields exactly `contents`, compared blob by blob by
+/// digest, so a file already in place can be recognised without its blobs.
+/// Stops at the first blob that differs.
+pub fn stream_matches(mut reader: impl Read, contents: &Contents) -> io::Result<bool> {
+    let mut buf = vec![0u8; BLOB_BYTES];
+    for (index, digest) in contents.blobs.iter().enumerate() {
+        let len = fill(&mut reader, &mut buf)?;
+        if len as u64 != contents.blob_len(index) || Digest::of(&buf[..len]) != *digest {
+            return Ok(false);
+        }
+    }
+    // Nothing may follow the last blob.
+    Ok(contents.blob_len(contents.blobs.len()) == 0 && fill(&mut reader, &mut buf[..1])? == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::dir::DirBlobs;
+    use super::*;
+
+    #[test]
+    fn digest_hex_round_trips_and_matches_sha256sum() {
+        let digest = Digest::of(b"abc");
+        assert_eq!(
+            digest.hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(Digest::from_hex(&digest.hex()), Some(digest));
+        assert_eq!(Digest::from_hex(&digest.hex().to_uppercase()), Some(digest));
+        assert_eq!(Digest::from_hex("ba78"), None);
+        assert_eq!(Digest::from_hex(&"g".repeat(64)), None);
+        let json = serde_json::to_string(&digest).unwrap();
+        assert_eq!(json, format!("\"{}\"", digest.hex()));
+        assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), digest);
+        assert!(serde_json::from_str::<Digest>("\"00\"").is_err());
+    }
+
+    #[test]
+    fn a_stream_round_trips_in_full_blobs_and_stores_repeats_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirBlobs::new(dir.path());
+        // Three full blobs of which two are equal, and a short tail.
+        let mut data = vec![7u8; 2 * BLOB_BYTES];
+        data.extend((0..BLOB_BYTES + 10).map(|i| (i % 251) as u8));
+        let contents = store_stream(&store, &data[..]).unwrap();
+        assert_eq!(contents.size, data.len() as u64);
+        assert_eq!(contents.blobs.len(), 4);
+        assert_eq!(contents.blobs[0], contents.blobs[1]);
+        assert_eq!(store.count(), 3);
+        let mut back = Vec::new();
+        load_stream(&store, &contents, |bytes| {
+            back.extend_from_slice(bytes);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn a_stream_matches_only_its_own_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirBlobs::new(dir.path());
+        let data: Vec<u8> = (0..BLOB_BYTES + 3).map(|i| (i % 7) as u8).collect();
+        let contents = store_stream(&store, &data[..]).unwrap();
+        assert!(stream_matches(&data[..], &contents).unwrap());
+        assert!(!stream_matches(&data[..data.len() - 1], &contents).unwrap());
+        let mut longer = data.clone();
+        longer.push(0);
+        assert!(!stream_matches(&longer[..], &contents).unwrap());
+        let mut changed = data.clone();
+        changed[BLOB_BYTES + 1] ^= 1;
+        assert!(!stream_matches(&changed[..], &contents).unwrap());
+        let empty = store_stream(&store, io::empty()).unwrap();
+        assert!(stream_matches(io::empty(), &empty).unwrap());
+        assert!(!stream_matches(&b"x"[..], &empty).unwrap());
+    }
+
+    #[test]
+    fn an_empty_stream_is_no_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirBlobs::new(dir.path());
+        let contents = store_stream(&store, io::empty()).unwrap();
+        assert_eq!(
+            contents,
+            Contents {
+                size: 0,
+                blobs: vec![]
+            }
+        );
+        load_stream(&store, &contents, |_| panic!("no bytes")).unwrap();
+    }
+
+    #[test]
+    fn missing_damaged_and_short_blobs_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirBlobs::new(dir.path());
+        let contents = store_stream(&store, &b"hello"[..]).unwrap();
+        let digest = contents.blobs[0];
+
+        let mut wrong_size = contents.clone();
+        wrong_size.size = 6;
+        let err = load_stream(&store, &wrong_size, |_| Ok(())).unwrap_err();
+        assert!(matches!(err, BlobError::Damaged(d) if d == digest), "{err:?}");
+
+        std::fs::write(store.path_of(&digest), b"hellO").unwrap();
+        let err = load_stream(&store, &contents, |_| Ok(())).unwrap_err();
+        assert!(matches!(err, BlobError::Damaged(d) if d == digest), "{err:?}");
+
+        std::fs::remove_file(store.path_of(&digest)).unwrap();
+        let err = load_stream(&store, &contents, |_| Ok(())).unwrap_err();
+        assert!(matches!(err, BlobError::Missing(d) if d == digest), "{err:?}");
+    }
+}
