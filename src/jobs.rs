@@ -5,11 +5,11 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
 use crate::progress::State;
-use crate::store::{create_private_file, now_ms, persist_wal, StoreError};
+use crate::store::{create_private_file, now_ms, open_db, persist_wal, StoreError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -63,10 +63,7 @@ impl Jobs {
     fn open_file(dir: &Path) -> Result<Jobs, StoreError> {
         let path = dir.join("jobs.db");
         create_private_file(&path)?;
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+        let conn = open_db(&path)?;
         conn.busy_timeout(Duration::from_secs(20))?;
         // Like the store's WAL files, jobs.db's stay when it closes, and the
         // close does not checkpoint: that was 2 fsyncs, 2 unlinks and a

@@ -21,6 +21,7 @@ pub mod output;
 pub mod progress;
 pub mod runner;
 pub mod store;
+pub mod trust;
 
 pub use app::run;
 pub use exit::Exit;

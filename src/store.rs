@@ -10,7 +10,7 @@
 //! bytes left out, against 0.9 s for `cat | cat`.
 
 use std::fs::{self, DirBuilder, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,10 +18,12 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Tran
 
 use crate::compress::{self, Codec, Packed, Packer};
 use crate::key::KeyInput;
+use crate::lock::KeyLock;
 use crate::output::Stream;
+use crate::trust::{self, OpenError, Untrusted};
 
 /// The schema this build writes; `PRAGMA user_version` carries it.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Raw bytes gathered before a chunk is compressed and stored. Bounds memory
 /// per run, and is large enough that zstd finds the repetition in build logs.
@@ -34,6 +36,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(20);
 /// ones (every chunk of a short output) stay in SQLite, so replaying them
 /// opens nothing more.
 const FILE_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Outputs up to this size are decoded and verified whole before their
+/// first byte goes out, so damage anywhere in them is a miss that runs the
+/// command. Larger ones are verified chunk by chunk as they go out: holding
+/// them would break the bound on memory, and reading them twice would
+/// double a large replay's time.
+const VERIFY_FIRST_BYTES: u64 = 8 << 20;
 
 /// The directory of data files, in the cache directory.
 const DATA_DIR: &str = "data";
@@ -57,12 +66,13 @@ const HIT_LOG_FOLD_BYTES: u64 = 1 << 20;
 ///   since the epoch), `bytes` (stored size), `hits`, `meta` (JSON, see
 ///   [`Meta`]), `file` (its data file under `data/`, or NULL).
 /// - `chunks`: `entry_id`, `seq` (order of output), `stream` (1 stdout,
-///   2 stderr), `codec` ([`Codec`]), `raw_len`, and the stored bytes:
+///   2 stderr), `codec` ([`Codec`]), `raw_len`, `sum` (the chunk's raw
+///   bytes' checksum, see [`compress::checksum`]), and the stored bytes:
 ///   `data`, or, when that is NULL, the next `file_len` bytes of the
 ///   entry's data file.
 const SCHEMA: &str = "
 CREATE TABLE entries(id INTEGER PRIMARY KEY,key TEXT UNIQUE,created_ms,last_used_ms,bytes,hits,meta,file);
-CREATE TABLE chunks(entry_id,seq,stream,codec,raw_len,data,file_len,PRIMARY KEY(entry_id,seq));
+CREATE TABLE chunks(entry_id,seq,stream,codec,raw_len,sum,data,file_len,PRIMARY KEY(entry_id,seq));
 ";
 
 /// Why the store could not do what was asked.
@@ -82,9 +92,17 @@ pub enum StoreError {
     /// The database was written by a newer lcrun.
     #[error("cache schema version {0} is newer than this lcrun understands")]
     TooNew(i64),
-    /// Stored output failed to decompress.
+    /// One entry's record or stored output is damaged (it failed to
+    /// decode, or its checksum): the entry is dropped, not the database.
     #[error("stored output is damaged: {0}")]
     Damaged(String),
+    /// A file in the cache, or the cache directory, belongs to someone else
+    /// or can be written by others.
+    #[error(transparent)]
+    Untrusted(#[from] Untrusted),
+    /// The pending entry being recorded was removed by another process.
+    #[error("the entry being recorded was removed by another process")]
+    Taken,
     /// The entry was replaced or removed (a refresh, an identical run)
     /// between its lookup and its replay.
     #[error("the entry was replaced while it was being read")]
@@ -93,15 +111,40 @@ pub enum StoreError {
 
 impl StoreError {
     /// True when the database file itself is not a usable database, so moving
-    /// it aside and starting afresh is the cure.
+    /// it aside and starting afresh is the cure: SQLite found a malformed
+    /// page, or a column the code writes came back with a type it never
+    /// writes (random bytes in a page still parse, as the wrong values).
     pub fn is_corrupt(&self) -> bool {
+        use rusqlite::Error as E;
         match self {
-            StoreError::Sqlite(err) => matches!(
-                err.sqlite_error_code(),
-                Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
-            ),
-            StoreError::Damaged(_) => true,
+            StoreError::Sqlite(err) => {
+                matches!(
+                    err.sqlite_error_code(),
+                    Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
+                ) || matches!(
+                    err,
+                    E::FromSqlConversionFailure(..)
+                        | E::InvalidColumnType(..)
+                        | E::IntegralValueOutOfRange(..)
+                        | E::Utf8Error(..)
+                )
+            }
             _ => false,
+        }
+    }
+
+    /// True when one entry is damaged (its record, its stored output, its
+    /// data file): that entry is dropped and the command runs.
+    pub fn is_damaged_entry(&self) -> bool {
+        matches!(self, StoreError::Damaged(_) | StoreError::Untrusted(_))
+    }
+}
+
+impl From<OpenError> for StoreError {
+    fn from(err: OpenError) -> StoreError {
+        match err {
+            OpenError::Io { path, source } => StoreError::Io { path, source },
+            OpenError::Untrusted(why) => StoreError::Untrusted(why),
         }
     }
 }
@@ -127,9 +170,13 @@ pub struct Meta {
     /// While pending: the key it will be stored under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_key: Option<String>,
-    /// While pending: the pid of the lcrun writing it.
+    /// While pending: a random token of the lcrun writing it, which checks
+    /// before its commit that the row is still its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<u32>,
+    pub token: Option<String>,
+    /// The size of the entry's data file, checked before a replay starts.
+    #[serde(default)]
+    pub file_bytes: u64,
 }
 
 /// A complete entry's record.
@@ -170,6 +217,9 @@ pub fn now_ms() -> i64 {
 pub struct Store {
     conn: Connection,
     dir: PathBuf,
+    /// The database file's device and inode when it was opened: the file
+    /// that is moved aside if it proves damaged, and not a newer one.
+    db_id: (u64, u64),
 }
 
 /// Creates `dir` (0700) if needed.
@@ -184,73 +234,191 @@ pub fn create_dir(dir: &Path) -> Result<(), StoreError> {
         })
 }
 
-/// Creates a database file ourselves, if missing, so it is 0600 from its
-/// first byte; SQLite gives its -wal and -shm files the same mode.
-pub fn create_private_file(path: &Path) -> Result<(), StoreError> {
-    match OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(source) => Err(StoreError::Io {
-            path: path.to_owned(),
-            source,
-        }),
-    }
+/// Creates a directory of the cache (`data/`, `locks/`) if needed, and
+/// checks that it is ours alone: a directory another user made there would
+/// let them swap the files lcrun reads in it.
+pub fn create_trusted_dir(dir: &Path) -> Result<(), StoreError> {
+    create_dir(dir)?;
+    Ok(trust::check_dir(dir)?)
 }
 
+/// Creates a database file ourselves, if missing, so it is 0600 from its
+/// first byte; SQLite gives its -wal and -shm files the same mode. An
+/// existing file must be ours alone, and not a symlink.
+pub fn create_private_file(path: &Path) -> Result<fs::Metadata, StoreError> {
+    let (_, meta) = trust::open(path, OpenOptions::new().create(true).append(true))?;
+    Ok(meta)
+}
+
+/// The cache directory to use, checked: ours, and writable by no one else
+/// (created 0700 if missing). Given as a symlink, the directory it leads to
+/// is used and checked, as ssh does with `~/.ssh`: the user chose the link;
+/// inside the cache no symlink is ever followed.
+fn trusted_dir(dir: &Path) -> Result<PathBuf, StoreError> {
+    let io = |source| StoreError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let meta = match fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            create_dir(dir)?;
+            fs::symlink_metadata(dir).map_err(io)?
+        }
+        Err(err) => return Err(io(err)),
+    };
+    if !meta.file_type().is_symlink() {
+        trust::check(dir, &meta, true)?;
+        return Ok(dir.to_owned());
+    }
+    // Resolved once: a link that is re-pointed later changes nothing here.
+    let real = fs::canonicalize(dir).map_err(io)?;
+    let meta = fs::metadata(&real).map_err(io)?;
+    trust::check(&real, &meta, true)?;
+    Ok(real)
+}
+
+/// Checks the database and its WAL files before SQLite opens them (SQLite
+/// itself opens every file with `O_NOFOLLOW`). Returns the database's
+/// identity, or `None` when it does not exist yet.
+fn check_db_files(db: &Path) -> Result<Option<(u64, u64)>, StoreError> {
+    let mut id = None;
+    for suffix in ["", "-wal", "-shm"] {
+        let path = if suffix.is_empty() {
+            db.to_owned()
+        } else {
+            PathBuf::from(format!("{}{suffix}", db.display()))
+        };
+        match fs::symlink_metadata(&path) {
+            Ok(meta) => {
+                trust::check(&path, &meta, false)?;
+                if suffix.is_empty() {
+                    id = Some((meta.dev(), meta.ino()));
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StoreError::Io { path, source }),
+        }
+    }
+    Ok(id)
+}
+
+/// Opens a SQLite database file lcrun keeps in the cache directory: read
+/// and write, never through a symlink, one thread.
+pub fn open_db(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let flags =
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    Connection::open_with_flags(path, flags)
+}
+
+/// Where the lock is that makes one process at a time recover a damaged
+/// database.
+const RECOVER_LOCK: &str = "cache.db.recover";
+
 impl Store {
-    /// Opens (creating if needed) the database in `dir`.
+    /// Opens (creating if needed) the database in `dir`, after checking that
+    /// the directory and the database are the user's own.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_checked(dir).map_err(|(err, _)| err)
+    }
+
+    /// [`Store::open`], and on failure the identity of the database file
+    /// that failed, so that only that file is moved aside.
+    fn open_checked(dir: &Path) -> Result<Store, (StoreError, Option<(u64, u64)>)> {
         configure_sqlite();
+        let dir = trusted_dir(dir).map_err(|e| (e, None))?;
         let path = dir.join("cache.db");
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        // The hit path: the database exists, so skip the mkdir and create.
-        let conn = match Connection::open_with_flags(&path, flags) {
-            Ok(conn) => conn,
-            Err(_) => {
-                create_dir(dir)?;
-                create_private_file(&path)?;
-                Connection::open_with_flags(&path, flags)?
+        let db_id = match check_db_files(&path).map_err(|e| (e, None))? {
+            Some(id) => id,
+            None => {
+                let meta = create_private_file(&path).map_err(|e| (e, None))?;
+                (meta.dev(), meta.ino())
             }
         };
+        let fail = |err: StoreError| (err, Some(db_id));
+        let conn = open_db(&path).map_err(|e| fail(e.into()))?;
         // Writers hold the lock for one short transaction; parallel `make -j`
         // runs wait their turn instead of failing with "database is locked".
-        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| fail(e.into()))?;
         persist_wal(&conn);
         // A reader closing last would checkpoint (three fsyncs) on every hit;
         // writers leave the WAL empty instead, see `Store::tidy_wal`.
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
-        let store = Store {
-            conn,
-            dir: dir.to_owned(),
-        };
-        store.migrate()?;
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(|e| fail(e.into()))?;
+        let store = Store { conn, dir, db_id };
+        store.migrate().map_err(fail)?;
         Ok(store)
     }
 
-    /// Opens the database, moving a corrupt file aside and starting afresh.
-    /// Returns the store and, when that happened, what was wrong.
+    /// Opens the database, moving a damaged file aside and starting afresh.
+    /// Returns the store and, when this process moved it, what was wrong.
     pub fn open_or_recover(dir: &Path) -> Result<(Store, Option<String>), StoreError> {
-        match Store::open(dir) {
+        match Store::open_checked(dir) {
             Ok(store) => Ok((store, None)),
-            Err(err) if err.is_corrupt() => {
-                let moved = move_aside(dir)?;
-                let store = Store::open(dir)?;
-                Ok((
-                    store,
-                    Some(format!(
-                        "cache database was damaged ({err}); moved it to {}",
-                        moved.display()
-                    )),
-                ))
-            }
-            Err(err) => Err(err),
+            Err((err, Some(db_id))) if err.is_corrupt() => Store::recover_file(dir, db_id, &err),
+            Err((err, _)) => Err(err),
         }
     }
 
+    /// After `err` showed this store's database to be damaged: moves it aside
+    /// and opens a new one. Returns the new store and, when this process
+    /// moved it, a message that says so.
+    pub fn recover(self, err: &StoreError) -> Result<(Store, Option<String>), StoreError> {
+        let Store { conn, dir, db_id } = self;
+        drop(conn);
+        Store::recover_file(&dir, db_id, err)
+    }
+
+    /// Moves the database aside after `err` showed it damaged, and only
+    /// that: the next run starts a new one. For a failure at the end of a
+    /// run, when there is nothing left to do with a new database.
+    pub fn set_aside(&self, err: &StoreError) -> Option<String> {
+        let _lock = recover_lock(&self.dir).ok()?;
+        let moved = self.move_aside_if_same(self.db_id).ok().flatten()?;
+        Some(format!(
+            "cache database was damaged ({err}); moved it to {}; the next run starts a new one",
+            moved.display()
+        ))
+    }
+
+    /// Recovers a damaged database under a lock, so that of all the
+    /// processes that find it damaged, one moves it aside and the others
+    /// then open the new one. 32 processes at once without the lock moved
+    /// each other's new databases aside and wrote into moved ones.
+    fn recover_file(
+        dir: &Path,
+        db_id: (u64, u64),
+        err: &StoreError,
+    ) -> Result<(Store, Option<String>), StoreError> {
+        let _lock = recover_lock(dir)?;
+        let dir = trusted_dir(dir)?;
+        let note = Store::move_aside_in(&dir, db_id)?.map(|moved| {
+            format!(
+                "cache database was damaged ({err}); moved it to {} and started a new one",
+                moved.display()
+            )
+        });
+        // Still under the lock: the new database is created and checked
+        // before anyone else may judge it.
+        let store = Store::open(&dir)?;
+        Ok((store, note))
+    }
+
+    fn move_aside_if_same(&self, db_id: (u64, u64)) -> Result<Option<PathBuf>, StoreError> {
+        Store::move_aside_in(&self.dir, db_id)
+    }
+
+    /// Moves `dir`'s database aside if it is still the file `db_id` names;
+    /// `None` when another process already did.
+    fn move_aside_in(dir: &Path, db_id: (u64, u64)) -> Result<Option<PathBuf>, StoreError> {
+        let path = dir.join("cache.db");
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == db_id => Ok(Some(move_aside(dir)?)),
+            Ok(_) => Ok(None),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
     /// The cache directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -269,21 +437,7 @@ impl Store {
         // Creating the schema is done by one process at a time: 32 processes
         // racing to switch a new file to WAL had SQLite answer "database is
         // locked" to some of them, without the busy handler.
-        let guard_path = self.dir.join("cache.db.init");
-        let guard = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&guard_path)
-            .map_err(|source| StoreError::Io {
-                path: guard_path.clone(),
-                source,
-            })?;
-        guard.lock().map_err(|source| StoreError::Io {
-            path: guard_path,
-            source,
-        })?;
+        let _guard = lock_file(&self.dir.join("cache.db.init"))?;
         let version: i64 = self
             .conn
             .pragma_query_value(None, "user_version", |row| row.get(0))?;
@@ -303,10 +457,13 @@ impl Store {
         // Version 1 was the layout before the hit path was slimmed (four
         // tables, a `complete` flag), version 2 the one before data files; a
         // cache is disposable, so it is rebuilt.
+        // Version 3 had no checksums. Their data files go too: no row of the new
+        // layout names them.
         if version > 0 {
             tx.execute_batch(
                 "DROP TABLE IF EXISTS chunks; DROP TABLE IF EXISTS entries; DROP TABLE IF EXISTS jobs;",
             )?;
+            let _ = fs::remove_dir_all(self.dir.join(DATA_DIR));
         }
         tx.execute_batch(SCHEMA)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -332,8 +489,16 @@ impl Store {
         let Some((id, created_ms, meta, file)) = row else {
             return Ok(None);
         };
-        let meta =
-            serde_json::from_str(&meta).map_err(|e| StoreError::Damaged(format!("entry record: {e}")))?;
+        let meta = match serde_json::from_str(&meta) {
+            Ok(meta) => meta,
+            Err(e) => {
+                // One damaged record is that entry's loss, not the database's:
+                // it is dropped, and the run goes on as a miss.
+                drop(stmt);
+                let _ = self.delete_entry(id);
+                return Err(StoreError::Damaged(format!("entry record: {e}; dropped it")));
+            }
+        };
         Ok(Some(Entry {
             id,
             key: key.to_owned(),
@@ -345,11 +510,13 @@ impl Store {
 
     /// Streams an entry's output, chunk by chunk in recorded order, to `sink`.
     /// Memory stays bounded by the few chunks in flight whatever the output's
-    /// size.
+    /// size. Every chunk is checked against its checksum before its bytes go
+    /// out; an output of up to [`VERIFY_FIRST_BYTES`] is checked whole first,
+    /// so for it damage is an error before anything went to `sink`.
     pub fn replay(
         &self,
         entry: &Entry,
-        mut sink: impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
+        sink: impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
     ) -> Result<(), StoreError> {
         // The data file is opened before the chunks are read. A writer
         // replacing this entry removes the file after its commit, so either
@@ -360,14 +527,13 @@ impl Store {
             None => None,
         };
         let mut stmt = self.conn.prepare_cached(
-            "SELECT stream, codec, raw_len, data, file_len FROM chunks WHERE entry_id = ?1 ORDER BY seq",
+            "SELECT stream, codec, raw_len, sum, data, file_len FROM chunks WHERE entry_id = ?1 ORDER BY seq",
         )?;
         let mut rows = stmt.query([entry.id])?;
-        let mut write = |stream: Stream, bytes: &[u8]| {
-            sink(stream, bytes).map_err(|source| StoreError::Io {
-                path: PathBuf::from("<output>"),
-                source,
-            })
+        let recorded = entry.meta.stdout_bytes + entry.meta.stderr_bytes;
+        let mut outlet = Outlet {
+            sink,
+            held: (recorded <= VERIFY_FIRST_BYTES).then(Vec::new),
         };
         // The first chunk is decoded here; from the second on, workers decode
         // side by side and the results are written in order.
@@ -381,16 +547,22 @@ impl Store {
             let codec =
                 Codec::from_tag(row.get(1)?).ok_or_else(|| StoreError::Damaged("unknown codec".into()))?;
             let raw_len = row.get::<_, i64>(2)?.max(0) as usize;
+            let sum = row.get::<_, i64>(3)? as u64;
             replayed += raw_len as u64;
+            if replayed > recorded {
+                return Err(StoreError::Damaged(format!(
+                    "more bytes stored than the {recorded} recorded"
+                )));
+            }
             // The stored bytes, into a buffer that can go to a worker.
             let mut stored = spare.pop().unwrap_or_default();
-            match row.get_ref(3)?.as_blob_or_null().map_err(rusqlite::Error::from)? {
+            match row.get_ref(4)?.as_blob_or_null().map_err(rusqlite::Error::from)? {
                 Some(data) => {
                     stored.clear();
                     stored.extend_from_slice(data);
                 }
                 None => {
-                    let len = row.get::<_, Option<i64>>(4)?.unwrap_or(0).max(0) as usize;
+                    let len = row.get::<_, Option<i64>>(5)?.unwrap_or(0).max(0) as usize;
                     let file = file.as_mut().ok_or_else(|| {
                         StoreError::Damaged("a chunk is in a data file the entry lacks".into())
                     })?;
@@ -401,9 +573,9 @@ impl Store {
                 first = false;
                 let mut out = Vec::new();
                 compress::Decoder::default()
-                    .unpack(codec, &stored, raw_len, &mut out)
+                    .unpack(codec, &stored, raw_len, sum, &mut out)
                     .map_err(damaged)?;
-                write(stream, &out)?;
+                outlet.put(stream, out, &mut spare)?;
                 spare.push(stored);
                 continue;
             }
@@ -411,11 +583,18 @@ impl Store {
                 Some(u) => u,
                 None => unpacker.insert(compress::unpacker().map_err(damaged)?),
             };
-            let job = (stream, codec, raw_len, stored, spare.pop().unwrap_or_default());
+            let job = (
+                stream,
+                codec,
+                raw_len,
+                sum,
+                stored,
+                spare.pop().unwrap_or_default(),
+            );
             if let Some(done) = workers.push(job).map_err(damaged)? {
                 let (stream, out, stored) = done.map_err(damaged)?;
-                write(stream, &out)?;
-                spare.extend([out, stored]);
+                outlet.put(stream, out, &mut spare)?;
+                spare.push(stored);
             }
         }
         while let Some(done) = unpacker
@@ -426,9 +605,8 @@ impl Store {
             .flatten()
         {
             let (stream, out, _) = done.map_err(damaged)?;
-            write(stream, &out)?;
+            outlet.put(stream, out, &mut spare)?;
         }
-        let recorded = entry.meta.stdout_bytes + entry.meta.stderr_bytes;
         if replayed != recorded {
             // No rows at all: deleted since the lookup (nothing was written).
             return Err(if replayed == 0 {
@@ -437,16 +615,24 @@ impl Store {
                 StoreError::Damaged(format!("{replayed} bytes stored of {recorded} recorded"))
             });
         }
-        Ok(())
+        outlet.release()
     }
 
     /// Opens `entry`'s data file. A missing file is damage only if the entry
     /// is still there: a writer replacing it removes the file.
+    /// Its size is checked against the entry's record here, so a truncated
+    /// file is found before any byte goes out.
     fn open_data_file(&self, entry: &Entry, name: &str) -> Result<DataFile, StoreError> {
         match DataFile::open(&self.dir, name) {
             Err(StoreError::Damaged(_)) if self.lookup(&entry.key)?.is_none_or(|e| e.id != entry.id) => {
                 Err(StoreError::Gone)
             }
+            Ok(file) if file.len != entry.meta.file_bytes => Err(StoreError::Damaged(format!(
+                "data file {} is {} bytes; its entry records {}",
+                file.path.display(),
+                file.len,
+                entry.meta.file_bytes
+            ))),
             result => result,
         }
     }
@@ -463,17 +649,14 @@ impl Store {
             source,
         };
         let line = format!("{key} {}\n", now_ms());
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io)?;
+        // Never through a symlink, and only into a file of our own: the
+        // check is the fstat that gives the size below.
+        let (mut log, meta) = trust::open(&path, OpenOptions::new().create(true).append(true))?;
         // One write on an O_APPEND file: lines from parallel hits never mix.
         std::io::Write::write_all(&mut log, line.as_bytes()).map_err(io)?;
         // A cache that only ever hits has no writer to fold the log: fold it
         // here now and then, so it never grows without bound.
-        if log.metadata().map_err(io)?.len() > HIT_LOG_FOLD_BYTES {
+        if meta.len() + line.len() as u64 > HIT_LOG_FOLD_BYTES {
             self.conn.pragma_update(None, "synchronous", "NORMAL")?;
             self.fold_hits()?;
             self.tidy_wal();
@@ -501,7 +684,14 @@ impl Store {
         if fs::rename(&log, &taken).is_err() {
             return Ok(());
         }
-        let text = fs::read_to_string(&taken).unwrap_or_default();
+        let text = match trust::open(&taken, OpenOptions::new().read(true)) {
+            Ok((mut file, _)) => {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut file, &mut text);
+                text
+            }
+            Err(_) => String::new(),
+        };
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         {
             let mut update = tx.prepare_cached(
@@ -518,28 +708,36 @@ impl Store {
         Ok(())
     }
 
-    /// Starts recording a new result for `key`. The caller must hold the key's
-    /// lock, so pending rows of this key were left by a writer that died; they
-    /// are removed, as are pending rows of any key whose writer is gone.
+    /// Before a recording of `key`: removes the pending rows of writers that
+    /// are gone (see [`Store::delete_abandoned`]), and any other pending rows
+    /// of `key` (the caller holds its lock, so their writer died).
+    pub fn clean_abandoned(&self, key: &str) -> Result<(), StoreError> {
+        // In WAL mode NORMAL cannot corrupt, only lose the last commits on a
+        // power cut; set here because a hit never writes.
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        self.delete_abandoned(key)
+    }
+
+    /// Starts recording a new result for `key`. The caller holds the key's
+    /// lock until the recording is finished or abandoned: that lock is what
+    /// tells other writers this one is alive.
     pub fn begin(
         &self,
         key: &crate::key::Key,
         command: &str,
         cwd: &str,
     ) -> Result<Recording<'_>, StoreError> {
-        // In WAL mode NORMAL cannot corrupt, only lose the last commits on a
-        // power cut; set here because a hit never writes.
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-        self.delete_abandoned(&key.hex)?;
         let meta = Meta {
             command: command.to_owned(),
             cwd: cwd.to_owned(),
             inputs: key.inputs.clone(),
             ..Meta::default()
         };
+        let token = new_token();
         let pending = Meta {
             pending_key: Some(key.hex.clone()),
-            pid: Some(std::process::id()),
+            token: Some(token.clone()),
             ..meta.clone()
         };
         let now = now_ms();
@@ -551,6 +749,7 @@ impl Store {
             store: self,
             key: key.hex.clone(),
             id: self.conn.last_insert_rowid(),
+            token,
             meta,
             seq: 0,
             pending: Vec::with_capacity(CHUNK_BYTES),
@@ -561,32 +760,57 @@ impl Store {
             spare_compressed: Vec::new(),
             last_flush: Instant::now(),
             file: None,
+            file_bytes: 0,
             bytes: [0, 0],
             stored: 0,
         })
     }
 
+    /// Removes pending rows whose writer is gone. A writer holds its key's
+    /// lock (an `flock`) from before its pending row exists until after it is
+    /// committed or removed, and the kernel drops the lock when it dies; so
+    /// a key lock we can take means its writer is gone. A pid would not do:
+    /// pids are reused, and a writer in another PID namespace (a container
+    /// sharing the cache) has a pid this process cannot see, or sees as
+    /// another process.
     fn delete_abandoned(&self, key: &str) -> Result<(), StoreError> {
         // One write transaction from the look to the delete: between them a
         // writer could otherwise finish its entry and exit, and its finished
         // entry would be taken for the abandoned one it was a moment ago.
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        let pending: Vec<(i64, String)> = tx
-            .prepare_cached("SELECT id, meta FROM entries WHERE key IS NULL")?
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        let pending: Vec<(i64, String, Option<String>)> = tx
+            .prepare_cached("SELECT id, meta, file FROM entries WHERE key IS NULL")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
             .collect::<Result<_, _>>()?;
-        let abandoned: Vec<i64> = pending
-            .into_iter()
-            .filter(|(_, meta)| {
-                let meta: Meta = serde_json::from_str(meta).unwrap_or_default();
-                let ours = meta.pending_key.as_deref() == Some(key);
-                ours || !meta.pid.is_some_and(process_alive)
-            })
-            .map(|(id, _)| id)
-            .collect();
-        let files = delete_rows(&tx, &abandoned)?;
+        // The locks of dead writers, held until their rows are gone.
+        let mut taken = Vec::new();
+        let mut abandoned = Vec::new();
+        for (id, meta, file) in pending {
+            let meta: Meta = serde_json::from_str(&meta).unwrap_or_default();
+            let gone = match meta.pending_key.as_deref() {
+                Some(k) if k == key => true,
+                Some(k) if trust::plain_name(k) => match KeyLock::try_acquire(&self.dir, k) {
+                    Ok(Some(lock)) => {
+                        taken.push(lock);
+                        true
+                    }
+                    // Its writer runs, or we cannot tell: left alone.
+                    Ok(None) | Err(_) => false,
+                },
+                // No key it could be locked by: no writer of ours made it.
+                _ => true,
+            };
+            if gone {
+                // No one reads a pending entry's data file: it goes first,
+                // so the space it held is free for this transaction, and a
+                // full disk never keeps it.
+                self.remove_files(file);
+                abandoned.push(id);
+            }
+        }
+        delete_rows(&tx, &abandoned)?;
         tx.commit()?;
-        self.remove_files(files);
+        drop(taken);
         Ok(())
     }
 
@@ -605,12 +829,30 @@ impl Store {
     }
 
     /// Removes data files whose rows are gone. One that cannot be removed is
-    /// only wasted space: no row refers to it any more.
-    fn remove_files(&self, names: Vec<String>) {
+    /// only wasted space: no row refers to it any more. A name that is not a
+    /// plain file name is never used as a path (the database is not trusted
+    /// to say what to delete).
+    fn remove_files(&self, names: impl IntoIterator<Item = String>) {
         for name in names {
-            let _ = fs::remove_file(self.dir.join(DATA_DIR).join(name));
+            if trust::plain_name(&name) {
+                let _ = fs::remove_file(self.dir.join(DATA_DIR).join(name));
+            }
         }
     }
+}
+
+/// A random token naming one recording (its pending row, its data file).
+fn new_token() -> String {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got != bytes.len() as isize {
+        // No entropy source: the time and pid still tell recordings apart.
+        let seed = format!("{}:{:?}", std::process::id(), SystemTime::now());
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(seed);
+        bytes.copy_from_slice(&digest[..16]);
+    }
+    crate::key::hex(&bytes)
 }
 
 /// Deletes entries and their chunks within `tx`; returns their data files,
@@ -633,18 +875,31 @@ fn delete_rows(tx: &rusqlite::Transaction<'_>, ids: &[i64]) -> Result<Vec<String
 struct DataFile {
     path: PathBuf,
     file: fs::File,
+    /// Its size when opened.
+    len: u64,
 }
 
 impl DataFile {
+    /// Opens the data file a row names, once the name is checked to be a
+    /// plain name under `data/`: a row saying `../../secret` is damage, not
+    /// a path. The file must be ours alone (one `fstat` on the open file).
     fn open(dir: &Path, name: &str) -> Result<DataFile, StoreError> {
+        if !trust::plain_name(name) {
+            return Err(StoreError::Damaged(format!(
+                "data file name {name:?} is not a plain name"
+            )));
+        }
         let path = dir.join(DATA_DIR).join(name);
-        match fs::File::open(&path) {
-            Ok(file) => Ok(DataFile { path, file }),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Damaged(format!(
-                "data file {} is missing",
-                path.display()
-            ))),
-            Err(source) => Err(StoreError::Io { path, source }),
+        match trust::open(&path, OpenOptions::new().read(true)) {
+            Ok((file, meta)) => Ok(DataFile {
+                path,
+                file,
+                len: meta.len(),
+            }),
+            Err(err) if err.io_kind() == Some(std::io::ErrorKind::NotFound) => Err(StoreError::Damaged(
+                format!("data file {} is missing", path.display()),
+            )),
+            Err(err) => Err(err.into()),
         }
     }
 
@@ -674,11 +929,40 @@ fn damaged(err: std::io::Error) -> StoreError {
     StoreError::Damaged(format!("stored output: {err}"))
 }
 
-/// Whether a process with this pid exists.
-fn process_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
-    alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+/// Where a replay's verified chunks go: straight to the sink, or, for an
+/// output small enough, held until every chunk of it is verified.
+struct Outlet<F> {
+    sink: F,
+    held: Option<Vec<(Stream, Vec<u8>)>>,
+}
+
+impl<F: FnMut(Stream, &[u8]) -> std::io::Result<()>> Outlet<F> {
+    /// Passes on one verified chunk; its buffer goes to `spare` once written.
+    fn put(&mut self, stream: Stream, out: Vec<u8>, spare: &mut Vec<Vec<u8>>) -> Result<(), StoreError> {
+        match &mut self.held {
+            Some(held) => held.push((stream, out)),
+            None => {
+                (self.sink)(stream, &out).map_err(output_error)?;
+                spare.push(out);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what was held, once all of it is verified.
+    fn release(mut self) -> Result<(), StoreError> {
+        for (stream, out) in self.held.take().unwrap_or_default() {
+            (self.sink)(stream, &out).map_err(output_error)?;
+        }
+        Ok(())
+    }
+}
+
+fn output_error(source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: PathBuf::from("<output>"),
+        source,
+    }
 }
 
 fn to_json(meta: &Meta) -> String {
@@ -716,6 +1000,21 @@ pub fn persist_wal(conn: &Connection) {
     }
 }
 
+/// Takes an exclusive lock on a lock file in the cache, waiting for it.
+fn lock_file(path: &Path) -> Result<fs::File, StoreError> {
+    let (file, _) = trust::open(path, OpenOptions::new().create(true).truncate(false).write(true))?;
+    file.lock().map_err(|source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(file)
+}
+
+/// The lock under which a damaged database is recovered.
+fn recover_lock(dir: &Path) -> Result<fs::File, StoreError> {
+    lock_file(&dir.join(RECOVER_LOCK))
+}
+
 /// Renames a damaged database (and its WAL files) out of the way.
 fn move_aside(dir: &Path) -> Result<PathBuf, StoreError> {
     let path = dir.join("cache.db");
@@ -739,6 +1038,8 @@ pub struct Recording<'s> {
     store: &'s Store,
     key: String,
     id: i64,
+    /// Marks the pending row as this recording's (see [`Meta::token`]).
+    token: String,
     meta: Meta,
     seq: i64,
     pending: Vec<u8>,
@@ -755,6 +1056,8 @@ pub struct Recording<'s> {
     last_flush: Instant,
     /// The data file large chunks are appended to, once there is one.
     file: Option<(PathBuf, fs::File)>,
+    /// Bytes appended to the data file.
+    file_bytes: u64,
     bytes: [i64; 2],
     stored: i64,
 }
@@ -850,8 +1153,8 @@ impl Recording<'_> {
         self.store
             .conn
             .prepare_cached(
-                "INSERT INTO chunks (entry_id, seq, stream, codec, raw_len, data, file_len) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO chunks (entry_id, seq, stream, codec, raw_len, sum, data, file_len) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
                 self.id,
@@ -859,6 +1162,7 @@ impl Recording<'_> {
                 packed.stream.tag(),
                 packed.codec as i64,
                 packed.raw.len() as i64,
+                packed.sum as i64,
                 blob,
                 file_len
             ])?;
@@ -881,28 +1185,24 @@ impl Recording<'_> {
             Some(open) => open,
             None => {
                 let dir = self.store.dir.join(DATA_DIR);
-                create_dir(&dir)?;
-                let name = format!("{}-{}", self.id, now_ms());
+                create_trusted_dir(&dir)?;
+                let name = format!("{}-{}", self.id, self.token);
                 self.store.conn.execute(
                     "UPDATE entries SET file = ?2 WHERE id = ?1",
                     params![self.id, name],
                 )?;
                 let path = dir.join(name);
-                match OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                {
-                    Ok(file) => self.file.insert((path, file)),
-                    Err(source) => return Err(StoreError::Io { path, source }),
-                }
+                // create_new: never an existing file, nor through a symlink.
+                let (file, _) = trust::open(&path, OpenOptions::new().write(true).create_new(true))?;
+                self.file.insert((path, file))
             }
         };
         std::io::Write::write_all(file, data).map_err(|source| StoreError::Io {
             path: path.clone(),
             source,
-        })
+        })?;
+        self.file_bytes += data.len() as u64;
+        Ok(())
     }
 
     /// Makes the result visible under its key, replacing any older entry.
@@ -914,8 +1214,12 @@ impl Recording<'_> {
         self.meta.duration_ms = duration.as_millis() as u64;
         self.meta.stdout_bytes = self.bytes[0] as u64;
         self.meta.stderr_bytes = self.bytes[1] as u64;
+        self.meta.file_bytes = self.file_bytes;
         let conn = &self.store.conn;
         let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+        if !self.still_ours(&tx)? {
+            return Err(StoreError::Taken);
+        }
         let older: Vec<i64> = tx
             .prepare("SELECT id FROM entries WHERE key = ?1")?
             .query_map([&self.key], |row| row.get(0))?
@@ -931,9 +1235,36 @@ impl Recording<'_> {
         Ok(())
     }
 
-    /// Drops what was recorded (a failure not to be cached, a cancelled run).
-    pub fn abandon(self) -> Result<(), StoreError> {
-        self.store.delete_entry(self.id)?;
+    /// Whether the pending row is still this recording's: another process
+    /// that took it for abandoned would have deleted it, and its id could
+    /// since name another writer's row.
+    fn still_ours(&self, tx: &rusqlite::Transaction<'_>) -> Result<bool, StoreError> {
+        let meta: Option<String> = tx
+            .query_row(
+                "SELECT meta FROM entries WHERE id = ?1 AND key IS NULL",
+                [self.id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(meta
+            .and_then(|m| serde_json::from_str::<Meta>(&m).ok())
+            .is_some_and(|m| m.token.as_deref() == Some(self.token.as_str())))
+    }
+
+    /// Drops what was recorded (a failure not to be cached, a cancelled run,
+    /// a full disk). The data file goes first: removing it needs no space,
+    /// and frees what deleting the row may need. If the row cannot go now,
+    /// the next writer removes it (its key's lock is free).
+    pub fn abandon(mut self) -> Result<(), StoreError> {
+        if let Some((path, file)) = self.file.take() {
+            drop(file);
+            let _ = fs::remove_file(path);
+        }
+        let tx = rusqlite::Transaction::new_unchecked(&self.store.conn, TransactionBehavior::Immediate)?;
+        if self.still_ours(&tx)? {
+            delete_rows(&tx, &[self.id])?;
+        }
+        tx.commit()?;
         self.store.tidy_wal();
         Ok(())
     }
