@@ -79,13 +79,16 @@ fn moved_aside(env: &Env) -> usize {
         .count()
 }
 
-/// Runs `lcrun ARGS` in a new PID namespace, with a pid no process of
-/// another namespace has (a few processes are started first), the way
-/// containers sharing a bind-mounted cache do.
-fn in_pid_namespace(env: &Env, args: &[String]) -> Command {
+/// Runs `lcrun ARGS` in a new PID namespace, the way containers sharing a
+/// bind-mounted cache do, after `before` short-lived processes: lcrun's pid
+/// there is `before + 2`, and the same pid in another namespace is another
+/// process or none.
+fn in_pid_namespace(env: &Env, before: usize, args: &[String]) -> Command {
     let mut cmd = Command::new("unshare");
     cmd.args(["--pid", "--fork", "--mount-proc", "sh", "-c"])
-        .arg(r#"for i in 1 2 3 4 5 6 7 8 9 10 11 12; do /bin/true; done; exec "$0" "$@""#)
+        .arg(format!(
+            r#"for i in $(seq {before}); do /bin/true; done; "$0" "$@""#
+        ))
         .arg(LCRUN)
         .args(args)
         .current_dir(env.dir.path())
@@ -125,7 +128,7 @@ fn a_writer_in_another_pid_namespace_is_alive_to_this_one() {
         env.tally("a"),
         started.display()
     );
-    let a = in_pid_namespace(&env, &sh(&[], &a_script))
+    let a = in_pid_namespace(&env, 12, &sh(&[], &a_script))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -133,7 +136,7 @@ fn a_writer_in_another_pid_namespace_is_alive_to_this_one() {
     wait_for(&started);
     // While A records, B (another container) records its own result.
     let b_script = format!("{}; echo from-container-B", env.tally("b"));
-    let b = in_pid_namespace(&env, &sh(&[], &b_script)).output().unwrap();
+    let b = in_pid_namespace(&env, 0, &sh(&[], &b_script)).output().unwrap();
     assert_code(&b, 0);
     assert_eq!(b.stdout, b"from-container-B\n");
     assert!(lcrun_lines(&b).is_empty(), "{}", stderr(&b));
@@ -147,7 +150,7 @@ fn a_writer_in_another_pid_namespace_is_alive_to_this_one() {
     );
 
     // Each is stored, as its own.
-    let again = in_pid_namespace(&env, &sh(&[], &a_script)).output().unwrap();
+    let again = in_pid_namespace(&env, 12, &sh(&[], &a_script)).output().unwrap();
     assert_eq!(again.stdout, b"from-container-A\n", "{}", stderr(&again));
     let again = env.run(sh(&[], &b_script));
     assert_eq!(again.stdout, b"from-container-B\n", "{}", stderr(&again));
