@@ -647,6 +647,25 @@ fn racing_runs_on_a_garbage_database_recover_it_once() {
 
 // 7. Damaged stored output -----------------------------------------------------------------
 
+fn truncate_to_half(file: &Path) {
+    let len = fs::metadata(file).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+}
+
+fn overwrite_middle(file: &Path) {
+    let mut bytes = fs::read(file).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 16] {
+        *b ^= 0x5a;
+    }
+    fs::write(file, bytes).unwrap();
+}
+
 #[test]
 fn damaged_stored_output_is_a_miss_never_wrong_bytes() {
     let env = Env::new();
@@ -654,24 +673,9 @@ fn damaged_stored_output_is_a_miss_never_wrong_bytes() {
     let big = env.write("big.bin", &content);
     let script = format!("{}; cat '{}'", env.tally("big"), big.display());
     assert_eq!(env.run(sh(&[], &script)).stdout.len(), content.len());
-    let damage: [(&str, &dyn Fn(&Path)); 2] = [
-        ("truncated to half", &|file: &Path| {
-            let len = fs::metadata(file).unwrap().len();
-            fs::OpenOptions::new()
-                .write(true)
-                .open(file)
-                .unwrap()
-                .set_len(len / 2)
-                .unwrap();
-        }),
-        ("16 bytes overwritten in the middle", &|file: &Path| {
-            let mut bytes = fs::read(file).unwrap();
-            let mid = bytes.len() / 2;
-            for b in &mut bytes[mid..mid + 16] {
-                *b ^= 0x5a;
-            }
-            fs::write(file, bytes).unwrap();
-        }),
+    let damage = [
+        ("truncated to half", truncate_to_half as fn(&Path)),
+        ("16 bytes overwritten in the middle", overwrite_middle),
     ];
     for (n, (what, spoil)) in damage.iter().enumerate() {
         let files = env.data_files();
