@@ -679,7 +679,8 @@ impl Store {
     /// Moves the hit log's counts into the entries table.
     fn fold_hits(&self) -> Result<(), StoreError> {
         let log = self.dir.join(HIT_LOG);
-        let taken = self.dir.join(format!("{HIT_LOG}.{}", std::process::id()));
+        // A random name: pids repeat across PID namespaces sharing a cache.
+        let taken = self.dir.join(format!("{HIT_LOG}.{}", new_token()));
         // Renamed first, so hits logged meanwhile go to a new file.
         if fs::rename(&log, &taken).is_err() {
             return Ok(());

@@ -736,3 +736,32 @@ fn data_files_and_databases_are_the_users_own_and_never_symlinks() {
     assert_eq!(env.count("big"), 2);
     assert!(fs::read(&elsewhere).is_ok_and(|b| !b.is_empty()));
 }
+
+#[test]
+fn damage_deep_in_a_large_output_stops_the_replay_before_any_wrong_byte() {
+    // Past the size verified whole before the first byte, chunks are
+    // verified as they go out: what went out is a true prefix, then an
+    // error; the entry is dropped, and the next run computes it again.
+    let env = Env::new();
+    let content = noise(12 << 20, 17);
+    let big = env.write("big.bin", &content);
+    let script = format!("{}; cat '{}'", env.tally("big"), big.display());
+    assert_code(&env.run(sh(&[], &script)), 0);
+    let file = env.data_files().pop().unwrap();
+    let mut bytes = fs::read(&file).unwrap();
+    let at = bytes.len() * 3 / 4;
+    for b in &mut bytes[at..at + 16] {
+        *b ^= 0x5a;
+    }
+    fs::write(&file, bytes).unwrap();
+    let out = env.run(sh(&[], &script));
+    assert_code(&out, 125);
+    assert!(!out.stdout.is_empty() && out.stdout.len() < content.len());
+    assert!(content.starts_with(&out.stdout), "wrong bytes replayed");
+    assert_one_warning(&out);
+    assert_eq!(env.count("big"), 1);
+    let out = env.run(sh(&[], &script));
+    assert_code(&out, 0);
+    assert!(out.stdout == content);
+    assert_eq!(env.count("big"), 2);
+}
