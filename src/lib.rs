@@ -9,6 +9,7 @@
 pub mod app;
 pub mod cli;
 pub mod compress;
+pub mod db;
 pub mod display;
 pub mod duration;
 pub mod exit;

@@ -14,9 +14,10 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use crate::compress::{self, Codec, Packed, Packer};
+use crate::db::{self, Db, FileId, BUSY_TIMEOUT};
 use crate::key::KeyInput;
 use crate::lock::KeyLock;
 use crate::output::Stream;
@@ -28,9 +29,6 @@ const SCHEMA_VERSION: i64 = 4;
 /// Raw bytes gathered before a chunk is compressed and stored. Bounds memory
 /// per run, and is large enough that zstd finds the repetition in build logs.
 pub const CHUNK_BYTES: usize = 256 * 1024;
-
-/// How long a write waits for another process's write transaction.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Stored chunks at least this large go to the entry's data file; smaller
 /// ones (every chunk of a short output) stay in SQLite, so replaying them
@@ -219,7 +217,7 @@ pub struct Store {
     dir: PathBuf,
     /// The database file's device and inode when it was opened: the file
     /// that is moved aside if it proves damaged, and not a newer one.
-    db_id: (u64, u64),
+    db_id: FileId,
 }
 
 /// Creates `dir` (0700) if needed.
@@ -240,14 +238,6 @@ pub fn create_dir(dir: &Path) -> Result<(), StoreError> {
 pub fn create_trusted_dir(dir: &Path) -> Result<(), StoreError> {
     create_dir(dir)?;
     Ok(trust::check_dir(dir)?)
-}
-
-/// Creates a database file ourselves, if missing, so it is 0600 from its
-/// first byte; SQLite gives its -wal and -shm files the same mode. An
-/// existing file must be ours alone, and not a symlink.
-pub fn create_private_file(path: &Path) -> Result<fs::Metadata, StoreError> {
-    let (_, meta) = trust::open(path, OpenOptions::new().create(true).append(true))?;
-    Ok(meta)
 }
 
 /// The cache directory to use, checked: ours, and writable by no one else
@@ -278,39 +268,6 @@ fn trusted_dir(dir: &Path) -> Result<PathBuf, StoreError> {
     Ok(real)
 }
 
-/// Checks the database and its WAL files before SQLite opens them (SQLite
-/// itself opens every file with `O_NOFOLLOW`). Returns the database's
-/// identity, or `None` when it does not exist yet.
-fn check_db_files(db: &Path) -> Result<Option<(u64, u64)>, StoreError> {
-    let mut id = None;
-    for suffix in ["", "-wal", "-shm"] {
-        let path = if suffix.is_empty() {
-            db.to_owned()
-        } else {
-            PathBuf::from(format!("{}{suffix}", db.display()))
-        };
-        match fs::symlink_metadata(&path) {
-            Ok(meta) => {
-                trust::check(&path, &meta, false)?;
-                if suffix.is_empty() {
-                    id = Some((meta.dev(), meta.ino()));
-                }
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(StoreError::Io { path, source }),
-        }
-    }
-    Ok(id)
-}
-
-/// Opens a SQLite database file lcrun keeps in the cache directory: read
-/// and write, never through a symlink, one thread.
-pub fn open_db(path: &Path) -> Result<Connection, rusqlite::Error> {
-    let flags =
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
-    Connection::open_with_flags(path, flags)
-}
-
 /// Where the lock is that makes one process at a time recover a damaged
 /// database.
 const RECOVER_LOCK: &str = "cache.db.recover";
@@ -324,27 +281,11 @@ impl Store {
 
     /// [`Store::open`], and on failure the identity of the database file
     /// that failed, so that only that file is moved aside.
-    fn open_checked(dir: &Path) -> Result<Store, (StoreError, Option<(u64, u64)>)> {
-        configure_sqlite();
+    fn open_checked(dir: &Path) -> Result<Store, (StoreError, Option<FileId>)> {
         let dir = trusted_dir(dir).map_err(|e| (e, None))?;
         let path = dir.join("cache.db");
-        let db_id = match check_db_files(&path).map_err(|e| (e, None))? {
-            Some(id) => id,
-            None => {
-                let meta = create_private_file(&path).map_err(|e| (e, None))?;
-                (meta.dev(), meta.ino())
-            }
-        };
+        let Db { conn, id: db_id } = db::open(&path).map_err(|e| (e, None))?;
         let fail = |err: StoreError| (err, Some(db_id));
-        let conn = open_db(&path).map_err(|e| fail(e.into()))?;
-        // Writers hold the lock for one short transaction; parallel `make -j`
-        // runs wait their turn instead of failing with "database is locked".
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| fail(e.into()))?;
-        persist_wal(&conn);
-        // A reader closing last would checkpoint (three fsyncs) on every hit;
-        // writers leave the WAL empty instead, see `Store::tidy_wal`.
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-            .map_err(|e| fail(e.into()))?;
         let store = Store { conn, dir, db_id };
         store.migrate().map_err(fail)?;
         Ok(store)
@@ -387,7 +328,7 @@ impl Store {
     /// each other's new databases aside and wrote into moved ones.
     fn recover_file(
         dir: &Path,
-        db_id: (u64, u64),
+        db_id: FileId,
         err: &StoreError,
     ) -> Result<(Store, Option<String>), StoreError> {
         let _lock = recover_lock(dir)?;
@@ -404,13 +345,13 @@ impl Store {
         Ok((store, note))
     }
 
-    fn move_aside_if_same(&self, db_id: (u64, u64)) -> Result<Option<PathBuf>, StoreError> {
+    fn move_aside_if_same(&self, db_id: FileId) -> Result<Option<PathBuf>, StoreError> {
         Store::move_aside_in(&self.dir, db_id)
     }
 
     /// Moves `dir`'s database aside if it is still the file `db_id` names;
     /// `None` when another process already did.
-    fn move_aside_in(dir: &Path, db_id: (u64, u64)) -> Result<Option<PathBuf>, StoreError> {
+    fn move_aside_in(dir: &Path, db_id: FileId) -> Result<Option<PathBuf>, StoreError> {
         let path = dir.join("cache.db");
         match fs::symlink_metadata(&path) {
             Ok(meta) if (meta.dev(), meta.ino()) == db_id => Ok(Some(move_aside(dir)?)),
@@ -444,15 +385,9 @@ impl Store {
         if version == SCHEMA_VERSION {
             return Ok(()); // another process created it while we waited
         }
-        // A new cache holds nothing to lose: a power cut while it is created
-        // leaves at worst a damaged file, which is moved aside. Without
-        // this, creating it took 7 fsyncs.
-        self.conn.pragma_update(None, "synchronous", "OFF")?;
-        // WAL is a property of the file; set it once, outside a transaction.
         // (64 KiB pages made replays 10% faster but hits 18% slower, from 90
         // more page faults; the default 4 KiB stays.)
-        self.conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+        db::start_wal(&self.conn)?;
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         // Version 1 was the layout before the hit path was slimmed (four
         // tables, a `complete` flag), version 2 the one before data files; a
@@ -968,37 +903,6 @@ fn output_error(source: std::io::Error) -> StoreError {
 
 fn to_json(meta: &Meta) -> String {
     serde_json::to_string(meta).unwrap_or_else(|_| "{}".into())
-}
-
-/// Process-wide SQLite settings, before the first connection: no memory
-/// statistics, which take a global mutex on every allocation (about 6% of a
-/// hit's instructions went to mutexes; lcrun never reads the statistics).
-fn configure_sqlite() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: called before SQLite is initialised, with the int argument
-        // this option takes; a refusal (already initialised) is harmless.
-        unsafe {
-            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int);
-        }
-    });
-}
-
-/// Keeps the -wal and -shm files when the last connection closes. Without
-/// it every lcrun call that is the only one open deletes and recreates both
-/// files (unlink, ftruncate, fchown): most of a cache hit's file-system work.
-pub fn persist_wal(conn: &Connection) {
-    let mut on: std::ffi::c_int = 1;
-    // SAFETY: a documented file-control opcode on our own open handle, with
-    // a pointer to an int as it requires.
-    unsafe {
-        rusqlite::ffi::sqlite3_file_control(
-            conn.handle(),
-            c"main".as_ptr(),
-            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
-            (&raw mut on).cast(),
-        );
-    }
 }
 
 /// Takes an exclusive lock on a lock file in the cache, waiting for it.
