@@ -78,11 +78,10 @@ pub fn create_private_file(path: &Path) -> Result<fs::Metadata, StoreError> {
 fn check_files(db: &Path) -> Result<Option<FileId>, StoreError> {
     let mut id = None;
     for suffix in ["", "-wal", "-shm"] {
-        let path = if suffix.is_empty() {
-            db.to_owned()
-        } else {
-            PathBuf::from(format!("{}{suffix}", db.display()))
-        };
+        // Not format!: on a hit its machinery cost 2.8k instructions here.
+        let mut path = db.as_os_str().to_owned();
+        path.push(suffix);
+        let path = PathBuf::from(path);
         match fs::symlink_metadata(&path) {
             Ok(meta) => {
                 trust::check(&path, &meta, false)?;

@@ -64,13 +64,13 @@ const HIT_LOG_FOLD_BYTES: u64 = 1 << 20;
 ///   since the epoch), `bytes` (stored size), `hits`, `meta` (JSON, see
 ///   [`Meta`]), `file` (its data file under `data/`, or NULL).
 /// - `chunks`: `entry_id`, `seq` (order of output), `stream` (1 stdout,
-///   2 stderr), `codec` ([`Codec`]), `raw_len`, `sum` (the chunk's raw
+///   2 stderr), `codec` ([`Codec`]), `raw_len`, `xxh3` (the chunk's raw
 ///   bytes' checksum, see [`compress::checksum`]), and the stored bytes:
 ///   `data`, or, when that is NULL, the next `file_len` bytes of the
 ///   entry's data file.
 const SCHEMA: &str = "
 CREATE TABLE entries(id INTEGER PRIMARY KEY,key TEXT UNIQUE,created_ms,last_used_ms,bytes,hits,meta,file);
-CREATE TABLE chunks(entry_id,seq,stream,codec,raw_len,sum,data,file_len,PRIMARY KEY(entry_id,seq));
+CREATE TABLE chunks(entry_id,seq,stream,codec,raw_len,xxh3,data,file_len,PRIMARY KEY(entry_id,seq));
 ";
 
 /// Why the store could not do what was asked.
@@ -315,7 +315,7 @@ impl Store {
     /// run, when there is nothing left to do with a new database.
     pub fn set_aside(&self, err: &StoreError) -> Option<String> {
         let _lock = recover_lock(&self.dir).ok()?;
-        let moved = self.move_aside_if_same(self.db_id).ok().flatten()?;
+        let moved = Store::move_aside_in(&self.dir, self.db_id).ok().flatten()?;
         Some(format!(
             "cache database was damaged ({err}); moved it to {}; the next run starts a new one",
             moved.display()
@@ -345,10 +345,6 @@ impl Store {
         Ok((store, note))
     }
 
-    fn move_aside_if_same(&self, db_id: FileId) -> Result<Option<PathBuf>, StoreError> {
-        Store::move_aside_in(&self.dir, db_id)
-    }
-
     /// Moves `dir`'s database aside if it is still the file `db_id` names;
     /// `None` when another process already did.
     fn move_aside_in(dir: &Path, db_id: FileId) -> Result<Option<PathBuf>, StoreError> {
@@ -360,6 +356,7 @@ impl Store {
             Err(source) => Err(StoreError::Io { path, source }),
         }
     }
+
     /// The cache directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -391,9 +388,8 @@ impl Store {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         // Version 1 was the layout before the hit path was slimmed (four
         // tables, a `complete` flag), version 2 the one before data files; a
-        // cache is disposable, so it is rebuilt.
-        // Version 3 had no checksums. Their data files go too: no row of the new
-        // layout names them.
+        // cache is disposable, so it is rebuilt. Version 3 had no checksums.
+        // The old data files go too: no row of the new layout names them.
         if version > 0 {
             tx.execute_batch(
                 "DROP TABLE IF EXISTS chunks; DROP TABLE IF EXISTS entries; DROP TABLE IF EXISTS jobs;",
@@ -462,7 +458,7 @@ impl Store {
             None => None,
         };
         let mut stmt = self.conn.prepare_cached(
-            "SELECT stream, codec, raw_len, sum, data, file_len FROM chunks WHERE entry_id = ?1 ORDER BY seq",
+            "SELECT stream, codec, raw_len, xxh3, data, file_len FROM chunks WHERE entry_id = ?1 ORDER BY seq",
         )?;
         let mut rows = stmt.query([entry.id])?;
         let recorded = entry.meta.stdout_bytes + entry.meta.stderr_bytes;
@@ -1058,7 +1054,7 @@ impl Recording<'_> {
         self.store
             .conn
             .prepare_cached(
-                "INSERT INTO chunks (entry_id, seq, stream, codec, raw_len, sum, data, file_len) \
+                "INSERT INTO chunks (entry_id, seq, stream, codec, raw_len, xxh3, data, file_len) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![

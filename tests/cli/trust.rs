@@ -568,6 +568,29 @@ fn damaged_pages_move_the_database_aside_once_and_truly() {
 }
 
 #[test]
+fn a_value_of_a_type_never_written_is_damage_to_the_database() {
+    // What random bytes in a page often become: a row that still parses,
+    // with a blob where the code wrote an integer ("Conversion error").
+    let env = Env::new();
+    let script = format!("{}; echo a", env.tally("a"));
+    assert_code(&env.run(sh(&[], &script)), 0);
+    open_db(&env.db())
+        .execute("UPDATE entries SET created_ms = x'00ff00ff'", [])
+        .unwrap();
+    let out = env.run(sh(&[], &script));
+    assert_eq!(out.stdout, b"a\n");
+    assert_one_warning(&out);
+    assert!(stderr(&out).contains("started a new one"), "{}", stderr(&out));
+    assert_eq!(moved_aside(&env), 1);
+    for _ in 0..2 {
+        let out = env.run(sh(&[], &script));
+        assert_eq!(out.stdout, b"a\n");
+        assert!(out.stderr.is_empty(), "{}", stderr(&out));
+    }
+    assert_eq!(env.count("a"), 2);
+}
+
+#[test]
 fn one_damaged_record_drops_only_its_entry() {
     let env = Env::new();
     let a = format!("{}; echo a", env.tally("a"));
