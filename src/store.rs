@@ -168,8 +168,9 @@ pub struct Meta {
     /// While pending: the key it will be stored under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_key: Option<String>,
-    /// While pending: a random token of the lcrun writing it, which checks
-    /// before its commit that the row is still its own.
+    /// While pending: a random token of the recording, which makes its
+    /// pending record unique: each of its writes checks that the row still
+    /// holds that record, so it never writes into a row id reused by another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     /// The size of the entry's data file, checked before a replay starts.
@@ -673,15 +674,17 @@ impl Store {
             ..meta.clone()
         };
         let now = now_ms();
+        let pending_meta = to_json(&pending);
         self.conn.execute(
             "INSERT INTO entries (key, created_ms, last_used_ms, bytes, hits, meta) VALUES (NULL, ?1, ?1, 0, 0, ?2)",
-            params![now, to_json(&pending)],
+            params![now, pending_meta],
         )?;
         Ok(Recording {
             store: self,
             key: key.hex.clone(),
             id: self.conn.last_insert_rowid(),
             token,
+            pending_meta,
             meta,
             seq: 0,
             pending: Vec::with_capacity(CHUNK_BYTES),
@@ -939,8 +942,11 @@ pub struct Recording<'s> {
     store: &'s Store,
     key: String,
     id: i64,
-    /// Marks the pending row as this recording's (see [`Meta::token`]).
+    /// Names this recording's data file (see [`Meta::token`]).
     token: String,
+    /// The pending row's record as written, token included: every write
+    /// of the recording checks that the row still holds it.
+    pending_meta: String,
     meta: Meta,
     seq: i64,
     pending: Vec<u8>,
@@ -1055,7 +1061,8 @@ impl Recording<'_> {
             .conn
             .prepare_cached(
                 "INSERT INTO chunks (entry_id, seq, stream, codec, raw_len, xxh3, data, file_len) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 \
+                 WHERE EXISTS (SELECT 1 FROM entries WHERE id = ?1 AND key IS NULL AND meta = ?9)",
             )?
             .execute(params![
                 self.id,
@@ -1065,8 +1072,11 @@ impl Recording<'_> {
                 packed.raw.len() as i64,
                 packed.sum as i64,
                 blob,
-                file_len
-            ])?;
+                file_len,
+                self.pending_meta
+            ])
+            .map_err(StoreError::from)
+            .and_then(|n| if n == 1 { Ok(()) } else { Err(StoreError::Taken) })?;
         self.stored += data.len() as i64;
         self.seq += 1;
         let Packed {
@@ -1088,10 +1098,13 @@ impl Recording<'_> {
                 let dir = self.store.dir.join(DATA_DIR);
                 create_trusted_dir(&dir)?;
                 let name = format!("{}-{}", self.id, self.token);
-                self.store.conn.execute(
-                    "UPDATE entries SET file = ?2 WHERE id = ?1",
-                    params![self.id, name],
+                let named = self.store.conn.execute(
+                    "UPDATE entries SET file = ?2 WHERE id = ?1 AND key IS NULL AND meta = ?3",
+                    params![self.id, name, self.pending_meta],
                 )?;
+                if named != 1 {
+                    return Err(StoreError::Taken);
+                }
                 let path = dir.join(name);
                 // create_new: never an existing file, nor through a symlink.
                 let (file, _) = trust::open(&path, OpenOptions::new().write(true).create_new(true))?;
@@ -1108,6 +1121,24 @@ impl Recording<'_> {
 
     /// Makes the result visible under its key, replacing any older entry.
     pub fn finish(mut self, status: u8, duration: Duration) -> Result<(), StoreError> {
+        match self.commit(status, duration) {
+            Ok(replaced) => {
+                self.store.remove_files(replaced);
+                self.store.tidy_wal();
+                Ok(())
+            }
+            Err(err) => {
+                // A full disk, most often: what was written goes now, data
+                // file first, so the space is not held until the next run.
+                let _ = self.abandon();
+                Err(err)
+            }
+        }
+    }
+
+    /// Stores what is left and commits the entry under its key; returns the
+    /// data files of the entries it replaced, to be removed.
+    fn commit(&mut self, status: u8, duration: Duration) -> Result<Vec<String>, StoreError> {
         self.flush()?;
         self.store_compressed(true)?;
         self.store.fold_hits()?;
@@ -1131,25 +1162,21 @@ impl Recording<'_> {
             params![self.id, self.key, now_ms(), self.stored, to_json(&self.meta)],
         )?;
         tx.commit()?;
-        self.store.remove_files(files);
-        self.store.tidy_wal();
-        Ok(())
+        Ok(files)
     }
 
     /// Whether the pending row is still this recording's: another process
     /// that took it for abandoned would have deleted it, and its id could
     /// since name another writer's row.
     fn still_ours(&self, tx: &rusqlite::Transaction<'_>) -> Result<bool, StoreError> {
-        let meta: Option<String> = tx
+        let found = tx
             .query_row(
-                "SELECT meta FROM entries WHERE id = ?1 AND key IS NULL",
-                [self.id],
-                |row| row.get(0),
+                "SELECT 1 FROM entries WHERE id = ?1 AND key IS NULL AND meta = ?2",
+                params![self.id, self.pending_meta],
+                |_| Ok(()),
             )
             .optional()?;
-        Ok(meta
-            .and_then(|m| serde_json::from_str::<Meta>(&m).ok())
-            .is_some_and(|m| m.token.as_deref() == Some(self.token.as_str())))
+        Ok(found.is_some())
     }
 
     /// Drops what was recorded (a failure not to be cached, a cancelled run,
@@ -1302,6 +1329,37 @@ mod tests {
                 .unwrap();
             assert!(out == noise(len, 2));
         }
+    }
+
+    #[test]
+    fn a_recording_whose_row_was_taken_does_not_commit_into_anothers() {
+        // Another process took the pending row for abandoned, deleted it,
+        // and its own recording got the same row id.
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        let second = Store::open(dir.path()).unwrap();
+        let key_a = crate::key::KeyBuilder::new().finish();
+        let mut builder = crate::key::KeyBuilder::new();
+        builder.field("scope", b"b");
+        let key_b = builder.finish();
+        let mut a = first.begin(&key_a, "a", "/").unwrap();
+        a.write(Stream::Stdout, b"from A").unwrap();
+        second.delete_entry(a.id).unwrap();
+        let mut b = second.begin(&key_b, "b", "/").unwrap();
+        assert_eq!(a.id, b.id, "the row id is reused");
+        b.write(Stream::Stdout, b"from B").unwrap();
+        b.finish(0, Duration::ZERO).unwrap();
+        assert!(matches!(a.finish(0, Duration::ZERO), Err(StoreError::Taken)));
+        assert!(first.lookup(&key_a.hex).unwrap().is_none());
+        let entry = first.lookup(&key_b.hex).unwrap().unwrap();
+        let mut out = Vec::new();
+        first
+            .replay(&entry, |_, bytes| {
+                out.extend_from_slice(bytes);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(out, b"from B");
     }
 
     #[test]
