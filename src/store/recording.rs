@@ -23,7 +23,7 @@ const FILE_CHUNK_BYTES: usize = 16 * 1024;
 
 impl Store {
     /// Before a recording of `key`: removes the pending rows of writers that
-    /// are gone (see [`Store::delete_abandoned`]), and any other pending rows
+    /// are gone (see `delete_abandoned`), and any other pending rows
     /// of `key` (the caller holds its lock, so their writer died).
     pub fn clean_abandoned(&self, key: &str) -> Result<(), StoreError> {
         // In WAL mode NORMAL cannot corrupt, only lose the last commits on a

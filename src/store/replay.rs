@@ -20,7 +20,7 @@ impl Store {
     /// Streams an entry's output, chunk by chunk in recorded order, to `sink`.
     /// Memory stays bounded by the few chunks in flight whatever the output's
     /// size. Every chunk is checked against its checksum before its bytes go
-    /// out; an output of up to [`VERIFY_FIRST_BYTES`] is checked whole first,
+    /// out; an output of up to `VERIFY_FIRST_BYTES` (8 MiB) is checked whole first,
     /// so for it damage is an error before anything went to `sink`.
     pub fn replay(
         &self,
