@@ -37,7 +37,7 @@ impl KeyLock {
             // The previous owner unlinks the file before releasing it. If we
             // locked an inode that is no longer at `path`, we raced with that
             // and must lock the current file instead.
-            match fs::metadata(&path) {
+            match fs::symlink_metadata(&path) {
                 Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
                     return Ok(Some(KeyLock { file, path }));
                 }
