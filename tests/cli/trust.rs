@@ -220,7 +220,18 @@ impl OtherUser {
 
 impl Drop for OtherUser {
     fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).status();
+        // -f: even if a process of the test still runs as the user.
+        let _ = Command::new("userdel").args(["-f", &self.name]).status();
+    }
+}
+
+/// A process the test started, killed when the test ends, pass or fail.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -307,7 +318,7 @@ fn another_user_cannot_subvert_a_cache_dir_others_can_write() {
     // And holds the lock of a key root will run.
     let lock = d.join("locks").join(&locked_key);
     let held = d.join("held");
-    let mut holder = user
+    let holder = user
         .command("sh")
         .arg("-c")
         .arg(format!(
@@ -317,6 +328,8 @@ fn another_user_cannot_subvert_a_cache_dir_others_can_write() {
         ))
         .spawn()
         .unwrap();
+    // Dropped before `user`: the user is removed after its last process.
+    let holder = Killed(holder);
     wait_for(&held);
 
     // Root's runs: their own output, promptly, one warning each.
@@ -363,8 +376,7 @@ fn another_user_cannot_subvert_a_cache_dir_others_can_write() {
         "{}",
         stderr(&out)
     );
-    let _ = holder.kill();
-    let _ = holder.wait();
+    drop(holder);
 
     assert!(victim.exists(), "the planted pending row deleted root's file");
     assert_eq!(fs::read_to_string(&appended).unwrap(), "untouched\n");
