@@ -197,7 +197,15 @@ impl Run<'_> {
                     let _ = store.forget(entry);
                 }
                 if !started_output {
-                    // Nothing went out: the command runs instead.
+                    // Nothing went out: the command runs instead. A damaged
+                    // database is moved aside for the next run (by this
+                    // process, which says so, or already by another).
+                    if err.is_corrupt() {
+                        if let Some(note) = store.set_aside(&err) {
+                            self.messages.warn(note);
+                        }
+                        return None;
+                    }
                     let what = if damaged {
                         "was damaged"
                     } else {

@@ -603,6 +603,27 @@ fn a_value_of_a_type_never_written_is_damage_to_the_database() {
 }
 
 #[test]
+fn a_damaged_chunk_row_sets_the_database_aside_for_the_next_run() {
+    let env = Env::new();
+    let script = format!("{}; echo a", env.tally("a"));
+    assert_code(&env.run(sh(&[], &script)), 0);
+    open_db(&env.db())
+        .execute("UPDATE chunks SET raw_len = x'00ff'", [])
+        .unwrap();
+    let out = env.run(sh(&[], &script));
+    assert_eq!(out.stdout, b"a\n");
+    assert_one_warning(&out);
+    assert!(stderr(&out).contains("moved it to"), "{}", stderr(&out));
+    assert_eq!(moved_aside(&env), 1);
+    for _ in 0..2 {
+        let out = env.run(sh(&[], &script));
+        assert_eq!(out.stdout, b"a\n");
+        assert!(out.stderr.is_empty(), "{}", stderr(&out));
+    }
+    assert_eq!(env.count("a"), 3);
+}
+
+#[test]
 fn one_damaged_record_drops_only_its_entry() {
     let env = Env::new();
     let a = format!("{}; echo a", env.tally("a"));
