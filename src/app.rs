@@ -124,6 +124,9 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
             }
         }
     }
+    if lock.is_some() {
+        cache.prepare_write(&key);
+    }
     let (recording, job) = match lock {
         Some(_) => (cache.begin(&key, &invocation), cache.job_start(&key, &invocation)),
         None => (None, None),
@@ -208,13 +211,27 @@ impl Run<'_> {
             // that run's result is what to show, and the miss path finds it.
             Err(StoreError::Gone) if !started_output => return None,
             Err(err) => {
-                let damaged = err.is_corrupt();
+                let damaged = err.is_damaged_entry();
                 if damaged {
                     let _ = store.forget(entry);
                 }
-                if damaged && !started_output {
+                if !started_output {
+                    // Nothing went out: the command runs instead. A damaged
+                    // database is moved aside for the next run (by this
+                    // process, which says so, or already by another).
+                    if err.is_corrupt() {
+                        if let Some(note) = store.set_aside(&err) {
+                            self.messages.warn(note);
+                        }
+                        return None;
+                    }
+                    let what = if damaged {
+                        "was damaged"
+                    } else {
+                        "could not be read"
+                    };
                     self.messages
-                        .warn(format!("cached output was damaged ({err}); dropped it"));
+                        .warn(format!("cached output {what} ({err}); running the command"));
                     return None;
                 }
                 // Part of the output is out already: running the command now
@@ -332,7 +349,7 @@ impl Run<'_> {
                 recording.abandon()
             };
             if let (Err(err), Some(cache)) = (result, cache) {
-                cache.warn(&format!("cannot store the result: {err}"));
+                cache.store_failed(&err);
             }
         }
         if let Some((jobs, id)) = &job {
@@ -517,9 +534,25 @@ impl Cache {
                 }
                 cache.store = Some(store);
             }
+            Err(StoreError::Untrusted(why)) => {
+                cache.warn(&format!("not using the cache in {}: {why}", dir.display()));
+            }
             Err(err) => cache.warn(&format!("cannot open the cache in {}: {err}", dir.display())),
         }
         cache
+    }
+
+    /// Reports a failure to store the result; a damaged database is moved
+    /// aside, so the next run starts a new one.
+    fn store_failed(&self, err: &StoreError) {
+        let note = match &self.store {
+            Some(store) if err.is_corrupt() => store.set_aside(err),
+            _ => None,
+        };
+        match note {
+            Some(note) => self.messages.warn(note),
+            None => self.warn(&format!("cannot store the result: {err}")),
+        }
     }
 
     /// Warns, once per run, that the cache is not used.
@@ -539,16 +572,12 @@ impl Cache {
         match store.lookup(&key.hex) {
             Ok(entry) => entry.filter(|e| expire.is_none_or(|max| e.age() <= max)),
             Err(err) if err.is_corrupt() => {
-                let dir = store.dir().to_owned();
-                self.store = None;
-                match Store::open_or_recover(&dir) {
-                    Ok((store, _)) => {
-                        self.messages
-                            .warn(format!("cache database was damaged ({err}); started a new one"));
-                        self.store = Some(store);
-                    }
-                    Err(again) => self.warn(&format!("cache database is damaged ({again})")),
-                }
+                self.recover(&err);
+                None
+            }
+            Err(err) if err.is_damaged_entry() => {
+                self.messages
+                    .warn(format!("a cache entry was damaged ({err}); running the command"));
                 None
             }
             Err(err) => {
@@ -556,6 +585,23 @@ impl Cache {
                 self.store = None;
                 None
             }
+        }
+    }
+
+    /// Moves a database that `err` showed damaged aside and opens a new one
+    /// (or, when another process did that first, opens its new one).
+    fn recover(&mut self, err: &StoreError) {
+        let Some(store) = self.store.take() else {
+            return;
+        };
+        match store.recover(err) {
+            Ok((store, note)) => {
+                if let Some(note) = note {
+                    self.messages.warn(note);
+                }
+                self.store = Some(store);
+            }
+            Err(again) => self.warn(&format!("cache database is damaged ({again})")),
         }
     }
 
@@ -615,6 +661,25 @@ impl Cache {
         }
         let id = jobs.start(&key.hex, &invocation.label()).ok()?;
         Some((jobs, id))
+    }
+
+    /// Readies the store for a recording of `key` (see
+    /// [`Store::clean_abandoned`]); a damaged database found on the way is
+    /// recovered, and the work done again on the new one.
+    fn prepare_write(&mut self, key: &Key) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        match store.clean_abandoned(&key.hex) {
+            Err(err) if err.is_corrupt() => {
+                self.recover(&err);
+                if let Some(store) = &self.store {
+                    let _ = store.clean_abandoned(&key.hex);
+                }
+            }
+            // A failure here is met again, and reported, by `begin`.
+            _ => {}
+        }
     }
 
     /// Starts recording, or warns and returns `None`.

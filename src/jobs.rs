@@ -3,13 +3,14 @@
 //! its own database file, so a cache hit never pays for its schema.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
+use crate::db;
 use crate::progress::State;
-use crate::store::{create_private_file, now_ms, persist_wal, StoreError};
+use crate::store::{now_ms, StoreError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -62,22 +63,14 @@ impl Jobs {
 
     fn open_file(dir: &Path) -> Result<Jobs, StoreError> {
         let path = dir.join("jobs.db");
-        create_private_file(&path)?;
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(Duration::from_secs(20))?;
         // Like the store's WAL files, jobs.db's stay when it closes, and the
         // close does not checkpoint: that was 2 fsyncs, 2 unlinks and a
         // re-creation on every run.
-        persist_wal(&conn);
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+        let conn = db::open(&path)?.conn;
         let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
         if version == 0 {
             // Nothing to lose in a file being created (4 fsyncs otherwise).
-            conn.pragma_update(None, "synchronous", "OFF")?;
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+            db::start_wal(&conn)?;
             conn.execute_batch(SCHEMA)?;
             conn.pragma_update(None, "user_version", 1)?;
         }

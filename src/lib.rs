@@ -10,6 +10,7 @@ pub mod app;
 pub mod blob;
 pub mod cli;
 pub mod compress;
+pub mod db;
 pub mod display;
 pub mod duration;
 pub mod exit;
@@ -24,6 +25,7 @@ pub mod progress;
 pub mod runner;
 pub mod scratch;
 pub mod store;
+pub mod trust;
 pub mod usage;
 
 pub use app::run;

@@ -4,8 +4,10 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+
+use crate::trust;
 
 /// A held lock on one key. Dropping it removes the lock file and releases it.
 pub struct KeyLock {
@@ -19,14 +21,14 @@ impl KeyLock {
     pub fn try_acquire(dir: &Path, key: &str) -> io::Result<Option<KeyLock>> {
         let locks = dir.join("locks");
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&locks)?;
+        // A lock in a directory or file someone else can write is theirs to
+        // hold for ever: not waited on.
+        trust::check_dir(&locks).map_err(io::Error::other)?;
         let path = locks.join(key);
         loop {
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o600)
-                .open(&path)?;
+            let (file, held) =
+                trust::open(&path, OpenOptions::new().create(true).truncate(false).write(true))
+                    .map_err(io::Error::other)?;
             match file.try_lock() {
                 Ok(()) => {}
                 Err(fs::TryLockError::WouldBlock) => return Ok(None),
@@ -35,8 +37,7 @@ impl KeyLock {
             // The previous owner unlinks the file before releasing it. If we
             // locked an inode that is no longer at `path`, we raced with that
             // and must lock the current file instead.
-            let held = file.metadata()?;
-            match fs::metadata(&path) {
+            match fs::symlink_metadata(&path) {
                 Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
                     return Ok(Some(KeyLock { file, path }));
                 }

@@ -14,3 +14,4 @@ mod outputs;
 mod packaging;
 mod runner;
 mod terminal;
+mod trust;
