@@ -57,6 +57,12 @@ pub enum KeyError {
         /// What went wrong.
         reason: String,
     },
+    /// `--timeout` expired while the expression was being evaluated.
+    #[error("cache-by '{expr}' was still running when the time limit expired")]
+    TimedOut {
+        /// The expression as given.
+        expr: String,
+    },
     /// `--ignore-arg` named an argument that cannot be ignored.
     #[error("--ignore-arg {index}: {reason}")]
     IgnoreArg {
@@ -286,12 +292,14 @@ fn stat_bytes(path: &Path) -> Vec<u8> {
 
 impl CacheBy {
     /// Computes the expression's value and adds it to `key`. `stdin_spool`
-    /// receives lcrun's stdin when the expression is `stdin`.
+    /// receives lcrun's stdin when the expression is `stdin`. A `cmd:` still
+    /// running at `deadline` is ended, with all it started.
     pub fn add_to(
         &self,
         expr: &str,
         key: &mut KeyBuilder,
         stdin_spool: &mut Option<File>,
+        deadline: Option<std::time::Instant>,
     ) -> Result<(), KeyError> {
         let label = format!("cache-by {expr}");
         let eval = |reason: String| KeyError::Eval {
@@ -315,7 +323,14 @@ impl CacheBy {
                 }
                 None => key.field(&label, b"unset"),
             },
-            CacheBy::Cmd(command) => key.digest_field(&label, command_output(command).map_err(eval)?),
+            CacheBy::Cmd(command) => match command_output(command, deadline).map_err(eval)? {
+                Some(digest) => key.digest_field(&label, digest),
+                None => {
+                    return Err(KeyError::TimedOut {
+                        expr: expr.to_owned(),
+                    })
+                }
+            },
             CacheBy::Value(value) => key.field(&label, value.as_bytes()),
             CacheBy::Stdin => {
                 let (digest, file) = spool_stdin().map_err(|e| eval(format!("reading stdin: {e}")))?;
@@ -440,7 +455,10 @@ fn git_state(dir: &Path) -> Result<[u8; 32], String> {
 }
 
 /// `cmd:SHELL_COMMAND`: its stdout and exit status. Its stderr goes to ours.
-fn command_output(command: &str) -> Result<[u8; 32], String> {
+/// `None` when it was still running at `deadline`: it and everything it
+/// started are killed, and nothing is hashed.
+fn command_output(command: &str, deadline: Option<std::time::Instant>) -> Result<Option<[u8; 32]>, String> {
+    use std::os::fd::AsRawFd;
     let mut child = Command::new("/bin/sh")
         .arg("-c")
         .arg(command)
@@ -449,12 +467,50 @@ fn command_output(command: &str) -> Result<[u8; 32], String> {
         .spawn()
         .map_err(|err| format!("cannot run /bin/sh: {err}"))?;
     let mut hasher = Sha256::new();
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    hash_reader(stdout, &mut hasher).map_err(|err| err.to_string())?;
-    let status = child.wait().map_err(|err| err.to_string())?;
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if let Some(deadline) = deadline {
+            // Waits for output (or its end) no longer than the time left.
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let mut fd = libc::pollfd {
+                fd: stdout.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+            // SAFETY: poll on one pollfd we own, for at most `ms`.
+            let ready = unsafe { libc::poll(&mut fd, 1, ms) };
+            if ready == 0 {
+                crate::tree::kill(child.id() as libc::pid_t);
+                let _ = child.wait();
+                return Ok(None);
+            }
+        }
+        match stdout.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err.to_string()),
+        }
+    }
+    // The output is complete; a command that closed its stdout and runs on
+    // is still bounded by the deadline.
+    let status = loop {
+        match child.try_wait().map_err(|err| err.to_string())? {
+            Some(status) => break status,
+            None if deadline.is_some_and(|d| std::time::Instant::now() >= d) => {
+                crate::tree::kill(child.id() as libc::pid_t);
+                let _ = child.wait();
+                return Ok(None);
+            }
+            None if deadline.is_some() => std::thread::sleep(std::time::Duration::from_millis(5)),
+            None => break child.wait().map_err(|err| err.to_string())?,
+        }
+    };
     hasher.update(b"\0status\0");
     hasher.update(format!("{status}").as_bytes());
-    Ok(hasher.finalize().into())
+    Ok(Some(hasher.finalize().into()))
 }
 
 /// `stdin`: hashes lcrun's stdin while spooling it to an unlinked temporary

@@ -7,8 +7,10 @@
 //! replayed.
 
 pub mod app;
+pub mod claim;
 pub mod cli;
 pub mod compress;
+pub mod deadline;
 pub mod display;
 pub mod duration;
 pub mod exit;
@@ -19,8 +21,10 @@ pub mod lock;
 pub mod messages;
 pub mod output;
 pub mod progress;
+pub mod recorder;
 pub mod runner;
 pub mod store;
+pub mod tree;
 
 pub use app::run;
 pub use exit::Exit;

@@ -45,6 +45,13 @@ const HIT_LOG: &str = "hits.log";
 /// 12,000 hits), so the log stays small in a cache that is only read.
 const HIT_LOG_FOLD_BYTES: u64 = 1 << 20;
 
+/// An outcome kept only for the runs that waited on it (a failure that
+/// policy does not cache) is stored under its key with this prefix, which no
+/// hex key has, so no lookup of a key ever finds it; see
+/// [`Recording::share`]. It is swept by later writes once this old.
+const OUTCOME_PREFIX: &str = "~";
+const OUTCOME_KEEP_MS: i64 = 60_000;
+
 /// Kept small on purpose: every new connection parses the whole schema
 /// before its first statement, and that parse was most of a cache hit's
 /// instructions when the schema had four tables and four indexes. For the
@@ -341,6 +348,23 @@ impl Store {
             file,
             meta,
         }))
+    }
+
+    /// The outcome of a run of `key` kept for its waiters (see
+    /// [`Recording::share`]), if one ended at or after `since_ms`: a run
+    /// that ended before the caller started is not one it waited on.
+    pub fn lookup_outcome(&self, key: &str, since_ms: i64) -> Result<Option<Entry>, StoreError> {
+        Ok(self
+            .lookup(&format!("{OUTCOME_PREFIX}{key}"))?
+            .filter(|entry| entry.created_ms >= since_ms))
+    }
+
+    /// Has SQLite call `handler` when another connection holds the lock
+    /// (it returns whether to try again), instead of the busy timeout. A
+    /// recorder uses it to give up on a cache that stays locked.
+    pub fn set_busy_handler(&self, handler: fn(i32) -> bool) -> Result<(), StoreError> {
+        self.conn.busy_handler(Some(handler))?;
+        Ok(())
     }
 
     /// Streams an entry's output, chunk by chunk in recorded order, to `sink`.
@@ -920,7 +944,14 @@ impl Recording<'_> {
             .prepare("SELECT id FROM entries WHERE key = ?1")?
             .query_map([&self.key], |row| row.get(0))?
             .collect::<Result<_, _>>()?;
-        let files = delete_rows(&tx, &older)?;
+        let stale: Vec<i64> = tx
+            .prepare_cached("SELECT id FROM entries WHERE key > ?1 AND created_ms < ?2")?
+            .query_map(params![OUTCOME_PREFIX, now_ms() - OUTCOME_KEEP_MS], |row| {
+                row.get(0)
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut files = delete_rows(&tx, &older)?;
+        files.extend(delete_rows(&tx, &stale)?);
         tx.execute(
             "UPDATE entries SET key = ?2, created_ms = ?3, last_used_ms = ?3, bytes = ?4, meta = ?5 WHERE id = ?1",
             params![self.id, self.key, now_ms(), self.stored, to_json(&self.meta)],
@@ -931,7 +962,16 @@ impl Recording<'_> {
         Ok(())
     }
 
-    /// Drops what was recorded (a failure not to be cached, a cancelled run).
+    /// Keeps the result only for the runs that waited on this one (a
+    /// failure that policy does not cache): they replay it, as a
+    /// singleflight shares one outcome; no later run is served it, and the
+    /// next writes sweep it away.
+    pub fn share(mut self, status: u8, duration: Duration) -> Result<(), StoreError> {
+        self.key = format!("{OUTCOME_PREFIX}{}", self.key);
+        self.finish(status, duration)
+    }
+
+    /// Drops what was recorded (a cancelled run, a broken one).
     pub fn abandon(self) -> Result<(), StoreError> {
         self.store.delete_entry(self.id)?;
         self.store.tidy_wal();

@@ -10,3 +10,4 @@ mod concurrency;
 mod foundation;
 mod packaging;
 mod terminal;
+mod waits;
