@@ -104,8 +104,6 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
         }
         Err(err) => return Err(err.into()),
     };
-    // Outcomes that identical runs leave from now on are ours to share.
-    let arrived_ms = now_ms();
     let mut cache = Cache::open(args.cache_dir.clone(), messages);
 
     if mode.reads() && !args.refresh {
@@ -123,6 +121,8 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
     if !mode.writes() {
         return run.execute(stdin, None, Some(&cache), None);
     }
+    // Outcomes that identical runs leave from now on are ours to share.
+    let arrived_ms = now_ms();
     // A replay that finds its entry gone (replaced since the lookup) claims
     // again; twice is plenty, each time a newer entry was there.
     for _ in 0..3 {

@@ -65,15 +65,20 @@ pub fn claim(dir: &Path, key: &str, no_wait: bool, deadline: Deadline, how: &Wai
     let started = Instant::now();
     let mut alive_ms = now_ms();
     let mut alive_at = started;
-    // Marked as waiting before the first try: an owner that ends between
-    // that try and the mark would not know to keep its outcome for us.
-    let mark = WaitMark::new(dir, key);
+    let mut mark: Option<WaitMark> = None;
     let claim = loop {
         match KeyLock::try_acquire(dir, key) {
             Ok(Some(lock)) => break Claim::Owner(lock),
             Ok(None) if no_wait => break Claim::Busy,
             Ok(None) => {}
             Err(err) => break Claim::Failed(err),
+        }
+        if mark.is_none() {
+            // Tells the owner, when its run ends, to keep its outcome for
+            // us even if it is not to be cached. Made after the first try,
+            // so runs that never wait never make one: an owner that ends
+            // in between is a run that ended as we arrived, and we run.
+            mark = WaitMark::new(dir, key);
         }
         if deadline.expired() {
             break Claim::TimedOut;
@@ -109,7 +114,10 @@ pub fn claim(dir: &Path, key: &str, no_wait: bool, deadline: Deadline, how: &Wai
         std::thread::sleep(nap);
     };
     // Held until the key is ours: by then an outcome kept for us is stored.
-    drop(mark);
+    if mark.take().is_some() {
+        // The last waiter out removes the mark file.
+        WaitMark::anyone_waiting(dir, key);
+    }
     if let Some(mut display) = display {
         display.finish();
     }

@@ -244,6 +244,12 @@ fn identical_runs_in_progress_share_a_failure() {
     }
     assert_eq!(env.count("runs"), 1, "the command ran more than once");
     assert!(took < Duration::from_secs(15), "took {took:?}");
+    // No lock or wait-mark file is left behind.
+    let left: Vec<_> = std::fs::read_dir(env.cache.join("locks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     // The failure is not cached: a later run executes it again.
     let out = env.run(["--", "sh", "-c", &script]);
     assert_code(&out, 3);
