@@ -333,7 +333,13 @@ impl CacheBy {
             },
             CacheBy::Value(value) => key.field(&label, value.as_bytes()),
             CacheBy::Stdin => {
-                let (digest, file) = spool_stdin().map_err(|e| eval(format!("reading stdin: {e}")))?;
+                let Some((digest, file)) =
+                    spool_stdin(deadline).map_err(|e| eval(format!("reading stdin: {e}")))?
+                else {
+                    return Err(KeyError::TimedOut {
+                        expr: expr.to_owned(),
+                    });
+                };
                 *stdin_spool = Some(file);
                 key.digest_field(&label, digest)
             }
@@ -458,7 +464,6 @@ fn git_state(dir: &Path) -> Result<[u8; 32], String> {
 /// `None` when it was still running at `deadline`: it and everything it
 /// started are killed, and nothing is hashed.
 fn command_output(command: &str, deadline: Option<std::time::Instant>) -> Result<Option<[u8; 32]>, String> {
-    use std::os::fd::AsRawFd;
     let mut child = Command::new("/bin/sh")
         .arg("-c")
         .arg(command)
@@ -470,22 +475,10 @@ fn command_output(command: &str, deadline: Option<std::time::Instant>) -> Result
     let mut stdout = child.stdout.take().ok_or("no stdout")?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        if let Some(deadline) = deadline {
-            // Waits for output (or its end) no longer than the time left.
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let mut fd = libc::pollfd {
-                fd: stdout.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
-            // SAFETY: poll on one pollfd we own, for at most `ms`.
-            let ready = unsafe { libc::poll(&mut fd, 1, ms) };
-            if ready == 0 {
-                crate::tree::kill(child.id() as libc::pid_t);
-                let _ = child.wait();
-                return Ok(None);
-            }
+        if !readable_before(std::os::fd::AsRawFd::as_raw_fd(&stdout), deadline) {
+            crate::tree::kill(child.id() as libc::pid_t);
+            let _ = child.wait();
+            return Ok(None);
         }
         match stdout.read(&mut buf) {
             Ok(0) => break,
@@ -513,14 +506,41 @@ fn command_output(command: &str, deadline: Option<std::time::Instant>) -> Result
     Ok(Some(hasher.finalize().into()))
 }
 
+/// Waits until `fd` has data or its end to read, no later than `deadline`;
+/// false when the deadline came first. Without a deadline, true at once.
+fn readable_before(fd: std::os::fd::RawFd, deadline: Option<std::time::Instant>) -> bool {
+    let Some(deadline) = deadline else {
+        return true;
+    };
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: poll on one pollfd, for at most `ms`.
+        match unsafe { libc::poll(&mut poll, 1, ms) } {
+            0 => return false,
+            -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            // Readable, at its end, or an error the read will report.
+            _ => return true,
+        }
+    }
+}
+
 /// `stdin`: hashes lcrun's stdin while spooling it to an unlinked temporary
 /// file that becomes the command's stdin, so any size fits in bounded memory.
-fn spool_stdin() -> io::Result<([u8; 32], File)> {
+fn spool_stdin(deadline: Option<std::time::Instant>) -> io::Result<Option<([u8; 32], File)>> {
     let mut file = tempfile::tempfile()?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut stdin = io::stdin().lock();
     loop {
+        if !readable_before(libc::STDIN_FILENO, deadline) {
+            return Ok(None);
+        }
         match stdin.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
@@ -533,7 +553,7 @@ fn spool_stdin() -> io::Result<([u8; 32], File)> {
     }
     use std::io::Seek;
     file.rewind()?;
-    Ok((hasher.finalize().into(), file))
+    Ok(Some((hasher.finalize().into(), file)))
 }
 
 #[cfg(test)]

@@ -295,3 +295,29 @@ fn a_cancelled_owner_hands_the_work_to_one_waiter() {
     }
     assert_eq!(env.count("runs"), 2, "not exactly one waiter took over");
 }
+
+#[test]
+fn timeout_bounds_reading_stdin_for_the_key() {
+    let env = Env::new();
+    // stdin stays open and silent: the key can never be complete.
+    let mut child = env
+        .lcrun()
+        .args(["--timeout", "1", "-c", "stdin", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            child.kill().unwrap();
+            panic!("still reading stdin after {:?}", start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(124));
+}
