@@ -4,54 +4,81 @@
 #
 #     bash scripts/bench.sh            # everything (about 5 minutes)
 #     QUICK=1 bash scripts/bench.sh    # fewer runs, 256 MiB instead of 1 GiB
+#     LCRUN_BIN=path/to/lcrun bash scripts/bench.sh   # another build
 #
-# Installs hyperfine (apt) and bkt (cargo install --root target/peer) when
-# missing. Work files go to target/bench.
+# Every ratio is measured interleaved (A B A B ..., by scripts/pairs.c) and
+# printed as the median of the per-round ratios with their spread (min-max):
+# this VM drifts by a third between minutes, and timing all runs of A before
+# all runs of B put that drift into the ratio. Installs bkt (cargo install
+# --root target/peer) when missing. Work files go to target/bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 work=$root/target/bench
 mkdir -p "$work"
 
-if ! command -v hyperfine >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq hyperfine >/dev/null
-fi
 if [ ! -x target/peer/bin/bkt ]; then
     cargo install --quiet bkt --root target/peer
 fi
-cargo --quiet build-release
-lcrun=$root/target/release/lcrun
+# LCRUN_BIN measures another build (an older commit's, for before/after).
+if [ -n "${LCRUN_BIN:-}" ]; then
+    lcrun=$LCRUN_BIN
+else
+    cargo --quiet build-release
+    lcrun=$root/target/release/lcrun
+fi
 bkt=$root/target/peer/bin/bkt
 
 quick=${QUICK:-}
 big_mib=$([ -n "$quick" ] && echo 256 || echo 1024)
 runs=$([ -n "$quick" ] && echo 100 || echo 400)
-big_runs=$([ -n "$quick" ] && echo 2 || echo 4)
+big_runs=$([ -n "$quick" ] && echo 3 || echo 7)
 
-results=$work/results.tsv
-: > "$results"
+# pairs: times commands interleaved (A B A B ...), one line per round.
+pairs_bin=$work/pairs
+if [ ! -x "$pairs_bin" ] || [ scripts/pairs.c -nt "$pairs_bin" ]; then
+    cc -O2 -o "$pairs_bin" scripts/pairs.c
+fi
 
-# mean seconds of one hyperfine command, from its JSON export
-mean() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["results"][int(sys.argv[2])]["mean"])' "$@"; }
-
-# hf NAME RUNS SHELL CMD... : times each CMD (SHELL none: spawned directly;
-# bash: through bash, whose own start-up hyperfine subtracts), and stores the
-# means as NAME.0, NAME.1, ...
-hf() {
-    local name=$1 n=$2 shell=$3; shift 3
-    hyperfine --shell="$shell" --warmup 3 --runs "$n" --export-json "$work/$name.json" "$@" >/dev/null
-    local i=0
-    for _ in "$@"; do
-        printf '%s.%d\t%s\n' "$name" "$i" "$(mean "$work/$name.json" "$i")" >> "$results"
-        i=$((i + 1))
+# time_pairs NAME ROUNDS CMD_A -- CMD_B [-- CMD_C]: each CMD is a shell
+# string run by bash -c (its start-up lands on every command alike), or,
+# with NAME ending in "!", an argv split on spaces and run directly. Rounds
+# go to $work/NAME.tsv.
+time_pairs() {
+    local name=$1 n=$2; shift 2
+    local direct=
+    case $name in *!) direct=1; name=${name%!} ;; esac
+    local args=() cmd
+    for cmd in "$@"; do
+        [ "$cmd" = "--" ] && continue
+        if [ -n "$direct" ]; then
+            # shellcheck disable=SC2206
+            args+=(-- $cmd)
+        else
+            args+=(-- bash -c "$cmd")
+        fi
     done
+    "$pairs_bin" "$n" 3 "${args[@]}" > "$work/$name.tsv"
 }
-val() { awk -F'\t' -v k="$1" '$1 == k { print $2 }' "$results"; }
-ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
+# pair_ratio NAME I J: the median of the per-round ratios column I / column J,
+# and their spread (min-max).
+pair_ratio() {
+    python3 - "$work/$1.tsv" "$2" "$3" <<'PY2'
+import statistics, sys
+rows = [list(map(int, l.split())) for l in open(sys.argv[1]) if l.strip()]
+i, j = int(sys.argv[2]), int(sys.argv[3])
+r = sorted(row[i] / row[j] for row in rows)
+print(f"{statistics.median(r):.2f} ({r[0]:.2f}-{r[-1]:.2f})")
+PY2
+}
+# pair_ms NAME I: the median milliseconds of column I.
+pair_ms() {
+    python3 -c "import statistics,sys; print(f'{statistics.median(int(l.split()[int(sys.argv[2])]) for l in open(sys.argv[1]) if l.strip())/1e6:.2f}')" "$work/$1.tsv" "$2"
+}
 peak_kib() { /usr/bin/time -f %M "$@" 2>&1 >/dev/null | tail -1; }
 
 rows=()
-row() { rows+=("$(printf '%-52s %10s %8s' "$1" "$2" "$3")"); }
+row() { rows+=("$(printf '%-48s %20s %8s' "$1" "$2" "$3")"); }
 
 # --- hit latency -----------------------------------------------------------
 export LCRUN_CACHE_DIR=$work/cache-small
@@ -59,9 +86,9 @@ rm -rf "$LCRUN_CACHE_DIR" "$work/bkt"
 "$lcrun" -- echo hi >/dev/null
 "$bkt" --cache-dir "$work/bkt" --ttl 1h -- echo hi >/dev/null
 for i in $(seq 1 9); do "$lcrun" -- echo "filler $i" >/dev/null; done
-hf hit "$runs" none "$lcrun -- echo hi" "$bkt --cache-dir $work/bkt --ttl 1h -- echo hi" "/bin/echo hi"
-row "hit latency vs bkt hit" "$(ratio "$(val hit.0)" "$(val hit.1)")" "<= 1.2"
-row "hit latency vs bare /bin/echo hi" "$(ratio "$(val hit.0)" "$(val hit.2)")" "<= 1.5"
+time_pairs 'hit!' "$runs" "$lcrun -- echo hi" -- "$bkt --cache-dir $work/bkt --ttl 1h -- echo hi" -- "/bin/echo hi"
+row "hit latency vs bkt hit" "$(pair_ratio hit 0 1)" "<= 1.2"
+row "hit latency vs bare /bin/echo hi" "$(pair_ratio hit 0 2)" "<= 1.5"
 
 # --- hit latency with 100,000 entries ------------------------------------------
 big_cache=$work/cache-100k
@@ -83,8 +110,8 @@ db.commit()
 PY
     touch "$big_cache/.filled"
 fi
-hf hitbig "$runs" none "env LCRUN_CACHE_DIR=$big_cache $lcrun -- echo hi" "env LCRUN_CACHE_DIR=$LCRUN_CACHE_DIR $lcrun -- echo hi"
-row "hit latency, 100,000 entries vs 10" "$(ratio "$(val hitbig.0)" "$(val hitbig.1)")" "<= 1.1"
+time_pairs 'hitbig!' "$runs" "env LCRUN_CACHE_DIR=$big_cache $lcrun -- echo hi" -- "env LCRUN_CACHE_DIR=$LCRUN_CACHE_DIR $lcrun -- echo hi"
+row "hit latency, 100,000 entries vs 10" "$(pair_ratio hitbig 0 1)" "<= 1.1"
 
 # --- 100 MB stdout, miss and hit, vs bkt -------------------------------------------
 gen100="head -c 100000000 $work/log.txt"
@@ -120,23 +147,23 @@ PY
 fi
 miss_lcrun="rm -rf $work/c100 && env LCRUN_CACHE_DIR=$work/c100 $lcrun -- $gen100"
 miss_bkt="rm -rf $work/b100 && $bkt --cache-dir $work/b100 --ttl 1h -- $gen100"
-hf miss100 5 bash "$miss_lcrun > /dev/null" "$miss_bkt > /dev/null"
+time_pairs miss100 7 "$miss_lcrun > /dev/null" -- "$miss_bkt > /dev/null"
 env LCRUN_CACHE_DIR=$work/c100 "$lcrun" -- $gen100 >/dev/null
 "$bkt" --cache-dir "$work/b100" --ttl 1h -- $gen100 >/dev/null
-hf hit100 10 bash "env LCRUN_CACHE_DIR=$work/c100 $lcrun -- $gen100 > /dev/null" "$bkt --cache-dir $work/b100 --ttl 1h -- $gen100 > /dev/null"
-row "100 MB stdout miss vs bkt miss" "$(ratio "$(val miss100.0)" "$(val miss100.1)")" "<= 0.5"
-row "100 MB stdout hit vs bkt hit" "$(ratio "$(val hit100.0)" "$(val hit100.1)")" "<= 0.5"
+time_pairs hit100 11 "env LCRUN_CACHE_DIR=$work/c100 $lcrun -- $gen100 > /dev/null" -- "$bkt --cache-dir $work/b100 --ttl 1h -- $gen100 > /dev/null"
+row "100 MB stdout miss vs bkt miss" "$(pair_ratio miss100 0 1)" "<= 0.5"
+row "100 MB stdout hit vs bkt hit" "$(pair_ratio hit100 0 1)" "<= 0.5"
 
 # --- 1 GiB through lcrun -------------------------------------------------------------
 big="$work/log.txt"
-hf bigmiss "$big_runs" bash \
-    "rm -rf $work/cbig; LCRUN_CACHE_DIR=$work/cbig $lcrun -- cat $big > /dev/null" \
+time_pairs bigmiss "$big_runs" \
+    "rm -rf $work/cbig; LCRUN_CACHE_DIR=$work/cbig $lcrun -- cat $big > /dev/null" -- \
     "rm -rf $work/cbig; cat $big | cat > /dev/null"
-row "${big_mib} MiB miss vs cmd | cat > /dev/null" "$(ratio "$(val bigmiss.0)" "$(val bigmiss.1)")" "<= 1.3"
+row "${big_mib} MiB miss vs cmd | cat > /dev/null" "$(pair_ratio bigmiss 0 1)" "<= 1.3"
 rm -rf "$work/cbig"
 LCRUN_CACHE_DIR=$work/cbig "$lcrun" -- cat "$big" > /dev/null
-hf bighit "$big_runs" bash "LCRUN_CACHE_DIR=$work/cbig $lcrun -- cat $big > /dev/null" "cat $big > /dev/null"
-row "${big_mib} MiB replay vs cat file > /dev/null" "$(ratio "$(val bighit.0)" "$(val bighit.1)")" "<= 1.5"
+time_pairs bighit "$big_runs" "LCRUN_CACHE_DIR=$work/cbig $lcrun -- cat $big > /dev/null" -- "cat $big > /dev/null"
+row "${big_mib} MiB replay vs cat file > /dev/null" "$(pair_ratio bighit 0 1)" "<= 1.5"
 rm -rf "$work/crss"
 miss_rss=$(LCRUN_CACHE_DIR=$work/crss peak_kib "$lcrun" -- cat "$big")
 hit_rss=$(LCRUN_CACHE_DIR=$work/crss peak_kib "$lcrun" -- cat "$big")
@@ -154,14 +181,17 @@ if [ ! -x "$exec_only" ]; then
     printf '#include <unistd.h>\nint main(int c, char **v) { execv(v[1], v + 1); return 127; }\n' |
         cc -O2 -static -x c - -o "$exec_only"
 fi
-hf nocache "$runs" none "$lcrun --no-cache -- true" "true" "env true" "$exec_only $(type -P true)"
-row "lcrun --no-cache -- true vs true" "$(ratio "$(val nocache.0)" "$(val nocache.1)")" "<= 1.5"
-row "  floor: static C exec-only wrapper vs true" "$(ratio "$(val nocache.3)" "$(val nocache.1)")" ""
-row "  floor: env true vs true" "$(ratio "$(val nocache.2)" "$(val nocache.1)")" ""
+true_bin=$(type -P true)
+time_pairs 'nocache!' "$runs" "$lcrun --no-cache -- true" -- "$true_bin" -- "env true" -- "$exec_only $true_bin"
+row "lcrun --no-cache -- true vs true" "$(pair_ratio nocache 0 1)" "<= 1.5"
+row "  floor: static C exec-only wrapper vs true" "$(pair_ratio nocache 3 1)" ""
+row "  floor: env true vs true" "$(pair_ratio nocache 2 1)" ""
 
 echo
-printf '%-52s %10s %8s\n' "metric" "measured" "goal"
+printf '%-48s %20s %8s\n' "metric" "median (spread)" "goal"
 printf '%s\n' "${rows[@]}"
 echo
-printf 'means (s): '; awk -F'\t' '{ printf "%s=%.6f ", $1, $2 }' "$results"; echo
+printf 'medians (ms): hit %s, bkt hit %s, echo %s; 1 GiB miss %s, cat|cat %s; replay %s, cat %s\n' \
+    "$(pair_ms hit 0)" "$(pair_ms hit 1)" "$(pair_ms hit 2)" "$(pair_ms bigmiss 0)" "$(pair_ms bigmiss 1)" \
+    "$(pair_ms bighit 0)" "$(pair_ms bighit 1)"
 echo "machine: $(nproc) cores, $(uname -m), $(date -u +%F)"

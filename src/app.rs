@@ -16,7 +16,7 @@ use crate::duration;
 use crate::exit::Exit;
 use crate::invocation::Invocation;
 use crate::jobs::Jobs;
-use crate::key::{Key, KeyError, Resolved};
+use crate::key::{Key, KeyError, Resolved, Secret};
 use crate::lock::KeyLock;
 use crate::messages::{error, Messages};
 use crate::output::{RawOut, Stream};
@@ -562,8 +562,10 @@ impl Cache {
     /// Starts recording on a thread of its own, which takes the store.
     fn record(&mut self, key: &Key, invocation: &Invocation) -> Option<Recorder> {
         let store = self.store.take()?;
+        // Only a miss reads the secret, to key the stored digests of secret inputs.
+        let key = key.sealed(Secret::load_or_create(store.dir()).ok().as_ref());
         let cwd = invocation.cwd.to_string_lossy().into_owned();
-        Some(Recorder::start(store, key, invocation.label(), cwd))
+        Some(Recorder::start(store, &key, invocation.label(), cwd))
     }
 }
 

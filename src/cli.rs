@@ -96,7 +96,7 @@ pub struct RunArgs {
     /// Add EXPR to the cache key (repeatable): mtime:PATH, hash:PATH_OR_GLOB,
     /// git, git:DIR, env:NAME, cmd:SHELL_COMMAND, value:STRING, stdin.
     #[arg(short = 'c', long = "cache-by", value_name = "EXPR")]
-    pub cache_by: Vec<String>,
+    pub cache_by: Vec<OsString>,
 
     /// Leave argument N of the command out of the key (the command is 0).
     #[arg(long, value_name = "N")]

@@ -20,7 +20,7 @@ pub struct Invocation {
     /// The working directory.
     pub cwd: PathBuf,
     /// The parsed cache-by expressions, with their text.
-    pub cache_by: Vec<(String, CacheBy)>,
+    pub cache_by: Vec<(OsString, CacheBy)>,
     /// What `argv[0]` resolved to.
     pub program: Resolved,
 }
@@ -32,7 +32,7 @@ impl Invocation {
         let cache_by = args
             .cache_by
             .iter()
-            .map(|expr| Ok((expr.clone(), expr.parse::<CacheBy>()?)))
+            .map(|expr| Ok((expr.clone(), CacheBy::parse(expr)?)))
             .collect::<Result<Vec<_>, key::KeyError>>()?;
         let argv = match &args.shell {
             Some(script) => vec!["/bin/sh".into(), "-c".into(), script.clone()],
@@ -94,6 +94,11 @@ impl Invocation {
             None => builder.field("argv", &key::encode_argv(&self.argv, &args.ignore_arg)),
         }
         builder.field("program", &key::program_identity(program));
+        if self.shell.is_none() {
+            if let Some(script) = key::interpreter_script(&self.argv) {
+                builder.field("script", &key::script_identity(&self.cwd.join(script)));
+            }
+        }
         if !args.no_cwd {
             builder.field("cwd", self.cwd.as_os_str().as_bytes());
         }
@@ -103,7 +108,9 @@ impl Invocation {
         let mut stdin = None;
         for (text, expr) in &self.cache_by {
             if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                return Err(key::KeyError::TimedOut { expr: text.clone() });
+                return Err(key::KeyError::TimedOut {
+                    expr: text.to_string_lossy().into_owned(),
+                });
             }
             expr.add_to(text, &mut builder, &mut stdin, deadline)?;
         }

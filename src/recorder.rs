@@ -44,7 +44,8 @@ pub enum Keep {
 }
 
 enum Msg {
-    Write(Stream, Vec<u8>),
+    /// Output, and when it arrived.
+    Write(Stream, Vec<u8>, Instant),
     Finish(u8, Duration, Keep),
     Abandon,
 }
@@ -116,6 +117,7 @@ impl Recorder {
     /// it. Returns at once: even the pending row is written there.
     pub fn start(store: Store, key: &Key, command: String, cwd: String) -> Recorder {
         epoch();
+        let began = Instant::now();
         let shared: Arc<(Mutex<State>, Condvar)> = Arc::default();
         let (tx, rx) = mpsc::channel();
         let dir = store.dir().to_owned();
@@ -124,7 +126,7 @@ impl Recorder {
         let theirs = Arc::clone(&shared);
         let spawned = thread::Builder::new()
             .name("lcrun-recorder".into())
-            .spawn(move || record(&store, &key, &command, &cwd, &rx, &theirs));
+            .spawn(move || record(&store, &key, &command, &cwd, began, &rx, &theirs));
         let mut recorder = Recorder {
             tx: Some(tx),
             dir,
@@ -169,10 +171,10 @@ impl Recorder {
         }
         state.queued += bytes.len();
         drop(state);
-        let sent = self
-            .tx
-            .as_ref()
-            .is_some_and(|tx| tx.send(Msg::Write(stream, bytes.to_vec())).is_ok());
+        let sent = self.tx.as_ref().is_some_and(|tx| {
+            tx.send(Msg::Write(stream, bytes.to_vec(), Instant::now()))
+                .is_ok()
+        });
         if !sent {
             self.drop_with("the recorder failed".into());
         }
@@ -252,6 +254,7 @@ fn record(
     key: &Key,
     command: &str,
     cwd: &str,
+    began: Instant,
     rx: &mpsc::Receiver<Msg>,
     shared: &(Mutex<State>, Condvar),
 ) {
@@ -269,11 +272,12 @@ fn record(
         Ok(recording) => recording,
         Err(err) => return fail(format!("cannot write the cache: {err}")),
     };
+    recording.output_began(began);
     not_busy();
     while let Ok(msg) = rx.recv() {
         match msg {
-            Msg::Write(stream, bytes) => {
-                let result = recording.write(stream, &bytes);
+            Msg::Write(stream, bytes, arrived) => {
+                let result = recording.write_arrived(stream, &bytes, arrived);
                 not_busy();
                 if let Ok(mut state) = lock.lock() {
                     state.queued -= bytes.len();

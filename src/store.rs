@@ -584,6 +584,7 @@ impl Store {
             spare: Vec::new(),
             spare_compressed: Vec::new(),
             last_flush: Instant::now(),
+            arrived: None,
             file: None,
             bytes: [0, 0],
             stored: 0,
@@ -777,6 +778,9 @@ pub struct Recording<'s> {
     spare_compressed: Vec<Vec<u8>>,
     /// When the last chunk was handed on: the output's rate.
     last_flush: Instant,
+    /// When the bytes being written arrived, if the writer says (see
+    /// [`Recording::write_arrived`]).
+    arrived: Option<Instant>,
     /// The data file large chunks are appended to, once there is one.
     file: Option<(PathBuf, fs::File)>,
     bytes: [i64; 2],
@@ -784,6 +788,25 @@ pub struct Recording<'s> {
 }
 
 impl Recording<'_> {
+    /// [`Recording::write`] for a writer that records behind the output,
+    /// on a thread of its own: the output's rate, which picks the codec, is
+    /// measured from when the bytes arrived, not from when they are stored.
+    pub fn write_arrived(
+        &mut self,
+        stream: Stream,
+        bytes: &[u8],
+        arrived: Instant,
+    ) -> Result<(), StoreError> {
+        self.arrived = Some(arrived);
+        self.write(stream, bytes)
+    }
+
+    /// Sets when the output began, for such a writer: its recording may
+    /// begin after the first bytes arrived.
+    pub fn output_began(&mut self, at: Instant) {
+        self.last_flush = at;
+    }
+
     /// Appends output. Consecutive bytes of one stream are gathered into
     /// chunks of about [`CHUNK_BYTES`]; a switch of stream starts a new chunk,
     /// which is what keeps the interleaving of stdout and stderr.
@@ -830,8 +853,8 @@ impl Recording<'_> {
         };
         // LZ4 when the output arrives faster than zstd keeps up with (every
         // worker still busy), or at firehose rate (see `compress`).
-        let now = Instant::now();
-        let took = now.duration_since(self.last_flush).as_secs_f64();
+        let now = self.arrived.unwrap_or_else(Instant::now);
+        let took = now.saturating_duration_since(self.last_flush).as_secs_f64();
         self.last_flush = now;
         let firehose = raw.len() as f64 >= compress::FIREHOSE_BYTES_PER_SEC * took;
         let codec = if firehose || packer.busy() {
@@ -931,6 +954,9 @@ impl Recording<'_> {
 
     /// Makes the result visible under its key, replacing any older entry.
     pub fn finish(mut self, status: u8, duration: Duration) -> Result<(), StoreError> {
+        // The last bytes are flushed now that the output has ended: its
+        // rate is reckoned to this moment, not to when they arrived.
+        self.arrived = None;
         self.flush()?;
         self.store_compressed(true)?;
         self.store.fold_hits()?;

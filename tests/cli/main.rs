@@ -8,6 +8,7 @@ mod util;
 
 mod concurrency;
 mod foundation;
+mod keys;
 mod packaging;
 mod terminal;
 mod waits;
