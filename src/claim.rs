@@ -60,7 +60,8 @@ pub enum Claim {
 pub fn claim(dir: &Path, key: &str, no_wait: bool, deadline: Deadline, how: &Waiting<'_>) -> Claim {
     let mut display: Option<Display> = None;
     let mut jobs: Option<Jobs> = None;
-    let mut read_at = Instant::now();
+    // The first wait reads the job at once, then every READ_PROGRESS.
+    let mut read_at: Option<Instant> = None;
     // The last sign of life of the holder: our arrival, at first.
     let started = Instant::now();
     let mut alive_ms = now_ms();
@@ -88,8 +89,8 @@ pub fn claim(dir: &Path, key: &str, no_wait: bool, deadline: Deadline, how: &Wai
             let label = format!("waiting: {}", how.label);
             Display::new(how.style, &label, how.interval, None).waiting()
         });
-        if read_at.elapsed() >= READ_PROGRESS || jobs.is_none() {
-            read_at = Instant::now();
+        if read_at.is_none_or(|at| at.elapsed() >= READ_PROGRESS) {
+            read_at = Some(Instant::now());
             if jobs.is_none() {
                 jobs = Jobs::open(dir).ok();
             }
