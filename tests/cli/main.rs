@@ -16,3 +16,4 @@ mod review;
 mod runner;
 mod terminal;
 mod trust;
+mod waits;
