@@ -5,6 +5,7 @@
 use std::ffi::{OsStr, OsString};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -151,11 +152,13 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
             }
         }
         let job = cache.job_start(&key, &invocation);
-        // The recorder holds the key's lock until its recording is stored
-        // or dropped; without a recorder, this call holds it to the end.
-        let (recorder, held) = cache.record(&key, &invocation, lock);
+        // The key stays locked until both the command has ended and the
+        // recorder is done with its recording (stored or dropped): the
+        // recorder holds a share of the lock of its own.
+        let lock = Arc::new(lock);
+        let recorder = cache.record(&key, &invocation, &lock);
         let exit = run.execute(stdin, recorder, Some(&cache), job);
-        drop(held);
+        drop(lock);
         return exit;
     }
     run.execute(stdin, None, Some(&cache), None)
@@ -716,22 +719,21 @@ impl Cache {
     }
 
     /// Starts recording on a thread of its own, which takes the store and
-    /// the key's `lock`; the lock comes back when there is no store.
-    fn record(
-        &mut self,
-        key: &Key,
-        invocation: &Invocation,
-        lock: KeyLock,
-    ) -> (Option<Recorder>, Option<KeyLock>) {
-        let Some(store) = self.store.take() else {
-            return (None, Some(lock));
-        };
+    /// a share of the key's `lock`.
+    fn record(&mut self, key: &Key, invocation: &Invocation, lock: &Arc<KeyLock>) -> Option<Recorder> {
+        let store = self.store.take()?;
         self.lent = Some(store.dir().to_owned());
         // Only a miss reads the secret, to key the stored digests of secret inputs.
         let key = key.sealed(Secret::load_or_create(store.dir()).ok().as_ref());
         let cwd = invocation.cwd.to_string_lossy().into_owned();
-        let recorder = Recorder::start(store, lock, &key, invocation.label(), cwd, self.messages);
-        (Some(recorder), None)
+        Some(Recorder::start(
+            store,
+            Arc::clone(lock),
+            &key,
+            invocation.label(),
+            cwd,
+            self.messages,
+        ))
     }
 }
 

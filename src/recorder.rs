@@ -61,7 +61,7 @@ struct State {
     failed: Option<String>,
     /// Set when the store's thread is done with the final message.
     done: bool,
-    /// Set when the store's thread has released the key's lock.
+    /// Set when the store's thread has let go of its share of the key's lock.
     released: bool,
     /// Said by the store's thread for the caller to pass on (a damaged
     /// database moved aside): the thread does not write to the terminal.
@@ -127,13 +127,15 @@ fn not_busy() {
 
 impl Recorder {
     /// Starts recording a run of `key` into `store`, on a thread that owns
-    /// it and the key's `lock`. Returns at once: even the pending row is
-    /// written there. The thread releases the lock only once the recording
-    /// is committed or abandoned: the lock is what tells other writers that
-    /// its pending row is alive (see `Store::clean_abandoned`).
+    /// it and a share of the key's `lock`. Returns at once: even the pending
+    /// row is written there. The thread keeps its share until the recording
+    /// is committed or abandoned, and the caller keeps its own until the
+    /// command has ended: the lock is what tells other writers that the
+    /// pending row is alive (see `Store::clean_abandoned`), and other runs
+    /// that the command is (see `Cache::job_start` in `app`).
     pub fn start(
         store: Store,
-        lock: KeyLock,
+        lock: Arc<KeyLock>,
         key: &Key,
         command: String,
         cwd: String,
