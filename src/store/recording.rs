@@ -9,7 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::{
-    create_trusted_dir, damaged, delete_rows, now_ms, to_json, Meta, Store, StoreError, CHUNK_BYTES, DATA_DIR,
+    create_trusted_dir, damaged, delete_rows, now_ms, to_json, Meta, Store, StoreError, CHUNK_BYTES,
+    DATA_DIR, OUTCOME_KEEP_MS, OUTCOME_PREFIX,
 };
 use crate::compress::{self, Codec, Packed, Packer};
 use crate::lock::KeyLock;
@@ -75,6 +76,7 @@ impl Store {
             spare: Vec::new(),
             spare_compressed: Vec::new(),
             last_flush: Instant::now(),
+            arrived: None,
             file: None,
             file_bytes: 0,
             bytes: [0, 0],
@@ -170,6 +172,9 @@ pub struct Recording<'s> {
     pub(super) spare_compressed: Vec<Vec<u8>>,
     /// When the last chunk was handed on: the output's rate.
     last_flush: Instant,
+    /// When the bytes being written arrived, if the writer says (see
+    /// [`Recording::write_arrived`]).
+    arrived: Option<Instant>,
     /// The data file large chunks are appended to, once there is one.
     file: Option<(PathBuf, fs::File)>,
     /// Bytes appended to the data file.
@@ -179,6 +184,25 @@ pub struct Recording<'s> {
 }
 
 impl Recording<'_> {
+    /// [`Recording::write`] for a writer that records behind the output,
+    /// on a thread of its own: the output's rate, which picks the codec, is
+    /// measured from when the bytes arrived, not from when they are stored.
+    pub fn write_arrived(
+        &mut self,
+        stream: Stream,
+        bytes: &[u8],
+        arrived: Instant,
+    ) -> Result<(), StoreError> {
+        self.arrived = Some(arrived);
+        self.write(stream, bytes)
+    }
+
+    /// Sets when the output began, for such a writer: its recording may
+    /// begin after the first bytes arrived.
+    pub fn output_began(&mut self, at: Instant) {
+        self.last_flush = at;
+    }
+
     /// Appends output. Consecutive bytes of one stream are gathered into
     /// chunks of about [`CHUNK_BYTES`]; a switch of stream starts a new chunk,
     /// which is what keeps the interleaving of stdout and stderr.
@@ -225,8 +249,8 @@ impl Recording<'_> {
         };
         // LZ4 when the output arrives faster than zstd keeps up with (every
         // worker still busy), or at firehose rate (see `compress`).
-        let now = Instant::now();
-        let took = now.duration_since(self.last_flush).as_secs_f64();
+        let now = self.arrived.unwrap_or_else(Instant::now);
+        let took = now.saturating_duration_since(self.last_flush).as_secs_f64();
         self.last_flush = now;
         let firehose = raw.len() as f64 >= compress::FIREHOSE_BYTES_PER_SEC * took;
         let codec = if firehose || packer.busy() {
@@ -348,6 +372,9 @@ impl Recording<'_> {
     /// Stores what is left and commits the entry under its key; returns the
     /// data files of the entries it replaced, to be removed.
     fn commit(&mut self, status: u8, duration: Duration) -> Result<Vec<String>, StoreError> {
+        // The last bytes are flushed now that the output has ended: its
+        // rate is reckoned to this moment, not to when they arrived.
+        self.arrived = None;
         self.flush()?;
         self.store_compressed(true)?;
         self.store.fold_hits()?;
@@ -365,13 +392,31 @@ impl Recording<'_> {
             .prepare("SELECT id FROM entries WHERE key = ?1")?
             .query_map([&self.key], |row| row.get(0))?
             .collect::<Result<_, _>>()?;
-        let files = delete_rows(&tx, &older)?;
+        // Outcomes kept for waiters (see `share`) that are old enough that
+        // no one still waits on them go with this write.
+        let stale: Vec<i64> = tx
+            .prepare_cached("SELECT id FROM entries WHERE key > ?1 AND created_ms < ?2")?
+            .query_map(params![OUTCOME_PREFIX, now_ms() - OUTCOME_KEEP_MS], |row| {
+                row.get(0)
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut files = delete_rows(&tx, &older)?;
+        files.extend(delete_rows(&tx, &stale)?);
         tx.execute(
             "UPDATE entries SET key = ?2, created_ms = ?3, last_used_ms = ?3, bytes = ?4, meta = ?5 WHERE id = ?1",
             params![self.id, self.key, now_ms(), self.stored, to_json(&self.meta)],
         )?;
         tx.commit()?;
         Ok(files)
+    }
+
+    /// Keeps the result only for the runs that waited on this one (a
+    /// failure that policy does not cache): they replay it, as a
+    /// singleflight shares one outcome; no later run is served it, and the
+    /// next writes sweep it away.
+    pub fn share(mut self, status: u8, duration: Duration) -> Result<(), StoreError> {
+        self.key = format!("{OUTCOME_PREFIX}{}", self.key);
+        self.finish(status, duration)
     }
 
     /// Whether the pending row is still this recording's: another process
