@@ -58,32 +58,6 @@ fn assert_lcrun_lines(output: &Output, lines: usize) {
     }
 }
 
-/// Runs git in `dir` with a fixed identity and no user or system config.
-fn git(dir: &Path, args: &[&str]) {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=lcrun test",
-            "-c",
-            "user.email=test@lcrun.invalid",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run git");
-    assert!(
-        output.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// Bytes from the kernel's random source.
 fn random_bytes(len: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; len];

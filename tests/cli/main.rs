@@ -13,6 +13,7 @@ mod keys;
 mod outputs;
 mod packaging;
 mod port;
+mod pty;
 mod review;
 mod runner;
 mod terminal;
