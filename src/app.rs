@@ -22,6 +22,7 @@ use crate::output::{reader_gone, RawOut, Stream};
 use crate::progress::{self, LineMatcher, ProgressFile};
 use crate::runner::{self, Delivery, Ending, Job, Observer, RunError};
 use crate::scratch;
+use crate::store::chain::Tiers;
 use crate::store::{Entry, Recording, Store, StoreError};
 
 /// How often a waiter checks whether an identical run has finished.
@@ -187,8 +188,19 @@ impl Run<'_> {
     /// the lookup. The command then goes the miss path.
     fn replay(&self, cache: &Cache, entry: &Entry) -> Option<Exit> {
         let started = Instant::now();
+        let store = cache.store()?;
+        // Output files first: while none is written, a failure is a miss.
+        if let Err(err) = store.restore(entry, Path::new("."), &self.invocation.outputs) {
+            if err.nothing_written() {
+                let _ = store.forget(entry);
+                self.messages
+                    .warn(format!("cannot restore cached outputs ({err}); running the command"));
+                return None;
+            }
+            error(format!("{err}"));
+            return Some(Exit::Usage);
+        }
         let mut out = RawOut::new();
-        let store = cache.store.as_ref()?;
         let mut started_output = false;
         let result = store.replay(entry, |stream, bytes| {
             started_output = true;
@@ -202,7 +214,7 @@ impl Run<'_> {
             Some((_, err)) if reader_gone(err) => {
                 return Some(Exit::Command(crate::exit::signal_status(libc::SIGPIPE)));
             }
-            Some((stream, err)) => return Some(write_failed(stream, err, entry.meta.status)),
+            Some((stream, err)) => return Some(write_failed(stream, err, entry.record.status)),
             None => {}
         }
         match result {
@@ -249,7 +261,7 @@ impl Run<'_> {
                 duration::short(saved)
             ));
         }
-        Some(Exit::Command(entry.meta.status))
+        Some(Exit::Command(entry.record.status))
     }
 
     /// Runs the command live, recording it when `recording` is given.
@@ -342,8 +354,16 @@ impl Run<'_> {
                 (Exit::TimedOut, false)
             }
         };
-        if let Some(recording) = observer.recording.take() {
-            let result = if storable {
+        if let Some(mut recording) = observer.recording.take() {
+            let captured = if storable && !self.invocation.outputs.is_empty() {
+                recording.capture(Path::new("."), &self.invocation.outputs)
+            } else {
+                Ok(())
+            };
+            if let Err(err) = &captured {
+                self.messages.warn(format!("{err}; nothing cached"));
+            }
+            let result = if storable && captured.is_ok() {
                 recording.finish(exit.code(), duration)
             } else {
                 recording.abandon()
@@ -511,7 +531,7 @@ impl Observer for RunObserver<'_> {
 /// The local cache as this run sees it: a store, or none after a failure
 /// that has been reported once.
 struct Cache {
-    store: Option<Store>,
+    tiers: Option<Tiers>,
     messages: Messages,
     warned: std::cell::Cell<bool>,
 }
@@ -519,7 +539,7 @@ struct Cache {
 impl Cache {
     fn open(dir: Option<PathBuf>, messages: Messages) -> Cache {
         let mut cache = Cache {
-            store: None,
+            tiers: None,
             messages,
             warned: false.into(),
         };
@@ -532,7 +552,7 @@ impl Cache {
                 if let Some(note) = note {
                     messages.warn(note);
                 }
-                cache.store = Some(store);
+                cache.tiers = Some(Tiers::new(store));
             }
             Err(StoreError::Untrusted(why)) => {
                 cache.warn(&format!("not using the cache in {}: {why}", dir.display()));
@@ -545,7 +565,7 @@ impl Cache {
     /// Reports a failure to store the result; a damaged database is moved
     /// aside, so the next run starts a new one.
     fn store_failed(&self, err: &StoreError) {
-        let note = match &self.store {
+        let note = match self.store() {
             Some(store) if err.is_corrupt() => store.set_aside(err),
             _ => None,
         };
@@ -562,14 +582,19 @@ impl Cache {
         }
     }
 
+    /// The local tier: recordings and replays go there.
+    fn store(&self) -> Option<&Store> {
+        self.tiers.as_ref().map(Tiers::local)
+    }
+
     fn dir(&self) -> Option<&Path> {
-        self.store.as_ref().map(Store::dir)
+        self.store().map(Store::dir)
     }
 
     /// The fresh entry for `key`, if any.
     fn lookup(&mut self, key: &Key, expire: Option<Duration>) -> Option<Entry> {
-        let store = self.store.as_ref()?;
-        match store.lookup(&key.hex) {
+        let tiers = self.tiers.as_ref()?;
+        match tiers.lookup(&key.hex) {
             Ok(entry) => entry.filter(|e| expire.is_none_or(|max| e.age() <= max)),
             Err(err) if err.is_corrupt() => {
                 self.recover(&err);
@@ -582,7 +607,7 @@ impl Cache {
             }
             Err(err) => {
                 self.warn(&format!("cannot read the cache: {err}"));
-                self.store = None;
+                self.tiers = None;
                 None
             }
         }
@@ -591,15 +616,16 @@ impl Cache {
     /// Moves a database that `err` showed damaged aside and opens a new one
     /// (or, when another process did that first, opens its new one).
     fn recover(&mut self, err: &StoreError) {
-        let Some(store) = self.store.take() else {
+        let Some(tiers) = self.tiers.take() else {
             return;
         };
+        let (store, others) = tiers.into_parts();
         match store.recover(err) {
             Ok((store, note)) => {
                 if let Some(note) = note {
                     self.messages.warn(note);
                 }
-                self.store = Some(store);
+                self.tiers = Some(Tiers::from_parts(store, others));
             }
             Err(again) => self.warn(&format!("cache database is damaged ({again})")),
         }
@@ -638,7 +664,7 @@ impl Cache {
                 }
                 Err(err) => {
                     self.warn(&format!("cannot lock the cache entry: {err}"));
-                    self.store = None;
+                    self.tiers = None;
                     break None;
                 }
             }
@@ -667,13 +693,13 @@ impl Cache {
     /// [`Store::clean_abandoned`]); a damaged database found on the way is
     /// recovered, and the work done again on the new one.
     fn prepare_write(&mut self, key: &Key) {
-        let Some(store) = &self.store else {
+        let Some(store) = self.store() else {
             return;
         };
         match store.clean_abandoned(&key.hex) {
             Err(err) if err.is_corrupt() => {
                 self.recover(&err);
-                if let Some(store) = &self.store {
+                if let Some(store) = self.store() {
                     let _ = store.clean_abandoned(&key.hex);
                 }
             }
@@ -684,7 +710,7 @@ impl Cache {
 
     /// Starts recording, or warns and returns `None`.
     fn begin(&self, key: &Key, invocation: &Invocation) -> Option<Recording<'_>> {
-        let store = self.store.as_ref()?;
+        let store = self.store()?;
         // Only a miss reads the secret, to key the stored digests of secret inputs.
         let key = key.sealed(Secret::load_or_create(store.dir()).ok().as_ref());
         match store.begin(&key, &invocation.label(), &invocation.cwd.to_string_lossy()) {
