@@ -19,6 +19,7 @@ use crate::key::{Key, Resolved, Secret};
 use crate::lock::KeyLock;
 use crate::messages::{error, Messages};
 use crate::output::{reader_gone, RawOut, Stream};
+use crate::outputs::RestoreCause;
 use crate::progress::{self, LineMatcher, ProgressFile};
 use crate::runner::{self, Delivery, Ending, Job, Observer, RunError};
 use crate::scratch;
@@ -191,7 +192,10 @@ impl Run<'_> {
         let store = cache.store()?;
         // Output files first: while none is written, a failure is a miss.
         if let Err(err) = store.restore(entry, Path::new("."), &self.invocation.outputs) {
-            if err.nothing_written() {
+            // A blob missing or damaged, found before any output changed:
+            // the command makes them afresh. A record or a tree lcrun must
+            // not obey (a planted symlink, a `..`) is refused.
+            if err.nothing_written() && matches!(err.cause, RestoreCause::Blob(_)) {
                 let _ = store.forget(entry);
                 self.messages
                     .warn(format!("cannot restore cached outputs ({err}); running the command"));

@@ -61,19 +61,15 @@ impl Store {
         Ok(())
     }
 
-    /// Whether the blob is stored, its file included.
+    /// Whether the blob is stored whole, its file included. A file lost or
+    /// cut since (by hand, by a crash of the disk) is not: the blob is
+    /// stored again rather than shared damaged.
     fn blob_present(&self, digest: &Digest) -> Result<bool, StoreError> {
-        let in_file: Option<bool> = self
-            .conn
-            .prepare_cached("SELECT data IS NULL FROM blobs WHERE digest = ?1")?
-            .query_row([&digest.as_bytes()[..]], |row| row.get(0))
-            .optional()?;
-        Ok(match in_file {
-            None => false,
-            Some(false) => true,
-            // A file lost since (removed by hand): stored again, not trusted.
-            Some(true) => fs::symlink_metadata(self.blob_path(digest)).is_ok(),
-        })
+        match self.check_blob(digest) {
+            Ok(found) => Ok(found.is_some()),
+            Err(StoreError::Sqlite(err)) => Err(StoreError::Sqlite(err)),
+            Err(_) => Ok(false),
+        }
     }
 
     /// Stores a compressed blob for `pending`: its use first, then the
@@ -97,22 +93,24 @@ impl Store {
         sum: u64,
         data: &[u8],
     ) -> Result<(), StoreError> {
-        let in_row = if data.len() >= FILE_BLOB_BYTES {
+        let (in_row, file_len) = if data.len() >= FILE_BLOB_BYTES {
             self.write_blob_file(digest, data)?;
-            None
+            (None, Some(data.len() as i64))
         } else {
-            Some(data)
+            (Some(data), None)
         };
         self.conn
             .prepare_cached(
-                "INSERT OR REPLACE INTO blobs (digest, codec, raw_len, xxh3, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR REPLACE INTO blobs (digest, codec, raw_len, xxh3, data, file_len) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![
                 &digest.as_bytes()[..],
                 codec as i64,
                 raw_len as i64,
                 sum as i64,
-                in_row
+                in_row,
+                file_len
             ])?;
         Ok(())
     }
@@ -148,7 +146,7 @@ impl Store {
     pub(super) fn read_blob(&self, digest: &Digest, buf: &mut Vec<u8>) -> Result<Option<Stored>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT codec, raw_len, xxh3, data FROM blobs WHERE digest = ?1")?;
+            .prepare_cached("SELECT codec, raw_len, xxh3, data, file_len FROM blobs WHERE digest = ?1")?;
         let mut rows = stmt.query([&digest.as_bytes()[..]])?;
         let Some(row) = rows.next()? else {
             return Ok(None);
@@ -169,11 +167,49 @@ impl Store {
                     Err(err) if err.io_kind() == Some(std::io::ErrorKind::NotFound) => return Ok(None),
                     Err(err) => return Err(err.into()),
                 };
+                let file_len = row.get::<_, Option<i64>>(4)?.unwrap_or(-1);
+                if meta.len() as i64 != file_len {
+                    return Err(StoreError::Damaged(format!(
+                        "blob file {} is {} bytes, not {file_len}",
+                        path.display(),
+                        meta.len()
+                    )));
+                }
                 buf.reserve(meta.len() as usize);
                 file.read_to_end(buf).map_err(|source| StoreError::Io { path, source })?;
             }
         }
         Ok(Some(stored))
+    }
+
+    /// Checks, without reading it, that a blob is stored whole: its row is
+    /// there and its file, if it has one, has the recorded size. `None`
+    /// when the blob is not stored. A replay too large to verify before
+    /// its first byte checks this of every blob first, so a missing or cut
+    /// file is still a miss, not half an output.
+    pub(super) fn check_blob(&self, digest: &Digest) -> Result<Option<()>, StoreError> {
+        let file_len: Option<Option<i64>> = self
+            .conn
+            .prepare_cached("SELECT file_len FROM blobs WHERE digest = ?1")?
+            .query_row([&digest.as_bytes()[..]], |row| row.get(0))
+            .optional()?;
+        let Some(file_len) = file_len else {
+            return Ok(None);
+        };
+        let Some(file_len) = file_len else {
+            return Ok(Some(()));
+        };
+        let path = self.blob_path(digest);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() && meta.len() as i64 == file_len => Ok(Some(())),
+            Ok(meta) => Err(StoreError::Damaged(format!(
+                "blob file {} is {} bytes, not {file_len}",
+                path.display(),
+                meta.len()
+            ))),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
     }
 
     /// Drops a blob found missing or damaged, row and file, so the next

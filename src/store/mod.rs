@@ -68,12 +68,12 @@ const OLD_DATA_DIR: &str = "data";
 ///   ([`Codec`](crate::compress::Codec)), `raw_len`, `xxh3` (the raw bytes'
 ///   checksum, verified on every read, see [`crate::compress::checksum`]),
 ///   and the stored bytes: `data`, or, when that is NULL, the file
-///   `blobs/<2 hex>/<64 hex>`.
+///   `blobs/<2 hex>/<64 hex>` of `file_len` bytes.
 /// - `uses`: which record (pending or visible) uses which blob. A blob goes
 ///   when its last use does, in the same transaction.
 const SCHEMA: &str = "
 CREATE TABLE entries(id INTEGER PRIMARY KEY,key TEXT UNIQUE,created_ms,last_used_ms,bytes,hits,meta);
-CREATE TABLE blobs(digest PRIMARY KEY,codec,raw_len,xxh3,data)WITHOUT ROWID;
+CREATE TABLE blobs(digest PRIMARY KEY,codec,raw_len,xxh3,data,file_len)WITHOUT ROWID;
 CREATE TABLE uses(entry_id,digest,PRIMARY KEY(entry_id,digest))WITHOUT ROWID;
 CREATE INDEX uses_digest ON uses(digest);
 ";

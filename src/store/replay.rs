@@ -49,10 +49,24 @@ impl Store {
         // The digests being decoded, oldest first, to name a damaged one.
         let mut in_flight = VecDeque::new();
         let mut first = true;
-        for (stream, digest, len) in demand(&entry.record.order, [&record.stdout.blobs, &record.stderr.blobs]) {
+        let due = demand(&entry.record.order, [&record.stdout.blobs, &record.stderr.blobs]);
+        if weave.outlet.held.is_none() {
+            // Bytes will go out before the last blob is read: every blob is
+            // checked to be there, whole, first.
+            for (_, digest, _) in &due {
+                match self.check_blob(digest) {
+                    Ok(Some(())) => {}
+                    Ok(None) => return Err(self.missing(entry, digest)),
+                    Err(err) => return Err(self.spoiled(digest, err)),
+                }
+            }
+        }
+        for (stream, digest, len) in due {
             let mut stored = weave.spare.pop().unwrap_or_default();
-            let Some(blob) = self.read_blob(&digest, &mut stored)? else {
-                return Err(self.missing(entry, &digest));
+            let blob = match self.read_blob(&digest, &mut stored) {
+                Ok(Some(blob)) => blob,
+                Ok(None) => return Err(self.missing(entry, &digest)),
+                Err(err) => return Err(self.spoiled(&digest, err)),
             };
             if blob.raw_len as u64 != len {
                 self.forget_blob(&digest);
@@ -110,6 +124,15 @@ impl Store {
             }
             damaged(err)
         })
+    }
+
+    /// A blob that could not be read: if it is damaged (or not ours), it
+    /// is dropped, so the run that replaces the record stores it afresh.
+    fn spoiled(&self, digest: &Digest, err: StoreError) -> StoreError {
+        if err.is_damaged_entry() {
+            self.forget_blob(digest);
+        }
+        err
     }
 
     /// A blob the record names is not stored. Damage only if the record is
