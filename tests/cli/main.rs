@@ -13,5 +13,6 @@ mod keys;
 mod outputs;
 mod packaging;
 mod runner;
+mod store;
 mod terminal;
 mod trust;
