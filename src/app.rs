@@ -197,8 +197,9 @@ impl Run<'_> {
             // not obey (a planted symlink, a `..`) is refused.
             if err.nothing_written() && matches!(err.cause, RestoreCause::Blob(_)) {
                 let _ = store.forget(entry);
-                self.messages
-                    .warn(format!("cannot restore cached outputs ({err}); running the command"));
+                self.messages.warn(format!(
+                    "cannot restore cached outputs ({err}); running the command"
+                ));
                 return None;
             }
             error(format!("{err}"));

@@ -79,7 +79,13 @@ impl Store {
         if self.blob_present(&packed.digest)? {
             return Ok(0);
         }
-        self.write_blob(&packed.digest, packed.codec, packed.raw.len(), packed.sum, packed.data())?;
+        self.write_blob(
+            &packed.digest,
+            packed.codec,
+            packed.raw.len(),
+            packed.sum,
+            packed.data(),
+        )?;
         Ok(packed.data().len() as u64)
     }
 
@@ -123,7 +129,11 @@ impl Store {
         let path = self.blob_path(digest);
         let dir = path.parent().unwrap_or(&self.dir).to_owned();
         create_trusted_dir(&dir)?;
-        let temp = dir.join(format!("{}{}", super::sweep::TEMP_PREFIX, super::recording::new_token()));
+        let temp = dir.join(format!(
+            "{}{}",
+            super::sweep::TEMP_PREFIX,
+            super::recording::new_token()
+        ));
         let io = |source| StoreError::Io {
             path: temp.clone(),
             source,
@@ -151,7 +161,8 @@ impl Store {
         let Some(row) = rows.next()? else {
             return Ok(None);
         };
-        let codec = Codec::from_tag(row.get(0)?).ok_or_else(|| StoreError::Damaged("unknown codec".into()))?;
+        let codec =
+            Codec::from_tag(row.get(0)?).ok_or_else(|| StoreError::Damaged("unknown codec".into()))?;
         let stored = Stored {
             codec,
             raw_len: row.get::<_, i64>(1)?.max(0) as usize,
@@ -176,7 +187,8 @@ impl Store {
                     )));
                 }
                 buf.reserve(meta.len() as usize);
-                file.read_to_end(buf).map_err(|source| StoreError::Io { path, source })?;
+                file.read_to_end(buf)
+                    .map_err(|source| StoreError::Io { path, source })?;
             }
         }
         Ok(Some(stored))
@@ -225,7 +237,11 @@ impl Store {
 
     /// Within `tx`: deletes the blob unless a record still uses it; its
     /// file is unlinked before the commit (see `Store::delete_rows`).
-    pub(super) fn drop_unused_blob(&self, tx: &rusqlite::Transaction<'_>, digest: &[u8]) -> Result<(), StoreError> {
+    pub(super) fn drop_unused_blob(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        digest: &[u8],
+    ) -> Result<(), StoreError> {
         let used = tx
             .prepare_cached("SELECT 1 FROM uses WHERE digest = ?1 LIMIT 1")?
             .exists([digest])?;
@@ -287,7 +303,9 @@ impl BlobStore for LocalBlobs<'_> {
     /// stays until the record goes.
     fn has(&self, digest: &Digest) -> Result<bool, BlobError> {
         if let Some(pending) = self.pending {
-            self.store.take_use(pending, digest).map_err(|e| blob_error(digest, e))?;
+            self.store
+                .take_use(pending, digest)
+                .map_err(|e| blob_error(digest, e))?;
         }
         self.store.blob_present(digest).map_err(|e| blob_error(digest, e))
     }
@@ -297,7 +315,9 @@ impl BlobStore for LocalBlobs<'_> {
     /// one, where it costs nothing noticeable.
     fn put(&self, digest: &Digest, bytes: &[u8]) -> Result<(), BlobError> {
         if let Some(pending) = self.pending {
-            self.store.take_use(pending, digest).map_err(|e| blob_error(digest, e))?;
+            self.store
+                .take_use(pending, digest)
+                .map_err(|e| blob_error(digest, e))?;
         }
         let mut compressor = self.compressor.borrow_mut();
         let compressor = match &mut *compressor {

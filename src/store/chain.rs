@@ -66,7 +66,11 @@ impl Tiers {
     }
 
     /// Copies blobs into the local tier, each verified against its name.
-    fn copy_blobs<'d>(&self, from: &dyn Tier, digests: impl Iterator<Item = &'d Digest>) -> Result<(), BlobError> {
+    fn copy_blobs<'d>(
+        &self,
+        from: &dyn Tier,
+        digests: impl Iterator<Item = &'d Digest>,
+    ) -> Result<(), BlobError> {
         let mut buf = Vec::new();
         for digest in digests {
             if self.local.has(digest)? {

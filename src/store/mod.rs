@@ -325,13 +325,15 @@ impl Store {
         let Some((id, created_ms, meta)) = row else {
             return Ok(None);
         };
-        let parsed = serde_json::from_str::<Record>(&meta).map_err(|e| e.to_string()).and_then(|r| {
-            if r.is_consistent() {
-                Ok(r)
-            } else {
-                Err("its layout or sizes do not add up".into())
-            }
-        });
+        let parsed = serde_json::from_str::<Record>(&meta)
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                if r.is_consistent() {
+                    Ok(r)
+                } else {
+                    Err("its layout or sizes do not add up".into())
+                }
+            });
         let record = match parsed {
             Ok(record) => record,
             Err(e) => {
@@ -632,8 +634,15 @@ mod tests {
         let mut recording = store.begin(&key, "cmd", "/").unwrap();
         let mut expected: Vec<(Stream, Vec<u8>)> = Vec::new();
         // Runs of both streams, some longer than a blob, some tiny.
-        for (i, len) in [10usize, 300_000, 7, 600_000, 1, 5, 262_144, 3].into_iter().enumerate() {
-            let stream = if i % 2 == 0 { Stream::Stdout } else { Stream::Stderr };
+        for (i, len) in [10usize, 300_000, 7, 600_000, 1, 5, 262_144, 3]
+            .into_iter()
+            .enumerate()
+        {
+            let stream = if i % 2 == 0 {
+                Stream::Stdout
+            } else {
+                Stream::Stderr
+            };
             let bytes = noise(len, i as u64 + 1);
             for piece in bytes.chunks(40_000) {
                 recording.write(stream, piece).unwrap();

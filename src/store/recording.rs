@@ -34,7 +34,12 @@ impl Store {
     /// Starts recording a new result for `key`. The caller holds the key's
     /// lock until the recording is finished or abandoned: that lock is what
     /// tells other writers this one is alive.
-    pub fn begin(&self, key: &crate::key::Key, command: &str, cwd: &str) -> Result<Recording<'_>, StoreError> {
+    pub fn begin(
+        &self,
+        key: &crate::key::Key,
+        command: &str,
+        cwd: &str,
+    ) -> Result<Recording<'_>, StoreError> {
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
         let record = Record {
             v: RECORD_VERSION,

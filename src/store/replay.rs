@@ -109,14 +109,20 @@ impl Store {
             weave.feed(stream, out)?;
         }
         if !weave.runs.is_empty() {
-            return Err(StoreError::Damaged("stored output is shorter than recorded".into()));
+            return Err(StoreError::Damaged(
+                "stored output is shorter than recorded".into(),
+            ));
         }
         weave.outlet.release()
     }
 
     /// A worker's result for the oldest blob in flight; a blob that failed
     /// its checksum is dropped, so the next run stores it afresh.
-    fn decoded<T>(&self, done: std::io::Result<T>, in_flight: &mut VecDeque<Digest>) -> Result<T, StoreError> {
+    fn decoded<T>(
+        &self,
+        done: std::io::Result<T>,
+        in_flight: &mut VecDeque<Digest>,
+    ) -> Result<T, StoreError> {
         let digest = in_flight.pop_front();
         done.map_err(|err| {
             if let Some(digest) = digest {
@@ -151,7 +157,12 @@ impl Store {
     /// ones under `cwd`), each blob checked before anything is written.
     /// A blob found missing or damaged is dropped, so the run that replaces
     /// the record stores it afresh.
-    pub fn restore(&self, entry: &Entry, cwd: &std::path::Path, declared: &[DeclaredPath]) -> Result<(), RestoreError> {
+    pub fn restore(
+        &self,
+        entry: &Entry,
+        cwd: &std::path::Path,
+        declared: &[DeclaredPath],
+    ) -> Result<(), RestoreError> {
         let none = outputs::OutputTree::default();
         let tree = match &entry.record.outputs {
             Some(tree) => tree,
@@ -193,9 +204,15 @@ fn demand(order: &[Run], blobs: [&Vec<Digest>; 2]) -> Vec<(Stream, Digest, u64)>
         let i = stream as usize - 1;
         needed[i] += run.1;
         while (fetched[i] as u64) * (BLOB_BYTES as u64) < needed[i] {
-            let Some(digest) = blobs[i].get(fetched[i]) else { break };
+            let Some(digest) = blobs[i].get(fetched[i]) else {
+                break;
+            };
             let before = fetched[i] as u64 * BLOB_BYTES as u64;
-            due.push((stream, *digest, totals[i].saturating_sub(before).min(BLOB_BYTES as u64)));
+            due.push((
+                stream,
+                *digest,
+                totals[i].saturating_sub(before).min(BLOB_BYTES as u64),
+            ));
             fetched[i] += 1;
         }
     }

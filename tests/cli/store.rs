@@ -115,7 +115,10 @@ fn a_blob_shared_by_two_entries_outlives_replacing_or_dropping_one() {
 
     // Replacing a (a refresh, with other bytes now) keeps b's blobs whole.
     env.write("src.bin", noise(1 << 20, 3));
-    assert_code(&env.run(copy_args(&env, &["--refresh"], "a", "src.bin", "a.bin")), 0);
+    assert_code(
+        &env.run(copy_args(&env, &["--refresh"], "a", "src.bin", "a.bin")),
+        0,
+    );
     assert_eq!(env.count("a"), 2);
     fs::remove_file(env.path("b.bin")).unwrap();
     let out = env.run(&b);
@@ -127,7 +130,10 @@ fn a_blob_shared_by_two_entries_outlives_replacing_or_dropping_one() {
     // a shares them again; then its record is damaged and dropped (by a
     // read-only run, which stores nothing new): b still restores whole.
     env.write("src.bin", &first);
-    assert_code(&env.run(copy_args(&env, &["--refresh"], "a", "src.bin", "a.bin")), 0);
+    assert_code(
+        &env.run(copy_args(&env, &["--refresh"], "a", "src.bin", "a.bin")),
+        0,
+    );
     db(&env)
         .execute(
             "UPDATE entries SET meta = 'not json' WHERE meta LIKE '%a.bin%'",
@@ -187,10 +193,7 @@ fn a_deleted_or_altered_blob_makes_the_next_run_execute_the_command() {
 #[test]
 fn a_stored_path_with_dotdot_is_refused_on_restore() {
     let env = Env::new();
-    let script = format!(
-        "{}; mkdir -p out && echo inside > out/f.txt",
-        env.tally("gen")
-    );
+    let script = format!("{}; mkdir -p out && echo inside > out/f.txt", env.tally("gen"));
     let args = ["-o", "out", "--", "sh", "-c", script.as_str()];
     assert_code(&env.run(args), 0);
     let changed = db(&env)

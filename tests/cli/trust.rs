@@ -288,7 +288,10 @@ fn another_user_cannot_subvert_a_cache_dir_others_can_write() {
             rusqlite::params![id, meta.to_string()],
         )
         .unwrap();
-        for (hex, user_id) in [(&secret_blob, id.to_string()), (&victim_blob, "last_insert_rowid()".into())] {
+        for (hex, user_id) in [
+            (&secret_blob, id.to_string()),
+            (&victim_blob, "last_insert_rowid()".into()),
+        ] {
             if hex == &victim_blob {
                 conn.execute(
                     "INSERT INTO entries (key, created_ms, last_used_ms, bytes, hits, meta) VALUES \
