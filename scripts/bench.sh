@@ -177,7 +177,7 @@ miss_rss=$(LCRUN_CACHE_DIR=$work/crss peak_kib "$lcrun" -- cat "$big")
 hit_rss=$(LCRUN_CACHE_DIR=$work/crss peak_kib "$lcrun" -- cat "$big")
 row "peak RSS, ${big_mib} MiB miss (MiB)" "$((miss_rss / 1024))" "<= 32"
 row "peak RSS, ${big_mib} MiB hit (MiB)" "$((hit_rss / 1024))" "<= 32"
-stored=$(python3 -c "import sqlite3,sys,json; b,m=sqlite3.connect(sys.argv[1]).execute('select bytes, meta from entries where key is not null').fetchone(); print(b, ',', json.loads(m)['stdout_bytes'])" "$work/cbig/cache.db")
+stored=$(python3 -c "import sqlite3,sys,json; b,m=sqlite3.connect(sys.argv[1]).execute('select bytes, meta from entries where key is not null').fetchone(); print(b, ',', json.loads(m)['stdout']['size'])" "$work/cbig/cache.db")
 row "stored bytes / raw bytes, build-style log" "$(python3 -c "s,r=$stored; print(f'{s/r:.3f}')")" "<= 0.2"
 rm -rf "$work/crss" "$work/cbig" "$work/c100" "$work/b100"
 

@@ -3,7 +3,7 @@
 //! plug in; [`chain`] is what the run path talks to.
 //!
 //! The local tier is this folder: one SQLite database (WAL) holding records
-//! and small blobs, and large blobs as files under `blobs/`. A record is
+//! and small blobs, and large blobs in pack files under `blobs/`. A record is
 //! written while pending and becomes visible in one short transaction at the
 //! end, after every blob it names is in place, so a crash or a cancelled run
 //! never leaves anything a reader replays, nor a record whose blobs are
@@ -67,13 +67,14 @@ const OLD_DATA_DIR: &str = "data";
 /// - `blobs`: `digest` (32 bytes, SHA-256 of the raw bytes), `codec`
 ///   ([`Codec`](crate::compress::Codec)), `raw_len`, `xxh3` (the raw bytes'
 ///   checksum, verified on every read, see [`crate::compress::checksum`]),
-///   and the stored bytes: `data`, or, when that is NULL, the file
-///   `blobs/<2 hex>/<64 hex>` of `file_len` bytes.
+///   and the stored bytes: `data`, or, when that is NULL, `len` bytes at
+///   offset `at` of the pack file `blobs/<pack>`.
 /// - `uses`: which record (pending or visible) uses which blob. A blob goes
 ///   when its last use does, in the same transaction.
 const SCHEMA: &str = "
 CREATE TABLE entries(id INTEGER PRIMARY KEY,key TEXT UNIQUE,created_ms,last_used_ms,bytes,hits,meta);
-CREATE TABLE blobs(digest PRIMARY KEY,codec,raw_len,xxh3,data,file_len)WITHOUT ROWID;
+CREATE TABLE blobs(digest PRIMARY KEY,codec,raw_len,xxh3,data,pack,at,len)WITHOUT ROWID;
+CREATE INDEX blobs_pack ON blobs(pack);
 CREATE TABLE uses(entry_id,digest,PRIMARY KEY(entry_id,digest))WITHOUT ROWID;
 CREATE INDEX uses_digest ON uses(digest);
 ";
@@ -188,6 +189,8 @@ pub fn now_ms() -> i64 {
 pub struct Store {
     conn: Connection,
     dir: PathBuf,
+    /// The pack a replay reads from, kept open from blob to blob.
+    reading: std::cell::RefCell<Option<(String, fs::File, u64)>>,
     /// The database file's device and inode when it was opened: the file
     /// that is moved aside if it proves damaged, and not a newer one.
     db_id: FileId,
@@ -255,7 +258,12 @@ impl Store {
         let path = dir.join("cache.db");
         let Db { conn, id: db_id } = db::open(&path).map_err(|e| (e, None))?;
         let fail = |err: StoreError| (err, Some(db_id));
-        let store = Store { conn, dir, db_id };
+        let store = Store {
+            conn,
+            dir,
+            db_id,
+            reading: Default::default(),
+        };
         store.migrate().map_err(fail)?;
         Ok(store)
     }

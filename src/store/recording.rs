@@ -66,6 +66,7 @@ impl Store {
             pending: Pending {
                 id: self.conn.last_insert_rowid(),
                 meta: pending_meta,
+                pack: Default::default(),
             },
             record,
             gathering: [Vec::new(), Vec::new()],
@@ -354,6 +355,7 @@ impl Recording<'_> {
     pub fn abandon(self) -> Result<(), StoreError> {
         let tx = rusqlite::Transaction::new_unchecked(&self.store.conn, TransactionBehavior::Immediate)?;
         if self.still_ours(&tx)? {
+            self.store.drop_own_pack(&tx, &self.pending)?;
             self.store.delete_rows(&tx, &[self.pending.id])?;
         }
         tx.commit()?;

@@ -28,7 +28,7 @@ impl Store {
     /// and opens a new one. Returns the new store and, when this process
     /// moved it, a message that says so.
     pub fn recover(self, err: &StoreError) -> Result<(Store, Option<String>), StoreError> {
-        let Store { conn, dir, db_id } = self;
+        let Store { conn, dir, db_id, .. } = self;
         drop(conn);
         Store::recover_file(&dir, db_id, err)
     }

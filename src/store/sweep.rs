@@ -1,20 +1,17 @@
-//! Sweeping orphaned blob files: temp files of writers that died before
-//! their rename, and blob files whose row was never written (a writer
-//! killed between its rename and its insert). Blob rows need no sweep: a
-//! row goes with its last use, in the transaction that removes that use.
+//! Sweeping orphaned packs: pack files no blob row names, left by a writer
+//! killed before it wrote its first row. Blob rows need no sweep: a row
+//! goes with its last use, in the transaction that removes that use, and a
+//! pack with its last row.
 //!
 //! Amortised: a writer sweeps after about one commit in 64, never a hit.
-//! A file younger than an hour is left alone: its writer may be about to
-//! insert its row.
+//! A pack younger than an hour is left alone: its writer may be about to
+//! insert its first row.
 
 use std::fs;
 use std::time::{Duration, SystemTime};
 
+use super::blobs::PACK_SUFFIX;
 use super::{Store, BLOB_DIR};
-use crate::blob::Digest;
-
-/// How temp files of blobs begin; a blob file's own name is 64 hex digits.
-pub(super) const TEMP_PREFIX: &str = ".tmp-";
 
 /// How old an orphan must be to be swept.
 const ORPHAN_AGE: Duration = Duration::from_secs(3600);
@@ -30,51 +27,31 @@ impl Store {
         }
     }
 
-    /// Removes blob files older than `age` that no row names, and temp
-    /// files as old. Nothing here is more than wasted space, so failures
-    /// are ignored.
+    /// Removes packs older than `age` that no row names. Nothing here is
+    /// more than wasted space, so failures are ignored.
     pub(super) fn sweep_orphans(&self, age: Duration) {
-        let Ok(dirs) = fs::read_dir(self.dir.join(BLOB_DIR)) else {
+        let Ok(files) = fs::read_dir(self.dir.join(BLOB_DIR)) else {
             return;
         };
         let now = SystemTime::now();
-        for dir in dirs.flatten() {
-            if !dir.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let Ok(files) = fs::read_dir(dir.path()) else {
+        for file in files.flatten() {
+            let name = file.file_name();
+            let Some(name) = name.to_str().filter(|n| n.ends_with(PACK_SUFFIX)) else {
                 continue;
             };
-            for file in files.flatten() {
-                let old = file
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= age);
-                if !old {
-                    continue;
-                }
-                let name = file.file_name();
-                let name = name.to_string_lossy();
-                let orphan = if name.starts_with(TEMP_PREFIX) {
-                    true
-                } else {
-                    match Digest::from_hex(&name) {
-                        Some(digest) => !self.blob_row_exists(&digest),
-                        None => false,
-                    }
-                };
-                if orphan {
-                    let _ = fs::remove_file(file.path());
-                }
+            let old = file
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= age);
+            let named = self
+                .conn
+                .prepare_cached("SELECT 1 FROM blobs WHERE pack = ?1 LIMIT 1")
+                .and_then(|mut stmt| stmt.exists([name]))
+                // Unsure: kept.
+                .unwrap_or(true);
+            if old && !named {
+                let _ = fs::remove_file(file.path());
             }
         }
-    }
-
-    fn blob_row_exists(&self, digest: &Digest) -> bool {
-        self.conn
-            .prepare_cached("SELECT 1 FROM blobs WHERE digest = ?1")
-            .and_then(|mut stmt| stmt.exists([&digest.as_bytes()[..]]))
-            // Unsure: kept.
-            .unwrap_or(true)
     }
 }

@@ -55,7 +55,7 @@ fn digests_of(meta: &serde_json::Value, into: &mut BTreeSet<String>) {
 }
 
 /// Fails unless every blob of every visible entry is stored whole: its
-/// row, and its file of the recorded size when it has one.
+/// row, and its bytes in its pack when it has one.
 #[track_caller]
 fn assert_no_entry_misses_a_blob(env: &Env) {
     let conn = db(env);
@@ -70,20 +70,20 @@ fn assert_no_entry_misses_a_blob(env: &Env) {
         let mut digests = BTreeSet::new();
         digests_of(&serde_json::from_str(&meta).unwrap(), &mut digests);
         for hex in digests {
-            let file_len: Option<Option<i64>> = conn
+            let place: Option<(Option<String>, Option<i64>, Option<i64>)> = conn
                 .query_row(
-                    &format!("SELECT file_len FROM blobs WHERE digest = x'{hex}'"),
+                    &format!("SELECT pack, at, len FROM blobs WHERE digest = x'{hex}'"),
                     [],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .ok();
-            let Some(file_len) = file_len else {
+            let Some(place) = place else {
                 panic!("an entry names blob {hex}, which is not stored");
             };
-            if let Some(len) = file_len {
-                let path = env.cache.join("blobs").join(&hex[..2]).join(&hex);
-                let found = fs::metadata(&path).map(|m| m.len() as i64);
-                assert_eq!(found.ok(), Some(len), "blob file {}", path.display());
+            if let (Some(pack), Some(at), Some(len)) = place {
+                let path = env.cache.join("blobs").join(&pack);
+                let size = fs::metadata(&path).map_or(0, |m| m.len() as i64);
+                assert!(size >= at + len, "blob {hex} is not whole in {}", path.display());
             }
         }
     }
@@ -95,12 +95,35 @@ fn the_same_output_twice_is_stored_once() {
     env.write("src.bin", noise(1 << 20, 1));
     assert_code(&env.run(copy_args(&env, &[], "a", "src.bin", "a.bin")), 0);
     let one = env.blob_files();
-    assert_eq!(one.len(), 4, "1 MiB is four blobs: {one:?}");
+    assert_eq!(one.len(), 1, "one pack of four blobs: {one:?}");
+    let rows = blob_rows(&env);
     assert_code(&env.run(copy_args(&env, &[], "b", "src.bin", "b.bin")), 0);
     assert_eq!(env.blob_files(), one, "the second copy added no blob");
+    assert_eq!(blob_rows(&env), rows);
     // The same bytes as stdout are the same blobs too.
     assert_code(&env.run(["--", "cat", "src.bin"]), 0);
     assert_eq!(env.blob_files(), one);
+    assert_eq!(blob_rows(&env), rows);
+}
+
+fn blob_rows(env: &Env) -> i64 {
+    db(env)
+        .query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Where the second large blob of the store is: its digest (hex), pack
+/// file, offset and length.
+fn a_blob(env: &Env) -> (String, PathBuf, u64, u64) {
+    let (digest, pack, at, len): (Vec<u8>, String, i64, i64) = db(env)
+        .query_row(
+            "SELECT digest, pack, at, len FROM blobs WHERE pack IS NOT NULL ORDER BY at LIMIT 1 OFFSET 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    let hex = digest.iter().map(|b| format!("{b:02x}")).collect();
+    (hex, env.cache.join("blobs").join(pack), at as u64, len as u64)
 }
 
 #[test]
@@ -158,19 +181,23 @@ fn a_deleted_or_altered_blob_makes_the_next_run_execute_the_command() {
     env.write("src.bin", &content);
     let args = copy_args(&env, &[], "c", "src.bin", "out.bin");
     assert_code(&env.run(&args), 0);
-    let spoil: [(&str, fn(&Path)); 2] = [
-        ("deleted", |file| fs::remove_file(file).unwrap()),
-        ("altered", |file| {
-            let mut bytes = fs::read(file).unwrap();
-            let mid = bytes.len() / 2;
-            bytes[mid] ^= 0x5a;
-            fs::write(file, bytes).unwrap();
+    let spoil: [(&str, fn(&Env)); 2] = [
+        ("deleted", |env| {
+            let (hex, ..) = a_blob(env);
+            db(env)
+                .execute(&format!("DELETE FROM blobs WHERE digest = x'{hex}'"), [])
+                .unwrap();
+        }),
+        ("altered", |env| {
+            let (_, pack, at, len) = a_blob(env);
+            let mut bytes = fs::read(&pack).unwrap();
+            bytes[(at + len / 2) as usize] ^= 0x5a;
+            fs::write(&pack, bytes).unwrap();
         }),
     ];
     for (n, (what, spoil)) in spoil.iter().enumerate() {
-        let files = env.blob_files();
-        assert_eq!(files.len(), 4, "{what}: {files:?}");
-        spoil(&files[n + 1]);
+        assert_eq!(blob_rows(&env), 4, "{what}");
+        spoil(&env);
         fs::remove_file(env.path("out.bin")).unwrap();
         let out = env.run(&args);
         assert_code(&out, 0);

@@ -112,19 +112,11 @@ impl Env {
         self.cache.join("cache.db")
     }
 
-    /// The files of large blobs (`blobs/<2 hex>/<64 hex>`), sorted; temp
-    /// files left by a killed writer are not among them.
+    /// The pack files of large blobs (`blobs/*.pack`), sorted.
     pub fn blob_files(&self) -> Vec<PathBuf> {
-        let mut files = Vec::new();
-        for dir in fs::read_dir(self.cache.join("blobs")).into_iter().flatten() {
-            let dir = dir.expect("blobs dir entry").path();
-            for file in fs::read_dir(&dir).into_iter().flatten() {
-                let file = file.expect("blob dir entry").path();
-                if !file.file_name().unwrap().to_string_lossy().starts_with('.') {
-                    files.push(file);
-                }
-            }
-        }
+        let mut files: Vec<PathBuf> = fs::read_dir(self.cache.join("blobs"))
+            .map(|dir| dir.map(|e| e.expect("blobs dir entry").path()).collect())
+            .unwrap_or_default();
         files.sort();
         files
     }
