@@ -72,15 +72,17 @@ impl Tiers {
         digests: impl Iterator<Item = &'d Digest>,
     ) -> Result<(), BlobError> {
         let mut buf = Vec::new();
+        // One writer for all of them: their large blobs share one pack.
+        let local = self.local.blobs();
         for digest in digests {
-            if self.local.has(digest)? {
+            if local.has(digest)? {
                 continue;
             }
             from.get(digest, &mut buf)?;
             if Digest::of(&buf) != *digest {
                 return Err(BlobError::Damaged(*digest));
             }
-            self.local.put(digest, &buf)?;
+            local.put(digest, &buf)?;
         }
         Ok(())
     }
