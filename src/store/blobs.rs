@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::{create_trusted_dir, Store, StoreError, BLOB_DIR};
-use crate::blob::{BlobError, BlobStore, Digest};
+use crate::blob::{BlobError, BlobStore, Digest, BLOB_BYTES};
 use crate::compress::{self, Codec, Packed};
 use crate::output::Stream;
 use crate::trust;
@@ -35,6 +35,10 @@ use crate::trust;
 /// blob of a short output) stay in SQLite, so a hit on them opens nothing
 /// more.
 pub(super) const FILE_BLOB_BYTES: usize = 16 * 1024;
+
+/// The most bytes a stored blob can take: compression never grows a blob
+/// of [`BLOB_BYTES`] by more than a few bytes per kilobyte.
+const MAX_STORED_BYTES: usize = 2 * BLOB_BYTES;
 
 /// How pack files' names end.
 pub(super) const PACK_SUFFIX: &str = ".pack";
@@ -232,6 +236,14 @@ impl Store {
             raw_len: row.get::<_, i64>(1)?.max(0) as usize,
             sum: row.get::<_, i64>(2)? as u64,
         };
+        // Lengths read from the database size buffers: one damaged integer
+        // must be damage, not an allocation of a petabyte.
+        if stored.raw_len > BLOB_BYTES {
+            return Err(StoreError::Damaged(format!(
+                "blob {digest} claims {} bytes",
+                stored.raw_len
+            )));
+        }
         buf.clear();
         if let Some(data) = row.get_ref(3)?.as_blob_or_null().map_err(rusqlite::Error::from)? {
             buf.extend_from_slice(data);
@@ -240,6 +252,11 @@ impl Store {
         let name: String = row.get(4)?;
         let at = row.get::<_, i64>(5)?.max(0) as u64;
         let len = row.get::<_, i64>(6)?.max(0) as usize;
+        if len > MAX_STORED_BYTES {
+            return Err(StoreError::Damaged(format!(
+                "blob {digest} claims {len} stored bytes"
+            )));
+        }
         drop(rows);
         let mut open = self.reading.borrow_mut();
         if open.as_ref().is_none_or(|(n, _, _)| *n != name) {

@@ -12,6 +12,7 @@ mod inputs;
 mod keys;
 mod outputs;
 mod packaging;
+mod review;
 mod runner;
 mod store;
 mod terminal;
