@@ -69,14 +69,18 @@ const OLD_DATA_DIR: &str = "data";
 ///   checksum, verified on every read, see [`crate::compress::checksum`]),
 ///   and the stored bytes: `data`, or, when that is NULL, `len` bytes at
 ///   offset `at` of the pack file `blobs/<pack>`.
-/// - `uses`: which record (pending or visible) uses which blob. A blob goes
+/// - `uses`: which record (pending or visible) uses which blob, by digest
+///   first: whether a blob is still used is one lookup. A visible record's
+///   uses are the digests its record names, so no second index is kept for
+///   finding a record's uses (it cost a hit 13k instructions of parsing); a
+///   pending record's are found by a scan, when a writer died or gave up.
+///   A blob goes
 ///   when its last use does, in the same transaction.
 const SCHEMA: &str = "
 CREATE TABLE entries(id INTEGER PRIMARY KEY,key TEXT UNIQUE,created_ms,last_used_ms,bytes,hits,meta);
 CREATE TABLE blobs(digest PRIMARY KEY,codec,raw_len,xxh3,data,pack,at,len)WITHOUT ROWID;
 CREATE INDEX blobs_pack ON blobs(pack);
-CREATE TABLE uses(entry_id,digest,PRIMARY KEY(entry_id,digest))WITHOUT ROWID;
-CREATE INDEX uses_digest ON uses(digest);
+CREATE TABLE uses(digest,entry_id,PRIMARY KEY(digest,entry_id))WITHOUT ROWID;
 ";
 
 /// Why the store could not do what was asked.
@@ -396,12 +400,33 @@ impl Store {
     /// dropped, the command runs), never for other bytes.
     fn delete_rows(&self, tx: &rusqlite::Transaction<'_>, ids: &[i64]) -> Result<(), StoreError> {
         for &id in ids {
-            let digests: Vec<Vec<u8>> = tx
-                .prepare_cached("SELECT digest FROM uses WHERE entry_id = ?1")?
-                .query_map([id], |row| row.get(0))?
-                .collect::<Result<_, _>>()?;
-            tx.prepare_cached("DELETE FROM uses WHERE entry_id = ?1")?
-                .execute([id])?;
+            let named = tx
+                .prepare_cached("SELECT meta FROM entries WHERE id = ?1 AND key IS NOT NULL")?
+                .query_row([id], |row| row.get::<_, String>(0))
+                .optional()?
+                .and_then(|meta| serde_json::from_str::<Record>(&meta).ok());
+            let digests: Vec<Vec<u8>> = match named {
+                Some(record) => {
+                    let mut digests: Vec<Vec<u8>> = record.blobs().map(|d| d.as_bytes().to_vec()).collect();
+                    digests.sort();
+                    digests.dedup();
+                    for digest in &digests {
+                        tx.prepare_cached("DELETE FROM uses WHERE digest = ?1 AND entry_id = ?2")?
+                            .execute(rusqlite::params![digest, id])?;
+                    }
+                    digests
+                }
+                // Pending, or its record unreadable: its uses by a scan.
+                None => {
+                    let digests = tx
+                        .prepare_cached("SELECT digest FROM uses WHERE entry_id = ?1")?
+                        .query_map([id], |row| row.get(0))?
+                        .collect::<Result<_, _>>()?;
+                    tx.prepare_cached("DELETE FROM uses WHERE entry_id = ?1")?
+                        .execute([id])?;
+                    digests
+                }
+            };
             tx.prepare_cached("DELETE FROM entries WHERE id = ?1")?
                 .execute([id])?;
             for digest in digests {
