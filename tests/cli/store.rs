@@ -174,6 +174,9 @@ fn a_blob_shared_by_two_entries_outlives_replacing_or_dropping_one() {
     assert_no_entry_misses_a_blob(&env);
 }
 
+/// Damages the store one way.
+type Spoil = fn(&Env);
+
 #[test]
 fn a_deleted_or_altered_blob_makes_the_next_run_execute_the_command() {
     let env = Env::new();
@@ -181,7 +184,7 @@ fn a_deleted_or_altered_blob_makes_the_next_run_execute_the_command() {
     env.write("src.bin", &content);
     let args = copy_args(&env, &[], "c", "src.bin", "out.bin");
     assert_code(&env.run(&args), 0);
-    let spoil: [(&str, fn(&Env)); 2] = [
+    let spoil: [(&str, Spoil); 2] = [
         ("deleted", |env| {
             let (hex, ..) = a_blob(env);
             db(env)
