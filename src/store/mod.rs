@@ -142,7 +142,7 @@ impl StoreError {
     }
 
     /// True when one entry is damaged (its record, its stored output, its
-    /// data file): that entry is dropped and the command runs.
+    /// blobs): that entry is dropped and the command runs.
     pub fn is_damaged_entry(&self) -> bool {
         matches!(self, StoreError::Damaged(_) | StoreError::Untrusted(_))
     }
@@ -547,7 +547,7 @@ mod tests {
         recording.finish(0, Duration::ZERO).unwrap();
     }
 
-    /// Bytes no codec shrinks (xorshift), so large chunks go to a data file.
+    /// Bytes no codec shrinks (xorshift), so large blobs go to a pack.
     fn noise(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         (0..len)
