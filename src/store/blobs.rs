@@ -244,8 +244,8 @@ impl Store {
                 stored.raw_len
             )));
         }
-        buf.clear();
         if let Some(data) = row.get_ref(3)?.as_blob_or_null().map_err(rusqlite::Error::from)? {
+            buf.clear();
             buf.extend_from_slice(data);
             return Ok(Some(stored));
         }
@@ -273,6 +273,8 @@ impl Store {
         if at + len as u64 > *size {
             return Err(StoreError::Damaged(format!("pack {name} is cut short")));
         }
+        // Grown, and zeroed, only past what it held before: a reused
+        // buffer is overwritten by the read, not cleared first.
         buf.resize(len, 0);
         file.read_exact_at(buf, at).map_err(|source| StoreError::Io {
             path: self.dir.join(BLOB_DIR).join(&name),

@@ -75,6 +75,9 @@ impl Store {
         // The digests being decoded, oldest first, to name a damaged one.
         let mut in_flight = VecDeque::new();
         let mut first = true;
+        // Stored and decoded bytes keep buffers of their own: a buffer
+        // that changes role would be zeroed again to its new length.
+        let mut spare_stored: Vec<Vec<u8>> = Vec::new();
         let due = demand(&entry.record.order, [&record.stdout.blobs, &record.stderr.blobs]);
         if weave.outlet.held.is_none() {
             // Bytes will go out before the last blob is read: every blob is
@@ -89,7 +92,7 @@ impl Store {
             }
         }
         for (stream, digest, len) in due {
-            let mut stored = weave.spare.pop().unwrap_or_default();
+            let mut stored = spare_stored.pop().unwrap_or_default();
             let blob = match self.read_blob(&digest, &mut stored) {
                 Ok(Some(blob)) => blob,
                 Ok(None) => return Err(self.missing(entry, &digest)),
@@ -108,7 +111,7 @@ impl Store {
                     self.forget_blob(&digest);
                     return Err(damaged(err));
                 }
-                weave.spare.push(stored);
+                spare_stored.push(stored);
                 weave.feed(stream, out)?;
                 continue;
             }
@@ -121,7 +124,7 @@ impl Store {
             in_flight.push_back(digest);
             if let Some(done) = workers.push(job).map_err(damaged)? {
                 let (stream, out, stored) = self.decoded(done, &mut in_flight)?;
-                weave.spare.push(stored);
+                spare_stored.push(stored);
                 weave.feed(stream, out)?;
             }
         }
