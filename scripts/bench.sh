@@ -59,9 +59,9 @@ time_pairs() {
         [ "$cmd" = "--" ] && continue
         if [ -n "$direct" ]; then
             # shellcheck disable=SC2206
-            args+=(-- $cmd)
+            args+=(::: $cmd)
         else
-            args+=(-- bash -c "$cmd")
+            args+=(::: bash -c "$cmd")
         fi
     done
     "$pairs_bin" "$n" 3 "${args[@]}" > "$work/$name.tsv"
