@@ -5,29 +5,30 @@
 use std::ffi::{OsStr, OsString};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::claim::{self, Claim, Waiting};
 use crate::cli::{CacheMode, Cli, RunArgs, Sub};
+use crate::deadline::Deadline;
 use crate::display::{Display, Style};
 use crate::duration;
 use crate::exit::Exit;
 use crate::invocation::Invocation;
 use crate::jobs::Jobs;
-use crate::key::{Key, Resolved, Secret};
+use crate::key::{Key, KeyError, Resolved, Secret};
 use crate::lock::KeyLock;
 use crate::messages::{error, Messages};
 use crate::output::{reader_gone, RawOut, Stream};
 use crate::outputs::RestoreCause;
 use crate::progress::{self, LineMatcher, ProgressFile};
+use crate::recorder::{Keep, Recorder};
 use crate::runner::{self, Delivery, Ending, Job, Observer, RunError};
 use crate::scratch;
 use crate::store::chain::Tiers;
-use crate::store::{Entry, Recording, Store, StoreError};
-
-/// How often a waiter checks whether an identical run has finished.
-const WAIT_POLL: Duration = Duration::from_millis(50);
+use crate::store::{now_ms, Entry, Store, StoreError};
 
 /// Runs one lcrun call; `Err` is lcrun's own error (status 125).
 pub fn run(cli: Cli) -> anyhow::Result<Exit> {
@@ -60,6 +61,8 @@ fn report_progress(position: Option<&OsStr>, message: &[OsString]) -> anyhow::Re
 }
 
 fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
+    // `--timeout` bounds the whole call, from here.
+    let deadline = Deadline::after(args.timeout);
     let messages = Messages::new(args.quiet);
     let invocation = Invocation::new(args)?;
     let matcher = args
@@ -91,6 +94,7 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
         messages,
         style,
         matcher,
+        deadline,
     };
     if mode == CacheMode::Off {
         if run.adds_nothing() {
@@ -98,7 +102,13 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
         }
         return run.execute(None, None, None, None);
     }
-    let (key, stdin) = invocation.key(args, &run.program)?;
+    let (key, stdin) = match invocation.key(args, &run.program, deadline.at()) {
+        Ok(keyed) => keyed,
+        Err(KeyError::TimedOut { expr }) => {
+            return Ok(run.timed_out(&format!("while evaluating cache-by '{expr}'")));
+        }
+        Err(err) => return Err(err.into()),
+    };
     let mut cache = Cache::open(args.cache_dir.clone(), messages);
 
     if mode.reads() && !args.refresh {
@@ -113,29 +123,47 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
             return Ok(exit);
         }
     }
-    let mut lock = None;
-    if mode.writes() {
-        lock = cache.wait_for_key(&key, args.no_wait, &run);
-        // An identical run may have stored the result while we waited.
-        if lock.is_some() && mode.reads() && !args.refresh {
-            if let Some(exit) = cache
+    if !mode.writes() {
+        return run.execute(stdin, None, Some(&cache), None);
+    }
+    // Outcomes that identical runs leave from now on are ours to share.
+    let arrived_ms = now_ms();
+    // A replay that finds its entry gone (replaced since the lookup) claims
+    // again; twice is plenty, each time a newer entry was there.
+    for _ in 0..3 {
+        let lock = match cache.claim(&key, &run) {
+            Claimed::Owner(lock) => lock,
+            Claimed::Uncached => return run.execute(stdin, None, Some(&cache), None),
+            Claimed::TimedOut => {
+                return Ok(run.timed_out("while waiting for an identical run"));
+            }
+        };
+        // An identical run may have finished while we claimed the key: its
+        // outcome is ours too, failure included (a singleflight).
+        if mode.reads() && !args.refresh {
+            let entry = cache
                 .lookup(&key, args.expire)
-                .and_then(|e| run.replay(&mut cache, &e))
-            {
-                return Ok(exit);
+                .or_else(|| cache.outcome_since(&key, arrived_ms));
+            if let Some(entry) = entry {
+                // The others waiting may replay it side by side.
+                drop(lock);
+                match run.replay(&mut cache, &entry) {
+                    Some(exit) => return Ok(exit),
+                    None => continue,
+                }
             }
         }
+        let job = cache.job_start(&key, &invocation);
+        // The key stays locked until both the command has ended and the
+        // recorder is done with its recording (stored or dropped): the
+        // recorder holds a share of the lock of its own.
+        let lock = Arc::new(lock);
+        let recorder = cache.record(&key, &invocation, &lock);
+        let exit = run.execute(stdin, recorder, Some(&cache), job);
+        drop(lock);
+        return exit;
     }
-    if lock.is_some() {
-        cache.prepare_write(&key);
-    }
-    let (recording, job) = match lock {
-        Some(_) => (cache.begin(&key, &invocation), cache.job_start(&key, &invocation)),
-        None => (None, None),
-    };
-    let exit = run.execute(stdin, recording, Some(&cache), job);
-    drop(lock);
-    exit
+    run.execute(stdin, None, Some(&cache), None)
 }
 
 /// The parts of one call that running and replaying share.
@@ -146,9 +174,19 @@ struct Run<'a> {
     messages: Messages,
     style: Style,
     matcher: Option<LineMatcher>,
+    /// `--timeout`, counted from the start of the call.
+    deadline: Deadline,
 }
 
 impl Run<'_> {
+    /// Says that `--timeout` expired before the command ran, and why.
+    fn timed_out(&self, when: &str) -> Exit {
+        let limit = self.deadline.limit().map(duration::short).unwrap_or_default();
+        self.messages
+            .warn(format!("timed out after {limit} {when}; nothing cached"));
+        Exit::TimedOut
+    }
+
     /// With no cache, no bar, no heartbeat, no timeout and no regex, lcrun
     /// has nothing to add to the command: it becomes the command, so a
     /// `--no-cache` run costs one exec, and signals reach the command as if
@@ -292,10 +330,19 @@ impl Run<'_> {
     fn execute(
         self,
         stdin: Option<std::fs::File>,
-        recording: Option<Recording<'_>>,
+        recording: Option<Recorder>,
         cache: Option<&Cache>,
         job: Option<(Jobs, String)>,
     ) -> anyhow::Result<Exit> {
+        if self.deadline.expired() {
+            if let Some((jobs, id)) = &job {
+                let _ = jobs.finish(id, "cancelled", Exit::TimedOut.code());
+            }
+            if let Some(recording) = recording {
+                recording.abandon();
+            }
+            return Ok(self.timed_out("before the command could start"));
+        }
         // A guard: the file is removed when it drops, on every way out of
         // here, so a cancelled lcrun may re-raise its signal only after
         // `execute` has returned.
@@ -311,7 +358,6 @@ impl Run<'_> {
             progress: progress_file
                 .as_ref()
                 .and_then(|file| ProgressFile::open(file.path()).ok()),
-            messages: self.messages,
             job: job.as_ref().map(|(jobs, id)| Publisher::new(jobs, id)),
         };
         let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = progress_file
@@ -326,7 +372,8 @@ impl Run<'_> {
             argv: self.invocation.argv.clone(),
             stdin,
             env,
-            timeout: self.args.timeout,
+            // What the cache-by evaluation and the wait left of it.
+            timeout: self.deadline.remaining(),
             kill_after: self.args.kill_after(),
         };
         let started = Instant::now();
@@ -338,7 +385,7 @@ impl Run<'_> {
             Ok(ending) => ending,
             Err(RunError::Spawn(err)) => {
                 if let Some(recording) = observer.recording.take() {
-                    let _ = recording.abandon();
+                    recording.abandon();
                 }
                 let exit = spawn_failed(&self.invocation.argv[0], &err);
                 if let Some((jobs, id)) = &job {
@@ -351,49 +398,47 @@ impl Run<'_> {
             Err(RunError::Io(err)) => return Err(err).context("while running the command"),
         };
         // Output that could not be delivered (a reader gone, a full disk) is
-        // a run not to keep, and a write error is the run's failure.
+        // a run not to keep, and a write error is the run's failure. A result
+        // policy does not cache (a failure without --cache-failures) is still
+        // kept for the identical runs waiting on this one: they share its
+        // outcome. A cancelled run hands the work to one of them instead.
         let fault = [Stream::Stdout, Stream::Stderr]
             .into_iter()
             .find_map(|stream| observer.display.fault(stream).map(|err| (stream, err)));
-        let (exit, storable) = match ending {
+        let (exit, keep) = match ending {
             Ending::Exited(status) => {
                 let exit = Exit::from_status(status);
                 let ok = status.code() == Some(0) || (self.args.cache_failures && status.code().is_some());
+                let keep = if ok { Keep::Cache } else { Keep::ForWaiters };
                 match fault {
                     // The command met the closed pipe, and its status says so.
-                    Some((_, err)) if reader_gone(err) => (exit, false),
-                    Some((stream, err)) => (write_failed(stream, err, exit.code()), false),
-                    None => (exit, ok),
+                    Some((_, err)) if reader_gone(err) => (exit, None),
+                    Some((stream, err)) => (write_failed(stream, err, exit.code()), None),
+                    None => (exit, Some(keep)),
                 }
             }
             Ending::Cancelled(signal) => {
                 self.messages
                     .warn(format!("cancelled ({}); nothing cached", signal_name(signal)));
-                (Exit::Cancelled(signal), false)
+                (Exit::Cancelled(signal), None)
             }
             Ending::TimedOut => {
-                let limit = self.args.timeout.map(duration::short).unwrap_or_default();
+                let limit = self.deadline.limit().map(duration::short).unwrap_or_default();
                 self.messages
                     .warn(format!("timed out after {limit}; nothing cached"));
-                (Exit::TimedOut, false)
+                (Exit::TimedOut, None)
             }
         };
-        if let Some(mut recording) = observer.recording.take() {
-            let captured = if storable && !self.invocation.outputs.is_empty() {
-                recording.capture(Path::new("."), &self.invocation.outputs)
-            } else {
-                Ok(())
+        if let Some(recording) = observer.recording.take() {
+            let result = match keep {
+                Some(keep) => recording.finish(exit.code(), duration, keep, &self.invocation.outputs),
+                None => {
+                    recording.abandon();
+                    Ok(())
+                }
             };
-            if let Err(err) = &captured {
-                self.messages.warn(format!("{err}; nothing cached"));
-            }
-            let result = if storable && captured.is_ok() {
-                recording.finish(exit.code(), duration)
-            } else {
-                recording.abandon()
-            };
-            if let (Err(err), Some(cache)) = (result, cache) {
-                cache.store_failed(&err);
+            if let (Err(why), Some(cache)) = (result, cache) {
+                cache.warn_dropped(&why);
             }
         }
         if let Some((jobs, id)) = &job {
@@ -480,6 +525,10 @@ fn signal_name(signal: i32) -> &'static str {
 /// How often a running job's progress is published to its waiters.
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 
+/// How often a running job shows its waiters it is alive, progress or not
+/// (see [`claim::STUCK_AFTER`]).
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// Publishes a running job's progress in the jobs table, for waiters.
 struct Publisher<'s> {
     jobs: &'s Jobs,
@@ -499,7 +548,8 @@ impl<'s> Publisher<'s> {
     }
 
     fn publish(&mut self, state: &progress::State) {
-        if *state != self.published && self.at.elapsed() >= PUBLISH_EVERY {
+        let due = self.at.elapsed();
+        if (*state != self.published && due >= PUBLISH_EVERY) || due >= HEARTBEAT {
             self.at = Instant::now();
             self.published = state.clone();
             let _ = self.jobs.progress(self.id, state);
@@ -510,9 +560,8 @@ impl<'s> Publisher<'s> {
 /// Streams output to the display and into the recording.
 struct RunObserver<'s> {
     display: Display,
-    recording: Option<Recording<'s>>,
+    recording: Option<Recorder>,
     progress: Option<ProgressFile>,
-    messages: Messages,
     job: Option<Publisher<'s>>,
 }
 
@@ -523,20 +572,14 @@ impl Observer for RunObserver<'_> {
             // Nothing is kept of a run whose output did not reach its reader,
             // and nothing more is written to the cache for it.
             if let Some(recording) = self.recording.take() {
-                let _ = recording.abandon();
+                recording.abandon();
             }
             return Delivery::Refused;
         }
+        // Never blocks on the store: see `Recorder`. Why a recording was
+        // dropped is said once, at the end.
         if let Some(recording) = &mut self.recording {
-            if let Err(err) = recording.write(stream, bytes) {
-                // A full disk, say: the command goes on, uncached.
-                self.messages.warn(format!(
-                    "cannot store the result ({err}); the command goes on uncached"
-                ));
-                if let Some(recording) = self.recording.take() {
-                    let _ = recording.abandon();
-                }
-            }
+            recording.write(stream, bytes);
         }
         Delivery::Delivered
     }
@@ -555,7 +598,10 @@ impl Observer for RunObserver<'_> {
 /// The local cache as this run sees it: a store, or none after a failure
 /// that has been reported once.
 struct Cache {
+    /// The local tier and those behind it; the run path talks to these.
     tiers: Option<Tiers>,
+    /// The directory of a store lent to a recorder.
+    lent: Option<PathBuf>,
     messages: Messages,
     warned: std::cell::Cell<bool>,
 }
@@ -564,6 +610,7 @@ impl Cache {
     fn open(dir: Option<PathBuf>, messages: Messages) -> Cache {
         let mut cache = Cache {
             tiers: None,
+            lent: None,
             messages,
             warned: false.into(),
         };
@@ -586,19 +633,6 @@ impl Cache {
         cache
     }
 
-    /// Reports a failure to store the result; a damaged database is moved
-    /// aside, so the next run starts a new one.
-    fn store_failed(&self, err: &StoreError) {
-        let note = match self.store() {
-            Some(store) if err.is_corrupt() => store.set_aside(err),
-            _ => None,
-        };
-        match note {
-            Some(note) => self.messages.warn(note),
-            None => self.warn(&format!("cannot store the result: {err}")),
-        }
-    }
-
     /// Warns, once per run, that the cache is not used.
     fn warn(&self, what: &str) {
         if !self.warned.replace(true) {
@@ -606,13 +640,13 @@ impl Cache {
         }
     }
 
-    /// The local tier: recordings and replays go there.
+    /// The local tier: replays go there, and recordings.
     fn store(&self) -> Option<&Store> {
         self.tiers.as_ref().map(Tiers::local)
     }
 
     fn dir(&self) -> Option<&Path> {
-        self.store().map(Store::dir)
+        self.store().map(Store::dir).or(self.lent.as_deref())
     }
 
     /// The fresh entry for `key`, if any.
@@ -655,48 +689,43 @@ impl Cache {
         }
     }
 
-    /// Becomes the one process that runs `key`, waiting while an identical
-    /// run holds it, and showing that run's progress. `None` means run
-    /// unrecorded: `--no-wait` found it busy, or no lock could be had at all.
-    fn wait_for_key(&mut self, key: &Key, no_wait: bool, run: &Run<'_>) -> Option<KeyLock> {
-        let dir = self.dir()?.to_owned();
-        let mut display: Option<Display> = None;
-        let mut polled = Instant::now() - PUBLISH_EVERY;
-        let mut jobs: Option<Jobs> = None;
-        let claim = loop {
-            match KeyLock::try_acquire(&dir, &key.hex) {
-                Ok(Some(lock)) => break Some(lock),
-                Ok(None) if no_wait => break None,
-                Ok(None) => {
-                    let display = display.get_or_insert_with(|| {
-                        self.messages.warn("waiting for an identical run in progress");
-                        let label = format!("waiting: {}", run.invocation.label());
-                        Display::new(run.style, &label, run.args.interval, None).waiting()
-                    });
-                    if polled.elapsed() >= PUBLISH_EVERY {
-                        polled = Instant::now();
-                        if jobs.is_none() {
-                            jobs = Jobs::open(&dir).ok();
-                        }
-                        let job = jobs.as_ref().and_then(|j| j.running(&key.hex).ok().flatten());
-                        if let Some(job) = job {
-                            display.set_state(job.progress);
-                        }
-                    }
-                    display.tick();
-                    std::thread::sleep(WAIT_POLL);
-                }
-                Err(err) => {
-                    self.warn(&format!("cannot lock the cache entry: {err}"));
-                    self.tiers = None;
-                    break None;
-                }
-            }
-        };
-        if let Some(mut display) = display {
-            display.finish();
+    /// Warns, once, that the result of this run is not stored, and why.
+    fn warn_dropped(&self, why: &str) {
+        if !self.warned.replace(true) {
+            self.messages.warn(format!("{why}; the result is not stored"));
         }
-        claim
+    }
+
+    /// The outcome an identical run left for its waiters since `since_ms`.
+    fn outcome_since(&self, key: &Key, since_ms: i64) -> Option<Entry> {
+        let store = self.store()?;
+        store.lookup_outcome(&key.hex, since_ms).ok().flatten()
+    }
+
+    /// Becomes the one process that runs `key`, waiting (boundedly) while
+    /// an identical run holds it.
+    fn claim(&mut self, key: &Key, run: &Run<'_>) -> Claimed {
+        let Some(dir) = self.dir().map(Path::to_owned) else {
+            return Claimed::Uncached;
+        };
+        let label = run.invocation.label();
+        let how = Waiting {
+            style: run.style,
+            label: &label,
+            interval: run.args.interval,
+            messages: self.messages,
+        };
+        match claim::claim(&dir, &key.hex, run.args.no_wait, run.deadline, &how) {
+            Claim::Owner(lock) => Claimed::Owner(lock),
+            Claim::TimedOut => Claimed::TimedOut,
+            // Said by the claim already.
+            Claim::Busy | Claim::Stuck => Claimed::Uncached,
+            Claim::Failed(err) => {
+                self.warn(&format!("cannot lock the cache entry: {err}"));
+                self.tiers = None;
+                Claimed::Uncached
+            }
+        }
     }
 
     /// Registers this process as the one running `key`.
@@ -713,36 +742,32 @@ impl Cache {
         Some((jobs, id))
     }
 
-    /// Readies the store for a recording of `key` (see
-    /// [`Store::clean_abandoned`]); a damaged database found on the way is
-    /// recovered, and the work done again on the new one.
-    fn prepare_write(&mut self, key: &Key) {
-        let Some(store) = self.store() else {
-            return;
-        };
-        match store.clean_abandoned(&key.hex) {
-            Err(err) if err.is_corrupt() => {
-                self.recover(&err);
-                if let Some(store) = self.store() {
-                    let _ = store.clean_abandoned(&key.hex);
-                }
-            }
-            // A failure here is met again, and reported, by `begin`.
-            _ => {}
-        }
-    }
-
-    /// Starts recording, or warns and returns `None`.
-    fn begin(&self, key: &Key, invocation: &Invocation) -> Option<Recording<'_>> {
-        let store = self.store()?;
+    /// Starts recording on a thread of its own, which takes the store and
+    /// a share of the key's `lock`.
+    fn record(&mut self, key: &Key, invocation: &Invocation, lock: &Arc<KeyLock>) -> Option<Recorder> {
+        // The local tier goes to the recorder's thread; lookups are done.
+        let (store, _) = self.tiers.take()?.into_parts();
+        self.lent = Some(store.dir().to_owned());
         // Only a miss reads the secret, to key the stored digests of secret inputs.
         let key = key.sealed(Secret::load_or_create(store.dir()).ok().as_ref());
-        match store.begin(&key, &invocation.label(), &invocation.cwd.to_string_lossy()) {
-            Ok(recording) => Some(recording),
-            Err(err) => {
-                self.warn(&format!("cannot write the cache: {err}"));
-                None
-            }
-        }
+        let cwd = invocation.cwd.to_string_lossy().into_owned();
+        Some(Recorder::start(
+            store,
+            Arc::clone(lock),
+            &key,
+            invocation.label(),
+            cwd,
+            self.messages,
+        ))
     }
+}
+
+/// What claiming a key came to, for this run.
+enum Claimed {
+    /// This process holds the key.
+    Owner(KeyLock),
+    /// Run the command unrecorded.
+    Uncached,
+    /// `--timeout` expired while waiting.
+    TimedOut,
 }

@@ -85,11 +85,13 @@ impl Invocation {
     }
 
     /// Derives the key. Evaluates every cache-by expression in order; a
-    /// `stdin` expression spools our stdin into the returned file.
+    /// `stdin` expression spools our stdin into the returned file. Past
+    /// `deadline` no expression is started and a running `cmd:` is ended.
     pub fn key(
         &self,
         args: &RunArgs,
         program: &std::path::Path,
+        deadline: Option<std::time::Instant>,
     ) -> Result<(Key, Option<File>), key::KeyError> {
         let mut builder = KeyBuilder::new();
         match &self.shell {
@@ -119,7 +121,12 @@ impl Invocation {
         }
         let mut stdin = None;
         for (text, expr) in &self.cache_by {
-            expr.add_to(text, &mut builder, &mut stdin)?;
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Err(key::KeyError::TimedOut {
+                    expr: text.to_string_lossy().into_owned(),
+                });
+            }
+            expr.add_to(text, &mut builder, &mut stdin, deadline)?;
         }
         Ok((builder.finish(), stdin))
     }

@@ -53,6 +53,13 @@ const BLOB_DIR: &str = "blobs";
 /// What the layouts before version 5 kept their large chunks in.
 const OLD_DATA_DIR: &str = "data";
 
+/// An outcome kept only for the runs that waited on it (a failure that
+/// policy does not cache) is stored under its key with this prefix, which no
+/// hex key has, so no lookup of a key ever finds it; see
+/// [`Recording::share`]. It is swept by later writes once this old.
+const OUTCOME_PREFIX: &str = "~";
+const OUTCOME_KEEP_MS: i64 = 60_000;
+
 /// Kept small on purpose: every new connection parses the whole schema
 /// before its first statement, and that parse was most of a cache hit's
 /// instructions when the schema had four tables and four indexes. For the
@@ -362,6 +369,23 @@ impl Store {
             created_ms,
             record,
         }))
+    }
+
+    /// The outcome of a run of `key` kept for its waiters (see
+    /// [`Recording::share`]), if one ended at or after `since_ms`: a run
+    /// that ended before the caller started is not one it waited on.
+    pub fn lookup_outcome(&self, key: &str, since_ms: i64) -> Result<Option<Entry>, StoreError> {
+        Ok(self
+            .lookup(&format!("{OUTCOME_PREFIX}{key}"))?
+            .filter(|entry| entry.created_ms >= since_ms))
+    }
+
+    /// Has SQLite call `handler` when another connection holds the lock
+    /// (it returns whether to try again), instead of the busy timeout. A
+    /// recorder uses it to give up on a cache that stays locked.
+    pub fn set_busy_handler(&self, handler: fn(i32) -> bool) -> Result<(), StoreError> {
+        self.conn.busy_handler(Some(handler))?;
+        Ok(())
     }
 
     /// After a write: copies the WAL into the database and truncates it to

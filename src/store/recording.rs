@@ -12,7 +12,7 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::blobs::{LocalBlobs, Pending};
 use super::record::RECORD_VERSION;
-use super::{damaged, now_ms, to_json, Record, Store, StoreError};
+use super::{damaged, now_ms, to_json, Record, Store, StoreError, OUTCOME_KEEP_MS, OUTCOME_PREFIX};
 use crate::blob::{Digest, BLOB_BYTES};
 use crate::compress::{self, Codec, Packed, Packer};
 use crate::lock::KeyLock;
@@ -75,6 +75,7 @@ impl Store {
             spare: Vec::new(),
             spare_compressed: Vec::new(),
             last_flush: Instant::now(),
+            arrived: None,
             used: HashSet::new(),
             stored: 0,
         })
@@ -161,6 +162,9 @@ pub struct Recording<'s> {
     pub(super) spare_compressed: Vec<Vec<u8>>,
     /// When the last full blob was handed on: the output's rate.
     last_flush: Instant,
+    /// When the bytes being written arrived, if the writer says (see
+    /// [`Recording::write_arrived`]).
+    arrived: Option<Instant>,
     /// Digests this recording has put, each used once.
     used: HashSet<Digest>,
     /// Stored (compressed) bytes this recording added.
@@ -168,6 +172,25 @@ pub struct Recording<'s> {
 }
 
 impl Recording<'_> {
+    /// [`Recording::write`] for a writer that records behind the output,
+    /// on a thread of its own: the output's rate, which picks the codec, is
+    /// measured from when the bytes arrived, not from when they are stored.
+    pub fn write_arrived(
+        &mut self,
+        stream: Stream,
+        bytes: &[u8],
+        arrived: Instant,
+    ) -> Result<(), StoreError> {
+        self.arrived = Some(arrived);
+        self.write(stream, bytes)
+    }
+
+    /// Sets when the output began, for such a writer: its recording may
+    /// begin after the first bytes arrived.
+    pub fn output_began(&mut self, at: Instant) {
+        self.last_flush = at;
+    }
+
     /// Appends output. Each stream's bytes are cut into blobs of exactly
     /// [`BLOB_BYTES`] (the last shorter), so the same output gives the same
     /// blobs however its reads were split; the interleaving is kept apart.
@@ -216,8 +239,8 @@ impl Recording<'_> {
         };
         // LZ4 when the output arrives faster than zstd keeps up with (every
         // worker still busy), or at firehose rate (see `compress`).
-        let now = Instant::now();
-        let took = now.duration_since(self.last_flush).as_secs_f64();
+        let now = self.arrived.unwrap_or_else(Instant::now);
+        let took = now.saturating_duration_since(self.last_flush).as_secs_f64();
         self.last_flush = now;
         let firehose = raw.len() as f64 >= compress::FIREHOSE_BYTES_PER_SEC * took;
         let codec = if firehose || packer.busy() {
@@ -301,6 +324,9 @@ impl Recording<'_> {
 
     /// Stores what is left and commits the record under its key.
     fn commit(&mut self, status: u8, duration: Duration) -> Result<(), StoreError> {
+        // The last bytes are flushed now that the output has ended: its
+        // rate is reckoned to this moment, not to when they arrived.
+        self.arrived = None;
         // The partial blobs, stdout's first: the order blobs are stored in
         // is each stream's own, whatever the order of the two.
         self.flush(Stream::Stdout)?;
@@ -318,9 +344,18 @@ impl Recording<'_> {
             .prepare("SELECT id FROM entries WHERE key = ?1")?
             .query_map([&self.key], |row| row.get(0))?
             .collect::<Result<_, _>>()?;
+        // Outcomes kept for waiters (see `share`) that are old enough that
+        // no one still waits on them go with this write.
+        let stale: Vec<i64> = tx
+            .prepare_cached("SELECT id FROM entries WHERE key > ?1 AND created_ms < ?2")?
+            .query_map(params![OUTCOME_PREFIX, now_ms() - OUTCOME_KEEP_MS], |row| {
+                row.get(0)
+            })?
+            .collect::<Result<_, _>>()?;
         // A blob the older record shares with this one stays: this one
         // already uses it.
         self.store.delete_rows(&tx, &older)?;
+        self.store.delete_rows(&tx, &stale)?;
         tx.execute(
             "UPDATE entries SET key = ?2, created_ms = ?3, last_used_ms = ?3, bytes = ?4, meta = ?5 WHERE id = ?1",
             params![
@@ -333,6 +368,15 @@ impl Recording<'_> {
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Keeps the result only for the runs that waited on this one (a
+    /// failure that policy does not cache): they replay it, as a
+    /// singleflight shares one outcome; no later run is served it, and the
+    /// next writes sweep it away.
+    pub fn share(mut self, status: u8, duration: Duration) -> Result<(), StoreError> {
+        self.key = format!("{OUTCOME_PREFIX}{}", self.key);
+        self.finish(status, duration)
     }
 
     /// Whether the pending record is still this recording's: another

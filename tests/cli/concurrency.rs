@@ -24,9 +24,10 @@ fn identical_concurrent_runs_execute_once() {
 }
 
 #[test]
-fn waiter_runs_the_command_when_the_owner_stores_nothing() {
+fn a_waiter_shares_a_failure_and_a_later_run_runs_again() {
     let env = Env::new();
-    // The first run fails (not cached); the waiter must then run it itself.
+    // The first run fails (not cached); the run waiting on it shares that
+    // outcome, as a singleflight does; a run after it executes again.
     let script = format!(
         "{}; sleep 1; [ -e ok ] || {{ touch ok; exit 3; }}; echo fine",
         env.tally("runs")
@@ -36,8 +37,11 @@ fn waiter_runs_the_command_when_the_owner_stores_nothing() {
     let second = env.run(["--", "sh", "-c", &script]);
     let first = first.wait_with_output().unwrap();
     assert_code(&first, 3);
-    assert_code(&second, 0);
-    assert_eq!(stdout(&second), "fine\n");
+    assert_code(&second, 3);
+    assert_eq!(env.count("runs"), 1);
+    let third = env.run(["--", "sh", "-c", &script]);
+    assert_code(&third, 0);
+    assert_eq!(stdout(&third), "fine\n");
     assert_eq!(env.count("runs"), 2);
 }
 
