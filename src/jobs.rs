@@ -33,6 +33,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (key, state);
 ";
 
+/// How long an ended job stays in the jobs table (a week, in ms).
+const JOBS_KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// A job as the jobs table records it.
 #[derive(Debug, Clone)]
 pub struct JobRecord {
@@ -87,6 +90,12 @@ impl Jobs {
         // What runs now, not a record to keep: a power cut may lose the last
         // updates, never the file (WAL).
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // The WAL is kept between runs (see above) and grew by a few KiB a
+        // run up to SQLite's 1000-page checkpoint, 4 MB of a small disk for
+        // a table of a few rows: checkpoint at 64 pages and cut the file
+        // back to 256 KiB when it restarts.
+        conn.pragma_update(None, "wal_autocheckpoint", 64)?;
+        conn.pragma_update(None, "journal_size_limit", 256 * 1024)?;
         Ok(Jobs { conn })
     }
 
@@ -101,6 +110,12 @@ impl Jobs {
         tx.execute(
             "UPDATE jobs SET state = 'lost', updated_ms = ?2 WHERE key = ?1 AND state = 'running'",
             params![key, now],
+        )?;
+        // Ended jobs stay listed for a week, then go: one row a run would
+        // grow the file without bound.
+        tx.execute(
+            "DELETE FROM jobs WHERE state != 'running' AND updated_ms < ?1",
+            params![now - JOBS_KEPT_MS],
         )?;
         tx.execute(
             "INSERT INTO jobs (id, key, command, pid, state, started_ms, updated_ms)
