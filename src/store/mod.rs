@@ -506,6 +506,37 @@ mod tests {
     }
 
     #[test]
+    fn a_cache_of_chunks_and_data_files_is_rebuilt_not_misread() {
+        // Version 4: entries with chunks, large ones in data/ files.
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("cache.db")).unwrap();
+        let key = crate::key::KeyBuilder::new().finish();
+        conn.execute_batch(
+            "CREATE TABLE entries(id INTEGER PRIMARY KEY,key TEXT UNIQUE,created_ms,last_used_ms,bytes,hits,meta,file);
+             CREATE TABLE chunks(entry_id,seq,stream,codec,raw_len,xxh3,data,file_len,PRIMARY KEY(entry_id,seq));
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO entries VALUES (1, ?1, 0, 0, 3, 0, '{\"command\":\"x\",\"cwd\":\"/\",\"inputs\":[],\
+             \"duration_ms\":0,\"status\":0,\"stdout_bytes\":3,\"stderr_bytes\":0}', '1-old')",
+            [&key.hex],
+        )
+        .unwrap();
+        drop(conn);
+        fs::create_dir(dir.path().join(OLD_DATA_DIR)).unwrap();
+        fs::write(dir.path().join(OLD_DATA_DIR).join("1-old"), b"hi\n").unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.lookup(&key.hex).unwrap().is_none(), "a miss, not a misread");
+        assert!(!dir.path().join(OLD_DATA_DIR).exists(), "its data files went too");
+        record(&store, &key, b"new\n");
+        assert_eq!(
+            replay_all(&store, &key.hex),
+            vec![(Stream::Stdout, b"new\n".to_vec())]
+        );
+    }
+
+    #[test]
     fn hits_are_counted_and_the_hit_log_stays_small() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
