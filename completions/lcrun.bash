@@ -35,7 +35,7 @@ _lcrun() {
 
     case "${cmd}" in
         lcrun)
-            opts="-c -e -q -h -V --shell --cache-by --ignore-arg --no-cwd --scope --expire --refresh --cache-mode --no-cache --cache-failures --cache-dir --no-wait --quiet --progress --interval --progress-regex --timeout --kill-after --help --version progress help"
+            opts="-c -o -e -q -h -V --shell --cache-by --output --ignore-arg --no-cwd --scope --expire --refresh --cache-mode --no-cache --cache-failures --cache-dir --no-wait --quiet --progress --interval --progress-regex --timeout --kill-after --help --version progress help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -50,6 +50,14 @@ _lcrun() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -22,10 +22,12 @@ use crate::key::{Key, KeyError, Resolved, Secret};
 use crate::lock::KeyLock;
 use crate::messages::{error, Messages};
 use crate::output::{reader_gone, RawOut, Stream};
+use crate::outputs::RestoreCause;
 use crate::progress::{self, LineMatcher, ProgressFile};
 use crate::recorder::{Keep, Recorder};
 use crate::runner::{self, Delivery, Ending, Job, Observer, RunError};
 use crate::scratch;
+use crate::store::chain::Tiers;
 use crate::store::{now_ms, Entry, Store, StoreError};
 
 /// Runs one lcrun call; `Err` is lcrun's own error (status 125).
@@ -235,8 +237,23 @@ impl Run<'_> {
     /// the lookup. The command then goes the miss path.
     fn replay(&self, cache: &mut Cache, entry: &Entry) -> Option<Exit> {
         let started = Instant::now();
+        let store = cache.store()?;
+        // Output files first: while none is written, a failure is a miss.
+        if let Err(err) = store.restore(entry, Path::new("."), &self.invocation.outputs) {
+            // A blob missing or damaged, found before any output changed:
+            // the command makes them afresh. A record or a tree lcrun must
+            // not obey (a planted symlink, a `..`) is refused.
+            if err.nothing_written() && matches!(err.cause, RestoreCause::Blob(_)) {
+                let _ = store.forget(entry);
+                self.messages.warn(format!(
+                    "cannot restore cached outputs ({err}); running the command"
+                ));
+                return None;
+            }
+            error(format!("{err}"));
+            return Some(Exit::Usage);
+        }
         let mut out = RawOut::new();
-        let store = cache.store.as_ref()?;
         let mut started_output = false;
         let result = store.replay(entry, |stream, bytes| {
             started_output = true;
@@ -255,7 +272,7 @@ impl Run<'_> {
                 }
                 return Some(Exit::Command(crate::exit::signal_status(libc::SIGPIPE)));
             }
-            Some((stream, err)) => return Some(write_failed(stream, err, entry.meta.status)),
+            Some((stream, err)) => return Some(write_failed(stream, err, entry.record.status)),
             None => {}
         }
         match result {
@@ -278,7 +295,7 @@ impl Run<'_> {
                         }
                         // The connection still reads the file moved aside:
                         // this run goes on uncached, having said why once.
-                        cache.store = None;
+                        cache.tiers = None;
                         cache.warned.set(true);
                         return None;
                     }
@@ -306,7 +323,7 @@ impl Run<'_> {
                 duration::short(saved)
             ));
         }
-        Some(Exit::Command(entry.meta.status))
+        Some(Exit::Command(entry.record.status))
     }
 
     /// Runs the command live, recording it when `recording` is given.
@@ -414,7 +431,7 @@ impl Run<'_> {
         };
         if let Some(recording) = observer.recording.take() {
             let result = match keep {
-                Some(keep) => recording.finish(exit.code(), duration, keep),
+                Some(keep) => recording.finish(exit.code(), duration, keep, &self.invocation.outputs),
                 None => {
                     recording.abandon();
                     Ok(())
@@ -581,7 +598,8 @@ impl Observer for RunObserver<'_> {
 /// The local cache as this run sees it: a store, or none after a failure
 /// that has been reported once.
 struct Cache {
-    store: Option<Store>,
+    /// The local tier and those behind it; the run path talks to these.
+    tiers: Option<Tiers>,
     /// The directory of a store lent to a recorder.
     lent: Option<PathBuf>,
     messages: Messages,
@@ -591,7 +609,7 @@ struct Cache {
 impl Cache {
     fn open(dir: Option<PathBuf>, messages: Messages) -> Cache {
         let mut cache = Cache {
-            store: None,
+            tiers: None,
             lent: None,
             messages,
             warned: false.into(),
@@ -605,7 +623,7 @@ impl Cache {
                 if let Some(note) = note {
                     messages.warn(note);
                 }
-                cache.store = Some(store);
+                cache.tiers = Some(Tiers::new(store));
             }
             Err(StoreError::Untrusted(why)) => {
                 cache.warn(&format!("not using the cache in {}: {why}", dir.display()));
@@ -622,14 +640,19 @@ impl Cache {
         }
     }
 
+    /// The local tier: replays go there, and recordings.
+    fn store(&self) -> Option<&Store> {
+        self.tiers.as_ref().map(Tiers::local)
+    }
+
     fn dir(&self) -> Option<&Path> {
-        self.store.as_ref().map(Store::dir).or(self.lent.as_deref())
+        self.store().map(Store::dir).or(self.lent.as_deref())
     }
 
     /// The fresh entry for `key`, if any.
     fn lookup(&mut self, key: &Key, expire: Option<Duration>) -> Option<Entry> {
-        let store = self.store.as_ref()?;
-        match store.lookup(&key.hex) {
+        let tiers = self.tiers.as_ref()?;
+        match tiers.lookup(&key.hex) {
             Ok(entry) => entry.filter(|e| expire.is_none_or(|max| e.age() <= max)),
             Err(err) if err.is_corrupt() => {
                 self.recover(&err);
@@ -642,7 +665,7 @@ impl Cache {
             }
             Err(err) => {
                 self.warn(&format!("cannot read the cache: {err}"));
-                self.store = None;
+                self.tiers = None;
                 None
             }
         }
@@ -651,15 +674,16 @@ impl Cache {
     /// Moves a database that `err` showed damaged aside and opens a new one
     /// (or, when another process did that first, opens its new one).
     fn recover(&mut self, err: &StoreError) {
-        let Some(store) = self.store.take() else {
+        let Some(tiers) = self.tiers.take() else {
             return;
         };
+        let (store, others) = tiers.into_parts();
         match store.recover(err) {
             Ok((store, note)) => {
                 if let Some(note) = note {
                     self.messages.warn(note);
                 }
-                self.store = Some(store);
+                self.tiers = Some(Tiers::from_parts(store, others));
             }
             Err(again) => self.warn(&format!("cache database is damaged ({again})")),
         }
@@ -674,7 +698,7 @@ impl Cache {
 
     /// The outcome an identical run left for its waiters since `since_ms`.
     fn outcome_since(&self, key: &Key, since_ms: i64) -> Option<Entry> {
-        let store = self.store.as_ref()?;
+        let store = self.store()?;
         store.lookup_outcome(&key.hex, since_ms).ok().flatten()
     }
 
@@ -698,7 +722,7 @@ impl Cache {
             Claim::Busy | Claim::Stuck => Claimed::Uncached,
             Claim::Failed(err) => {
                 self.warn(&format!("cannot lock the cache entry: {err}"));
-                self.store = None;
+                self.tiers = None;
                 Claimed::Uncached
             }
         }
@@ -721,7 +745,8 @@ impl Cache {
     /// Starts recording on a thread of its own, which takes the store and
     /// a share of the key's `lock`.
     fn record(&mut self, key: &Key, invocation: &Invocation, lock: &Arc<KeyLock>) -> Option<Recorder> {
-        let store = self.store.take()?;
+        // The local tier goes to the recorder's thread; lookups are done.
+        let (store, _) = self.tiers.take()?.into_parts();
         self.lent = Some(store.dir().to_owned());
         // Only a miss reads the secret, to key the stored digests of secret inputs.
         let key = key.sealed(Secret::load_or_create(store.dir()).ok().as_ref());

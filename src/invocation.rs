@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 
 use crate::cli::RunArgs;
 use crate::key::{self, CacheBy, Key, KeyBuilder, Resolved};
+use crate::outputs::{self, DeclaredPath};
 
 /// A command ready to be keyed and run.
 pub struct Invocation {
@@ -23,6 +24,8 @@ pub struct Invocation {
     pub cache_by: Vec<(OsString, CacheBy)>,
     /// What `argv[0]` resolved to.
     pub program: Resolved,
+    /// The declared output paths (`-o`), canonical, sorted, no repeats.
+    pub outputs: Vec<DeclaredPath>,
 }
 
 impl Invocation {
@@ -55,6 +58,7 @@ impl Invocation {
                 return Err(key::KeyError::IgnoreArg { index, reason }.into());
             }
         }
+        let outputs = outputs::declare_all(&args.output)?;
         let cwd = std::env::current_dir().context("cannot read the working directory")?;
         let program = key::resolve_program(&argv[0], &cwd);
         Ok(Invocation {
@@ -63,6 +67,7 @@ impl Invocation {
             cwd,
             cache_by,
             program,
+            outputs,
         })
     }
 
@@ -104,6 +109,15 @@ impl Invocation {
         }
         if let Some(scope) = &args.scope {
             builder.field("scope", scope.as_bytes());
+        }
+        // Only with -o, so the keys of runs without it stay as they were.
+        if !self.outputs.is_empty() {
+            let mut paths = Vec::new();
+            for path in &self.outputs {
+                paths.extend_from_slice(&(path.as_bytes().len() as u64).to_be_bytes());
+                paths.extend_from_slice(path.as_bytes());
+            }
+            builder.field("outputs", &paths);
         }
         let mut stdin = None;
         for (text, expr) in &self.cache_by {

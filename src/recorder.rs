@@ -5,6 +5,7 @@
 //! delays the command's start nor stalls its output: what cannot be stored
 //! in time is dropped, and the caller warns once.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -15,6 +16,7 @@ use crate::key::Key;
 use crate::lock::{KeyLock, WaitMark};
 use crate::messages::Messages;
 use crate::output::Stream;
+use crate::outputs::DeclaredPath;
 use crate::store::{Store, StoreError};
 
 /// Output bytes that may wait for the store: the output of most short
@@ -48,7 +50,9 @@ pub enum Keep {
 enum Msg {
     /// Output, and when it arrived.
     Write(Stream, Vec<u8>, Instant),
-    Finish(u8, Duration, Keep),
+    /// Status, duration, how to keep it, and the declared output files
+    /// (`-o`) to store with it.
+    Finish(u8, Duration, Keep, Vec<DeclaredPath>),
     Abandon,
 }
 
@@ -220,7 +224,15 @@ impl Recorder {
 
     /// Ends the recording as `keep` says and waits for the store, no longer
     /// than it works: `Err` says why the result was not stored.
-    pub fn finish(mut self, status: u8, duration: Duration, keep: Keep) -> Result<(), String> {
+    /// `outputs` are stored with the result (captured on the store's
+    /// thread, relative ones under the working directory).
+    pub fn finish(
+        mut self,
+        status: u8,
+        duration: Duration,
+        keep: Keep,
+        outputs: &[DeclaredPath],
+    ) -> Result<(), String> {
         if let Some(why) = self.dropped.take() {
             return Err(why);
         }
@@ -228,7 +240,7 @@ impl Recorder {
         let msg = if keep == Keep::ForWaiters && !WaitMark::anyone_waiting(&self.dir, &self.key) {
             Msg::Abandon
         } else {
-            Msg::Finish(status, duration, keep)
+            Msg::Finish(status, duration, keep, outputs.to_vec())
         };
         self.wait_for(msg)
     }
@@ -343,9 +355,29 @@ fn record(
                 }
             }
             Msg::Finish(..) | Msg::Abandon => {
+                if let Msg::Finish(_, _, keep, outputs) = &msg {
+                    if !outputs.is_empty() {
+                        if let Err(err) = recording.capture(Path::new("."), outputs) {
+                            let _ = recording.abandon();
+                            not_busy();
+                            if *keep == Keep::ForWaiters {
+                                // A failed run that left no outputs: its
+                                // waiters run the command themselves, and
+                                // nothing needs saying.
+                                if let Ok(mut state) = lock.lock() {
+                                    state.done = true;
+                                }
+                                cond.notify_all();
+                                return;
+                            }
+                            // Names the output: one warning, nothing stored.
+                            return fail(err.to_string());
+                        }
+                    }
+                }
                 let result = match msg {
-                    Msg::Finish(status, duration, Keep::Cache) => recording.finish(status, duration),
-                    Msg::Finish(status, duration, Keep::ForWaiters) => recording.share(status, duration),
+                    Msg::Finish(status, duration, Keep::Cache, _) => recording.finish(status, duration),
+                    Msg::Finish(status, duration, Keep::ForWaiters, _) => recording.share(status, duration),
                     _ => recording.abandon(),
                 };
                 not_busy();

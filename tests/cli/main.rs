@@ -16,6 +16,7 @@ mod port;
 mod pty;
 mod review;
 mod runner;
+mod store;
 mod terminal;
 mod trust;
 mod waits;

@@ -112,10 +112,10 @@ impl Env {
         self.cache.join("cache.db")
     }
 
-    /// The data files of large entries, sorted.
-    pub fn data_files(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = fs::read_dir(self.cache.join("data"))
-            .map(|dir| dir.map(|e| e.expect("data dir entry").path()).collect())
+    /// The pack files of large blobs (`blobs/*.pack`), sorted.
+    pub fn blob_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = fs::read_dir(self.cache.join("blobs"))
+            .map(|dir| dir.map(|e| e.expect("blobs dir entry").path()).collect())
             .unwrap_or_default();
         files.sort();
         files
