@@ -34,6 +34,12 @@ use crate::store::{now_ms, Entry, Store, StoreError};
 pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.subcommand {
         Some(Sub::Progress { position, message }) => report_progress(position.as_deref(), &message),
+        Some(Sub::Explain { json, run }) => crate::inspect::explain::run(&run, json),
+        Some(Sub::Cache {
+            action,
+            cache_dir,
+            json,
+        }) => crate::inspect::cache::run(action, cache_dir, json),
         None => run_command(&cli.run),
     }
 }
@@ -124,6 +130,7 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
         }
     }
     if !mode.writes() {
+        cache.note_miss(mode, args);
         return run.execute(stdin, None, Some(&cache), None);
     }
     // Outcomes that identical runs leave from now on are ours to share.
@@ -133,7 +140,10 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
     for _ in 0..3 {
         let lock = match cache.claim(&key, &run) {
             Claimed::Owner(lock) => lock,
-            Claimed::Uncached => return run.execute(stdin, None, Some(&cache), None),
+            Claimed::Uncached => {
+                cache.note_miss(mode, args);
+                return run.execute(stdin, None, Some(&cache), None);
+            }
             Claimed::TimedOut => {
                 return Ok(run.timed_out("while waiting for an identical run"));
             }
@@ -153,6 +163,7 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
                 }
             }
         }
+        cache.note_miss(mode, args);
         let job = cache.job_start(&key, &invocation);
         // The key stays locked until both the command has ended and the
         // recorder is done with its recording (stored or dropped): the
@@ -637,6 +648,16 @@ impl Cache {
     fn warn(&self, what: &str) {
         if !self.warned.replace(true) {
             self.messages.warn(format!("{what}; running uncached"));
+        }
+    }
+
+    /// Counts a lookup that missed and is about to run the command, for
+    /// `lcrun cache stats` (a `--refresh` or write-only run looked nothing up).
+    fn note_miss(&self, mode: CacheMode, args: &RunArgs) {
+        if mode.reads() && !args.refresh {
+            if let Some(dir) = self.dir() {
+                crate::store::inspect::note_miss(dir);
+            }
         }
     }
 

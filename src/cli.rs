@@ -52,6 +52,74 @@ pub enum Sub {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         message: Vec<OsString>,
     },
+    /// Say whether a run would hit the cache, and for a miss which input
+    /// changed since the closest earlier entry of the same command. Runs
+    /// nothing (cmd: expressions are evaluated: the key needs them).
+    ///
+    /// Exit status: 0 when the run would hit, 1 when it would miss, 125 on
+    /// error.
+    Explain {
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The options of the run to explain, and its command.
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Look into the cache: list, show, stats, clear, prune.
+    Cache {
+        /// What to do.
+        #[command(subcommand)]
+        action: CacheAction,
+        /// Where the cache lives [default: the platform cache dir /lcrun].
+        #[arg(long, env = "LCRUN_CACHE_DIR", value_name = "DIR", global = true)]
+        cache_dir: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+/// `lcrun cache` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// The entries, newest first: key (a short unique prefix), command,
+    /// age, stored size, exit status, hits.
+    List,
+    /// One entry: its key inputs, timings, sizes and outputs.
+    Show {
+        /// The key, or any unique prefix of it.
+        key: String,
+        /// Print the stored stdout bytes exactly, and nothing else.
+        #[arg(long, conflicts_with = "stderr")]
+        stdout: bool,
+        /// Print the stored stderr bytes exactly, and nothing else.
+        #[arg(long)]
+        stderr: bool,
+    },
+    /// Entries, bytes on disk, hits, misses, hit rate, time saved.
+    Stats,
+    /// Remove entries: those named (by key prefix), or those matching
+    /// --older-than and --scope; with nothing, all of them.
+    Clear {
+        /// Only entries stored longer ago than this (90s, 10m, 2h, 7d).
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+        older_than: Option<Duration>,
+        /// Only entries of this --scope.
+        #[arg(long, value_name = "NAME")]
+        scope: Option<OsString>,
+        /// Keys, or unique prefixes of keys.
+        keys: Vec<String>,
+    },
+    /// Remove the least recently used entries until the cache fits SIZE.
+    Prune {
+        /// The size to bring the cache under (bytes, or with K, M, G).
+        #[arg(long, value_name = "SIZE", value_parser = crate::inspect::parse_size)]
+        max_size: u64,
+        /// Also remove every entry stored longer ago than this.
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+        older_than: Option<Duration>,
+    },
 }
 
 /// What the cache may do on this run.

@@ -16,6 +16,7 @@ pub mod deadline;
 pub mod display;
 pub mod duration;
 pub mod exit;
+pub mod inspect;
 pub mod invocation;
 pub mod jobs;
 pub mod key;

@@ -33,6 +33,7 @@ use crate::trust::{self, OpenError, Untrusted};
 pub mod blobs;
 pub mod chain;
 mod hits;
+pub mod inspect;
 pub mod record;
 mod recording;
 mod recover;

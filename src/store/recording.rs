@@ -367,6 +367,7 @@ impl Recording<'_> {
             ],
         )?;
         tx.commit()?;
+        self.store.note_command(&self.key, &self.record.inputs);
         Ok(())
     }
 

@@ -9,6 +9,7 @@ mod util;
 mod concurrency;
 mod foundation;
 mod inputs;
+mod inspect;
 mod keys;
 mod outputs;
 mod packaging;
