@@ -52,7 +52,79 @@ complete -c lcrun -n "__fish_lcrun_needs_command" -s q -l quiet -d 'Print only e
 complete -c lcrun -n "__fish_lcrun_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c lcrun -n "__fish_lcrun_needs_command" -s V -l version -d 'Print version'
 complete -c lcrun -n "__fish_lcrun_needs_command" -a "progress" -d 'Report progress from inside a command that lcrun runs (a no-op outside lcrun)'
+complete -c lcrun -n "__fish_lcrun_needs_command" -a "explain" -d 'Say whether a run would hit the cache, and for a miss which input changed since the closest earlier entry of the same command. Runs nothing (cmd: expressions are evaluated: the key needs them)'
+complete -c lcrun -n "__fish_lcrun_needs_command" -a "cache" -d 'Look into the cache: list, show, stats, clear, prune'
 complete -c lcrun -n "__fish_lcrun_needs_command" -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c lcrun -n "__fish_lcrun_using_subcommand progress" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c lcrun -n "__fish_lcrun_using_subcommand help; and not __fish_seen_subcommand_from progress help" -f -a "progress" -d 'Report progress from inside a command that lcrun runs (a no-op outside lcrun)'
-complete -c lcrun -n "__fish_lcrun_using_subcommand help; and not __fish_seen_subcommand_from progress help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l shell -d 'Run this string through /bin/sh -c instead of a command after `--`' -r
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -s c -l cache-by -d 'Add EXPR to the cache key (repeatable): mtime:PATH, hash:PATH_OR_GLOB, git, git:DIR, env:NAME, cmd:SHELL_COMMAND, value:STRING, stdin' -r
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -s o -l output -d 'Store PATH (a file, or a directory with everything in it) with the result and restore it on a hit (repeatable). Relative paths are under the working directory; a path outside it must be absolute. The paths are part of the key. A declared output the command did not create: a warning, and nothing is stored' -r
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l ignore-arg -d 'Leave argument N of the command out of the key (the command is 0)' -r
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l scope -d 'Add a namespace to the key' -r
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -s e -l expire -d 'Entries older than this are misses (90s, 10m, 2h, 7d)' -r
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l cache-mode -d 'What the cache may do: rw, ro (never store), wo (never replay), off' -r -f -a "rw\t'Replay hits and store new results'
+ro\t'Replay hits, never store (for untrusted builds)'
+wo\t'Always run, store the result'
+off\t'No cache at all'"
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l cache-dir -d 'Where the cache lives [default: the platform cache dir /lcrun]' -r -F
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l progress -d 'How to show progress' -r -f -a "auto\t'A bar on a terminal, plain heartbeat lines otherwise'
+bar\t'Always draw the bar'
+plain\t'Plain lines, no escape codes'
+none\t'Nothing'"
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l interval -d 'Print a plain heartbeat line this often when stderr is not a terminal' -r
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l progress-regex -d 'Read progress from output lines; named groups pos, total, pct, msg' -r
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l timeout -d 'Cancel the command after this long and exit 124' -r
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l kill-after -d 'After cancelling, wait this long before SIGKILL [default: 5s]' -r
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l json -d 'Print a JSON object instead of text'
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l no-cwd -d 'Leave the working directory out of the key'
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l refresh -d 'Run even on a hit and replace the entry'
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l no-cache -d 'Same as --cache-mode off'
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l cache-failures -d 'Store results with a non-zero exit status too'
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l no-wait -d 'Don\'t wait for an identical run in progress: run the command now'
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -s q -l quiet -d 'Print only errors'
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and not __fish_seen_subcommand_from list show stats clear prune help" -l cache-dir -d 'Where the cache lives [default: the platform cache dir /lcrun]' -r -F
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and not __fish_seen_subcommand_from list show stats clear prune help" -l json -d 'Print JSON instead of text'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and not __fish_seen_subcommand_from list show stats clear prune help" -s h -l help -d 'Print help'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and not __fish_seen_subcommand_from list show stats clear prune help" -f -a "list" -d 'The entries, newest first: key (a short unique prefix), command, age, stored size, exit status, hits'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and not __fish_seen_subcommand_from list show stats clear prune help" -f -a "show" -d 'One entry: its key inputs, timings, sizes and outputs'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and not __fish_seen_subcommand_from list show stats clear prune help" -f -a "stats" -d 'Entries, bytes on disk, hits, misses, hit rate, time saved'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and not __fish_seen_subcommand_from list show stats clear prune help" -f -a "clear" -d 'Remove entries: those named (by key prefix), or those matching --older-than and --scope; with nothing, all of them'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and not __fish_seen_subcommand_from list show stats clear prune help" -f -a "prune" -d 'Remove the least recently used entries until the cache fits SIZE'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and not __fish_seen_subcommand_from list show stats clear prune help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from list" -l cache-dir -d 'Where the cache lives [default: the platform cache dir /lcrun]' -r -F
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from list" -l json -d 'Print JSON instead of text'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from show" -l cache-dir -d 'Where the cache lives [default: the platform cache dir /lcrun]' -r -F
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from show" -l stdout -d 'Print the stored stdout bytes exactly, and nothing else'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from show" -l stderr -d 'Print the stored stderr bytes exactly, and nothing else'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from show" -l json -d 'Print JSON instead of text'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from stats" -l cache-dir -d 'Where the cache lives [default: the platform cache dir /lcrun]' -r -F
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from stats" -l json -d 'Print JSON instead of text'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from stats" -s h -l help -d 'Print help'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from clear" -l older-than -d 'Only entries stored longer ago than this (90s, 10m, 2h, 7d)' -r
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from clear" -l scope -d 'Only entries of this --scope' -r
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from clear" -l cache-dir -d 'Where the cache lives [default: the platform cache dir /lcrun]' -r -F
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from clear" -l json -d 'Print JSON instead of text'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from clear" -s h -l help -d 'Print help'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from prune" -l max-size -d 'The size to bring the cache under (bytes, or with K, M, G)' -r
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from prune" -l older-than -d 'Also remove every entry stored longer ago than this' -r
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from prune" -l cache-dir -d 'Where the cache lives [default: the platform cache dir /lcrun]' -r -F
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from prune" -l json -d 'Print JSON instead of text'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from prune" -s h -l help -d 'Print help'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from help" -f -a "list" -d 'The entries, newest first: key (a short unique prefix), command, age, stored size, exit status, hits'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from help" -f -a "show" -d 'One entry: its key inputs, timings, sizes and outputs'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from help" -f -a "stats" -d 'Entries, bytes on disk, hits, misses, hit rate, time saved'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from help" -f -a "clear" -d 'Remove entries: those named (by key prefix), or those matching --older-than and --scope; with nothing, all of them'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from help" -f -a "prune" -d 'Remove the least recently used entries until the cache fits SIZE'
+complete -c lcrun -n "__fish_lcrun_using_subcommand cache; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c lcrun -n "__fish_lcrun_using_subcommand help; and not __fish_seen_subcommand_from progress explain cache help" -f -a "progress" -d 'Report progress from inside a command that lcrun runs (a no-op outside lcrun)'
+complete -c lcrun -n "__fish_lcrun_using_subcommand help; and not __fish_seen_subcommand_from progress explain cache help" -f -a "explain" -d 'Say whether a run would hit the cache, and for a miss which input changed since the closest earlier entry of the same command. Runs nothing (cmd: expressions are evaluated: the key needs them)'
+complete -c lcrun -n "__fish_lcrun_using_subcommand help; and not __fish_seen_subcommand_from progress explain cache help" -f -a "cache" -d 'Look into the cache: list, show, stats, clear, prune'
+complete -c lcrun -n "__fish_lcrun_using_subcommand help; and not __fish_seen_subcommand_from progress explain cache help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c lcrun -n "__fish_lcrun_using_subcommand help; and __fish_seen_subcommand_from cache" -f -a "list" -d 'The entries, newest first: key (a short unique prefix), command, age, stored size, exit status, hits'
+complete -c lcrun -n "__fish_lcrun_using_subcommand help; and __fish_seen_subcommand_from cache" -f -a "show" -d 'One entry: its key inputs, timings, sizes and outputs'
+complete -c lcrun -n "__fish_lcrun_using_subcommand help; and __fish_seen_subcommand_from cache" -f -a "stats" -d 'Entries, bytes on disk, hits, misses, hit rate, time saved'
+complete -c lcrun -n "__fish_lcrun_using_subcommand help; and __fish_seen_subcommand_from cache" -f -a "clear" -d 'Remove entries: those named (by key prefix), or those matching --older-than and --scope; with nothing, all of them'
+complete -c lcrun -n "__fish_lcrun_using_subcommand help; and __fish_seen_subcommand_from cache" -f -a "prune" -d 'Remove the least recently used entries until the cache fits SIZE'

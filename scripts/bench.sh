@@ -137,6 +137,14 @@ fi
 time_pairs 'hitbig!' "$runs" "env LCRUN_CACHE_DIR=$big_cache $lcrun -- echo hi" -- "env LCRUN_CACHE_DIR=$LCRUN_CACHE_DIR $lcrun -- echo hi"
 row "hit latency, 100,000 entries vs 10" "$(pair_ratio hitbig 0 1)" "<= 1.1"
 
+# --- looking into a cache of 100,000 entries -------------------------------------
+time_pairs 'inspect!' 5 "env LCRUN_CACHE_DIR=$big_cache $lcrun cache stats --json" -- "env LCRUN_CACHE_DIR=$big_cache $lcrun cache list --json"
+row "cache stats --json, 100,000 entries (ms)" "$(pair_ms inspect 0)" "<= 150"
+row "cache list --json, 100,000 entries (ms)" "$(pair_ms inspect 1)" "<= 1500"
+row "cache list --json, 100,000 entries, peak KiB" "$(peak_kib env LCRUN_CACHE_DIR="$big_cache" "$lcrun" cache list --json)" "bounded"
+time_pairs 'explainbig!' "$runs" "env LCRUN_CACHE_DIR=$big_cache $lcrun explain -- echo not-stored" -- "env LCRUN_CACHE_DIR=$big_cache $lcrun explain -- echo hi"
+row "explain of a miss vs a hit, 100,000 entries" "$(pair_ratio explainbig 0 1)" "<= 3"
+
 # --- 100 MB stdout, miss and hit, vs bkt -------------------------------------------
 gen100="head -c 100000000 $work/log.txt"
 if [ ! -f "$work/log.txt" ] || [ "$(stat -c %s "$work/log.txt")" -lt $((big_mib * 1048576)) ] ||

@@ -138,7 +138,7 @@ fn list(store: Option<&Store>, json: bool, out: &mut impl Write) -> anyhow::Resu
         store.list(|entry| {
             if json {
                 let sep = if std::mem::take(&mut first) { "" } else { "," };
-                write!(out, "{sep}\n")?;
+                writeln!(out, "{sep}")?;
                 serde_json::to_writer(&mut *out, &entry)?;
                 Ok(())
             } else {

@@ -332,7 +332,7 @@ impl Store {
                 }
                 if filter
                     .before_ms
-                    .is_some_and(|before| row.get::<_, i64>(2).map_or(false, |c| c >= before))
+                    .is_some_and(|before| row.get::<_, i64>(2).is_ok_and(|c| c >= before))
                 {
                     continue;
                 }
