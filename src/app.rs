@@ -20,6 +20,7 @@ use crate::lock::KeyLock;
 use crate::messages::{error, Messages};
 use crate::output::{reader_gone, RawOut, Stream};
 use crate::progress::{self, LineMatcher, ProgressFile};
+use crate::report::{self, Report};
 use crate::runner::{self, Delivery, Ending, Job, Observer, RunError};
 use crate::scratch;
 use crate::store::{Entry, Recording, Store, StoreError};
@@ -57,9 +58,27 @@ fn report_progress(position: Option<&OsStr>, message: &[OsString]) -> anyhow::Re
     Ok(Exit::Command(0))
 }
 
+/// Runs the command, and appends its line to `--report` when asked.
 fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
+    let Some(path) = &args.report else {
+        return run_reported(args, None);
+    };
+    let report = Report::new(path);
+    let result = run_reported(args, Some(&report));
+    let exit = match &result {
+        Ok(exit) => *exit,
+        Err(_) => Exit::Usage,
+    };
+    report.write(exit, Messages::new(args.quiet));
+    result
+}
+
+fn run_reported(args: &RunArgs, report: Option<&Report>) -> anyhow::Result<Exit> {
     let messages = Messages::new(args.quiet);
     let invocation = Invocation::new(args)?;
+    if let Some(report) = report {
+        report.command(&invocation.label());
+    }
     let matcher = args
         .progress_regex
         .as_deref()
@@ -89,6 +108,7 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
         messages,
         style,
         matcher,
+        report,
     };
     if mode == CacheMode::Off {
         if run.adds_nothing() {
@@ -97,6 +117,9 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
         return run.execute(None, None, None, None);
     }
     let (key, stdin) = invocation.key(args, &run.program)?;
+    if let Some(report) = report {
+        report.key(&key.hex);
+    }
     let mut cache = Cache::open(args.cache_dir.clone(), messages);
 
     if mode.reads() && !args.refresh {
@@ -144,6 +167,7 @@ struct Run<'a> {
     messages: Messages,
     style: Style,
     matcher: Option<LineMatcher>,
+    report: Option<&'a Report>,
 }
 
 impl Run<'_> {
@@ -157,7 +181,10 @@ impl Run<'_> {
             Style::Plain => self.args.interval.is_none(),
             Style::Bar => false,
         };
-        quiet_display && self.args.timeout.is_none() && self.matcher.is_none()
+        quiet_display
+            && self.args.timeout.is_none()
+            && self.matcher.is_none()
+            && self.report.is_none()
     }
 
     /// Replaces lcrun with the command; returns only if that fails.
@@ -241,13 +268,19 @@ impl Run<'_> {
             }
         }
         let _ = store.record_hit(&entry.key);
-        if self.style == Style::Bar && std::io::stderr().is_terminal() {
-            let saved = entry.duration().saturating_sub(started.elapsed());
-            self.messages.warn(format!(
-                "replayed from cache ({} old, saved {})",
-                duration::short(entry.age()),
-                duration::short(saved)
-            ));
+        let saved = entry.duration().saturating_sub(started.elapsed());
+        if let Some(report) = self.report {
+            let bytes = entry.meta.stdout_bytes + entry.meta.stderr_bytes;
+            report.hit(report::Source::Local, saved, bytes);
+        }
+        // Wherever lcrun's own lines go: a terminal, or a log that asked
+        // for them. Never with -q.
+        let args = self.args;
+        if !self.messages.quiet()
+            && (args.verbose || args.interval.is_some() || std::io::stderr().is_terminal())
+        {
+            self.messages
+                .warn(report::hit_line(&self.invocation.label(), entry.age(), saved));
         }
         Some(Exit::Command(entry.meta.status))
     }
@@ -277,6 +310,7 @@ impl Run<'_> {
                 .and_then(|file| ProgressFile::open(file.path()).ok()),
             messages: self.messages,
             job: job.as_ref().map(|(jobs, id)| Publisher::new(jobs, id)),
+            bytes_out: 0,
         };
         let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = progress_file
             .iter()
@@ -298,6 +332,9 @@ impl Run<'_> {
         observer.tick();
         observer.display.finish();
         let duration = started.elapsed();
+        if let Some(report) = self.report {
+            report.ran(observer.bytes_out);
+        }
         let ending = match result {
             Ok(ending) => ending,
             Err(RunError::Spawn(err)) => {
@@ -470,6 +507,8 @@ struct RunObserver<'s> {
     progress: Option<ProgressFile>,
     messages: Messages,
     job: Option<Publisher<'s>>,
+    /// Bytes delivered to stdout and stderr, for `--report`.
+    bytes_out: u64,
 }
 
 impl Observer for RunObserver<'_> {
@@ -483,6 +522,7 @@ impl Observer for RunObserver<'_> {
             }
             return Delivery::Refused;
         }
+        self.bytes_out += bytes.len() as u64;
         if let Some(recording) = &mut self.recording {
             if let Err(err) = recording.write(stream, bytes) {
                 // A full disk, say: the command goes on, uncached.

@@ -22,6 +22,7 @@ pub mod messages;
 pub mod output;
 pub mod outputs;
 pub mod progress;
+pub mod report;
 pub mod runner;
 pub mod scratch;
 pub mod store;
