@@ -231,11 +231,11 @@ impl Display {
         }
     }
 
-    /// `lcrun: running 'make' for 5m00s, 3/10 compiling; last line: cc a.c`:
+    /// `lcrun: running make -j4 for 5m00s, 3/10 compiling; last line: cc a.c`:
     /// the command, how long, its progress, and the last line it printed.
     fn heartbeat(&mut self) {
         let elapsed = duration::short(self.started.elapsed());
-        let mut line = format!("lcrun: {} '{}' for {elapsed}", self.verb, self.name);
+        let mut line = format!("lcrun: {} {} for {elapsed}", self.verb, self.name);
         let summary = self.state.summary();
         if !summary.is_empty() {
             line.push_str(", ");

@@ -147,9 +147,9 @@ fn millis(d: Duration) -> u64 {
 /// time it saved, and where it came from.
 pub fn hit_line(command: &str, age: Duration, saved: Duration) -> String {
     format!(
-        "replayed '{}' from the local cache ({} old, saved {})",
-        crate::display::truncate(command, 60),
+        "replayed from cache (local, {} old, saved {}): {}",
         crate::duration::short(age),
-        crate::duration::short(saved)
+        crate::duration::short(saved),
+        crate::display::truncate(command, 60),
     )
 }

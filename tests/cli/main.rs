@@ -12,6 +12,7 @@ mod inputs;
 mod keys;
 mod outputs;
 mod packaging;
+mod report;
 mod runner;
 mod terminal;
 mod trust;
