@@ -26,7 +26,9 @@ const EXAMPLES: &str = "Examples:
   lcrun --interval 1m --report runs.jsonl -- cargo test   # in CI";
 
 /// The kinds of cache-by expression, as completions offer them.
-pub const CACHE_BY_KINDS: [&str; 7] = ["hash:", "mtime:", "git", "env:", "cmd:", "value:", "stdin"];
+pub const CACHE_BY_KINDS: [&str; 8] = [
+    "hash:", "mtime:", "git", "git:", "env:", "cmd:", "value:", "stdin",
+];
 
 /// Sections of the manual beyond the options, as (title, text): the same
 /// text as the README's sections of those names (a test keeps them in

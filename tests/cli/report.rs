@@ -298,3 +298,139 @@ fn help_groups_options_by_purpose_with_examples() {
     assert_code(&out, 0);
     assert!(stdout(&out).contains("Usage: lcrun progress"), "{}", stdout(&out));
 }
+
+/// A directory to complete paths in: `src/`, `src/main.c`, `srv.txt`.
+fn completion_tree() -> Env {
+    let env = Env::new();
+    env.write("src/main.c", "int main;");
+    env.write("srv.txt", "");
+    env
+}
+
+fn script(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("completions").join(name)
+}
+
+/// What bash's completion of lcrun offers at the end of `line`, in a real
+/// bash that loaded completions/lcrun.bash: the function `complete -p`
+/// names is called as readline would call it, the words split at ':' as
+/// readline splits them.
+fn bash_completes(env: &Env, line: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    for word in line.split(' ') {
+        let mut parts = word.split(':').peekable();
+        while let Some(part) = parts.next() {
+            words.push(part.to_owned());
+            if parts.peek().is_some() {
+                words.push(":".to_owned());
+            }
+        }
+    }
+    let quote = |w: &str| format!("'{}'", w.replace('\'', "'\\''"));
+    let cword = words.len() - 1;
+    let prev = if cword > 0 { words[cword - 1].clone() } else { String::new() };
+    let program = format!(
+        r#"source {script}
+spec=$(complete -p lcrun) || exit 3
+echo "SPEC $spec"
+func=${{spec#*-F }}; func=${{func%% *}}
+COMP_LINE={line}; COMP_POINT=${{#COMP_LINE}}
+COMP_WORDS=({words}); COMP_CWORD={cword}
+"$func" lcrun {cur} {prev}
+printf 'REPLY %s\n' "${{COMPREPLY[@]}}"
+"#,
+        script = quote(&script("lcrun.bash").to_string_lossy()),
+        line = quote(line),
+        words = words.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" "),
+        cur = quote(&words[cword]),
+        prev = quote(&prev),
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(program)
+        .current_dir(env.dir.path())
+        .output()
+        .expect("bash");
+    let text = stdout(&out);
+    assert!(
+        text.contains(" -F _lcrun_cache_by_or_clap lcrun"),
+        "{text}{}",
+        stderr(&out)
+    );
+    let mut replies: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("REPLY "))
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    replies.sort();
+    replies
+}
+
+#[test]
+fn bash_completes_cache_by_kinds_then_paths() {
+    let env = completion_tree();
+    let mut kinds: Vec<String> = lcrun::cli::CACHE_BY_KINDS.iter().map(|k| k.to_string()).collect();
+    kinds.sort();
+    for kind in ["hash:", "mtime:", "git", "env:", "cmd:", "value:", "stdin"] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind}");
+    }
+    assert_eq!(bash_completes(&env, "lcrun -c "), kinds);
+    assert_eq!(bash_completes(&env, "lcrun -c h"), ["hash:"]);
+    assert_eq!(bash_completes(&env, "lcrun --cache-by g"), ["git", "git:"]);
+    // After the kind, paths; bash puts back only what follows the ':'.
+    assert_eq!(bash_completes(&env, "lcrun -c hash:sr"), ["src/", "srv.txt"]);
+    assert_eq!(bash_completes(&env, "lcrun -e 1h --cache-by mtime:src/m"), ["src/main.c"]);
+    // Anything else is clap's completion, as before.
+    let options = bash_completes(&env, "lcrun --progr");
+    assert_eq!(options, ["--progress", "--progress-regex"]);
+    assert_eq!(bash_completes(&env, "lcrun --progress p"), ["plain"]);
+}
+
+/// What fish offers for `line`, with completions/lcrun.fish loaded.
+fn fish_completes(env: &Env, line: &str) -> Vec<String> {
+    let out = std::process::Command::new("fish")
+        .args(["--no-config", "-c"])
+        .arg(format!(
+            "source '{}'; complete -C '{line}'",
+            script("lcrun.fish").display()
+        ))
+        .current_dir(env.dir.path())
+        .env("HOME", env.dir.path())
+        .output()
+        .expect("fish (the fish package) is needed by this test");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut lines: Vec<String> = stdout(&out)
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().to_owned())
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn fish_completes_cache_by_kinds_then_paths() {
+    let env = completion_tree();
+    let all = fish_completes(&env, "lcrun -c ");
+    for kind in lcrun::cli::CACHE_BY_KINDS {
+        assert!(all.iter().any(|k| k == kind), "{kind}: {all:?}");
+    }
+    assert_eq!(fish_completes(&env, "lcrun -c h"), ["hash:"]);
+    assert_eq!(fish_completes(&env, "lcrun -c hash:sr"), ["hash:src/", "hash:srv.txt"]);
+    assert_eq!(fish_completes(&env, "lcrun --cache-by mtime:src/m"), ["mtime:src/main.c"]);
+    assert_eq!(fish_completes(&env, "lcrun --cache-by=hash:sr"), ["--cache-by=hash:src/", "--cache-by=hash:srv.txt"]);
+}
+
+#[test]
+fn zsh_completion_parses_and_completes_cache_by() {
+    let file = script("_lcrun");
+    let out = std::process::Command::new("zsh")
+        .arg("-n")
+        .arg(&file)
+        .output()
+        .expect("zsh (the zsh package) is needed by this test");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.matches(":EXPR:_lcrun_cache_by'").count(), 2, "{text}");
+    assert!(text.contains("compset -P '(hash|mtime|git):'"), "{text}");
+}
