@@ -181,10 +181,7 @@ impl Run<'_> {
             Style::Plain => self.args.interval.is_none(),
             Style::Bar => false,
         };
-        quiet_display
-            && self.args.timeout.is_none()
-            && self.matcher.is_none()
-            && self.report.is_none()
+        quiet_display && self.args.timeout.is_none() && self.matcher.is_none() && self.report.is_none()
     }
 
     /// Replaces lcrun with the command; returns only if that fails.

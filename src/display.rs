@@ -89,7 +89,7 @@ impl Display {
             out: RawOut::new(),
             style,
             label: truncate(label, 40),
-            name: truncate(label, 60),
+            name: truncate(&one_line(label), 60),
             started,
             state: State::default(),
             bar: None,
@@ -243,13 +243,7 @@ impl Display {
         }
         if !self.last_line.is_empty() {
             line.push_str("; last line: ");
-            // The command's own bytes: no escape codes in a log.
-            let text: String = self
-                .last_line
-                .chars()
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect();
-            line.push_str(&truncate(text.trim(), 80));
+            line.push_str(&truncate(&one_line(&self.last_line), 80));
         }
         line.push('\n');
         self.write(Stream::Stderr, line.as_bytes());
@@ -360,6 +354,16 @@ fn spinner_style(with_pos: bool) -> ProgressStyle {
         "{spinner} {prefix} {elapsed} {wide_msg}"
     };
     ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
+/// `text` on one line, as a log line carries it: each run of white space
+/// and control characters (newlines of a script, escape codes of its
+/// output) becomes one space.
+pub fn one_line(text: &str) -> String {
+    text.split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|word| !word.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `text` cut to `max` characters, with an ellipsis when cut.

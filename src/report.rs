@@ -150,6 +150,6 @@ pub fn hit_line(command: &str, age: Duration, saved: Duration) -> String {
         "replayed from cache (local, {} old, saved {}): {}",
         crate::duration::short(age),
         crate::duration::short(saved),
-        crate::display::truncate(command, 60),
+        crate::display::truncate(&crate::display::one_line(command), 60),
     )
 }

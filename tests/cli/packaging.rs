@@ -53,13 +53,28 @@ pub fn completion(shell: Shell) -> String {
     let kinds = CACHE_BY_KINDS.join(" ");
     match shell {
         Shell::Bash => {
-            let script = replace(&script, "complete -F _lcrun ", "complete -F _lcrun_cache_by_or_clap ", 2);
+            let script = replace(
+                &script,
+                "complete -F _lcrun ",
+                "complete -F _lcrun_cache_by_or_clap ",
+                2,
+            );
             let hook = "if [[ \"${BASH_VERSINFO[0]}\" -eq 4 &&";
-            replace(&script, hook, &format!("{}\n{hook}", BASH.replace("KINDS", &kinds)), 1)
+            replace(
+                &script,
+                hook,
+                &format!("{}\n{hook}", BASH.replace("KINDS", &kinds)),
+                1,
+            )
         }
         Shell::Zsh => {
             let escaped = CACHE_BY_KINDS.map(|k| k.replace(':', "\\:")).join(" ");
-            let script = replace(&script, &format!(":EXPR:({escaped})'"), ":EXPR:_lcrun_cache_by'", 2);
+            let script = replace(
+                &script,
+                &format!(":EXPR:({escaped})'"),
+                ":EXPR:_lcrun_cache_by'",
+                2,
+            );
             let with_colon: Vec<&str> = CACHE_BY_KINDS.into_iter().filter(|k| k.ends_with(':')).collect();
             let bare: Vec<&str> = CACHE_BY_KINDS.into_iter().filter(|k| !k.ends_with(':')).collect();
             let function = ZSH
@@ -226,7 +241,9 @@ fn main_page(cli: &clap::Command) -> Vec<u8> {
     let examples = examples.strip_prefix("Examples:\n").unwrap();
     roff.control("SH", ["EXAMPLES"]);
     roff.control("nf", []);
-    roff.text([roman(examples.lines().map(str::trim).collect::<Vec<_>>().join("\n"))]);
+    roff.text([roman(
+        examples.lines().map(str::trim).collect::<Vec<_>>().join("\n"),
+    )]);
     roff.control("fi", []);
     roff.control("SH", ["VERSION"]);
     roff.text([roman(format!("v{}", env!("CARGO_PKG_VERSION")))]);
@@ -284,8 +301,15 @@ fn manual_sections_match_the_readme() {
     let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
     for (title, text) in MANUAL {
         let heading = format!("\n### {title}\n");
-        let start = readme.find(&heading).unwrap_or_else(|| panic!("README has no {heading:?}")) + heading.len();
+        let start = readme
+            .find(&heading)
+            .unwrap_or_else(|| panic!("README has no {heading:?}"))
+            + heading.len();
         let end = readme[start..].find("\n#").map_or(readme.len(), |e| start + e);
-        assert_eq!(words(&readme[start..end]), words(text), "README's {title:?} differs from cli::MANUAL");
+        assert_eq!(
+            words(&readme[start..end]),
+            words(text),
+            "README's {title:?} differs from cli::MANUAL"
+        );
     }
 }

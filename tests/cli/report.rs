@@ -16,9 +16,7 @@ use crate::util::*;
 fn report_lines(env: &Env, rel: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(env.path(rel)).expect("report file");
     text.lines()
-        .map(|line| {
-            serde_json::from_str(line).unwrap_or_else(|err| panic!("bad line {line:?}: {err}"))
-        })
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("bad line {line:?}: {err}")))
         .collect()
 }
 
@@ -38,14 +36,7 @@ fn report_has_a_line_for_a_miss_a_hit_a_failure_and_a_timeout() {
     assert_code(&hit, 0);
     assert_eq!(stdout(&hit), "hello\n");
     assert_eq!(env.count("work"), 1);
-    let failed = env.run([
-        "--report",
-        "r.jsonl",
-        "--",
-        "sh",
-        "-c",
-        "echo oops >&2; exit 3",
-    ]);
+    let failed = env.run(["--report", "r.jsonl", "--", "sh", "-c", "echo oops >&2; exit 3"]);
     assert_code(&failed, 3);
     let timed_out = env.run(["--report", "r.jsonl", "--timeout", "0.3s", "--", "sleep", "10"]);
     assert_code(&timed_out, 124);
@@ -111,7 +102,15 @@ fn a_report_that_cannot_be_written_is_one_warning() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("lcrun: cannot write the report"), "{err}");
     // -q silences the warning, never the result.
-    let out = env.run(["-q", "--report", "no/such/dir/r.jsonl", "--", "sh", "-c", "exit 2"]);
+    let out = env.run([
+        "-q",
+        "--report",
+        "no/such/dir/r.jsonl",
+        "--",
+        "sh",
+        "-c",
+        "exit 2",
+    ]);
     assert_code(&out, 2);
     assert_eq!(stderr(&out), "");
 }
@@ -122,7 +121,16 @@ fn parallel_runs_append_whole_lines() {
     // Lines of several KiB each, so a line written in pieces would show.
     let padding = "x".repeat(6000);
     let children: Vec<_> = (0..16)
-        .map(|i| env.start(["--report", "r.jsonl", "--", "sh", "-c", &format!("echo {i} # {padding}")]))
+        .map(|i| {
+            env.start([
+                "--report",
+                "r.jsonl",
+                "--",
+                "sh",
+                "-c",
+                &format!("echo {i} # {padding}"),
+            ])
+        })
         .collect();
     for child in children {
         assert_code(&child.wait_with_output().unwrap(), 0);
@@ -131,7 +139,15 @@ fn parallel_runs_append_whole_lines() {
     assert_eq!(lines.len(), 16);
     let mut seen: Vec<String> = lines
         .iter()
-        .map(|l| l["command"].as_str().unwrap().split(' ').nth(3).unwrap().to_owned())
+        .map(|l| {
+            l["command"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .nth(3)
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     seen.sort_by_key(|n| n.parse::<u32>().unwrap());
     assert_eq!(seen, (0..16).map(|i| i.to_string()).collect::<Vec<_>>());
@@ -191,7 +207,10 @@ fn a_hit_says_so_on_a_terminal_unless_quiet() {
         .unwrap_or_else(|| panic!("no hit line:\n{hit}"));
     assert!(line.contains("lcrun: replayed from cache (local, "), "{line}");
     assert!(line.contains(" old, saved "), "{line}");
-    assert!(line.trim_end().ends_with("): sh -c 'sleep 0.5; echo computed'"), "{line:?}");
+    assert!(
+        line.trim_end().ends_with("): sh -c 'sleep 0.5; echo computed'"),
+        "{line:?}"
+    );
     // `--progress none` turns off the bar, not lcrun's own lines.
     let none = on_a_terminal(&env, &run.replace("lcrun", "lcrun --progress none"));
     assert!(none.contains("lcrun: replayed"), "{none}");
@@ -259,7 +278,10 @@ fn heartbeats_name_the_command_its_progress_and_last_line() {
         let beats: Vec<&str> = err.lines().filter(|l| l.starts_with("lcrun: running ")).collect();
         assert!(beats.len() >= 2, "{how}: too few heartbeats:\n{err}");
         let last = beats.last().unwrap();
-        assert!(last.starts_with("lcrun: running sh -c 'echo first; "), "{how}: {last}");
+        assert!(
+            last.starts_with("lcrun: running sh -c 'echo first; "),
+            "{how}: {last}"
+        );
         assert!(last.contains("… for 1"), "{how}: {last}");
         assert!(last.contains(", 3/10 compiling"), "{how}: {last}");
         assert!(last.ends_with("; last line: building foo"), "{how}: {last}");
@@ -273,7 +295,13 @@ fn help_groups_options_by_purpose_with_examples() {
     assert_code(&out, 0);
     let help = stdout(&out);
     let mut at = 0;
-    for heading in ["Caching:", "Storage:", "Progress and reports:", "Cancellation:", "Examples:"] {
+    for heading in [
+        "Caching:",
+        "Storage:",
+        "Progress and reports:",
+        "Cancellation:",
+        "Examples:",
+    ] {
         let found = help[at..]
             .find(&format!("\n{heading}\n"))
             .unwrap_or_else(|| panic!("no {heading} after byte {at}:\n{help}"));
@@ -282,7 +310,10 @@ fn help_groups_options_by_purpose_with_examples() {
     let pos = |text: &str| help.find(text).unwrap_or_else(|| panic!("no {text}:\n{help}"));
     let between = |option: &str, from: &str, to: &str| {
         let at = pos(option);
-        assert!(pos(from) < at && at < pos(to), "{option} not under {from}:\n{help}");
+        assert!(
+            pos(from) < at && at < pos(to),
+            "{option} not under {from}:\n{help}"
+        );
     };
     between("--cache-by", "\nCaching:", "\nStorage:");
     between("--cache-dir", "\nStorage:", "\nProgress and reports:");
@@ -308,7 +339,9 @@ fn completion_tree() -> Env {
 }
 
 fn script(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("completions").join(name)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("completions")
+        .join(name)
 }
 
 /// What bash's completion of lcrun offers at the end of `line`, in a real
@@ -328,7 +361,11 @@ fn bash_completes(env: &Env, line: &str) -> Vec<String> {
     }
     let quote = |w: &str| format!("'{}'", w.replace('\'', "'\\''"));
     let cword = words.len() - 1;
-    let prev = if cword > 0 { words[cword - 1].clone() } else { String::new() };
+    let prev = if cword > 0 {
+        words[cword - 1].clone()
+    } else {
+        String::new()
+    };
     let program = format!(
         r#"source {script}
 spec=$(complete -p lcrun) || exit 3
@@ -380,7 +417,10 @@ fn bash_completes_cache_by_kinds_then_paths() {
     assert_eq!(bash_completes(&env, "lcrun --cache-by g"), ["git", "git:"]);
     // After the kind, paths; bash puts back only what follows the ':'.
     assert_eq!(bash_completes(&env, "lcrun -c hash:sr"), ["src/", "srv.txt"]);
-    assert_eq!(bash_completes(&env, "lcrun -e 1h --cache-by mtime:src/m"), ["src/main.c"]);
+    assert_eq!(
+        bash_completes(&env, "lcrun -e 1h --cache-by mtime:src/m"),
+        ["src/main.c"]
+    );
     // Anything else is clap's completion, as before.
     let options = bash_completes(&env, "lcrun --progr");
     assert_eq!(options, ["--progress", "--progress-regex"]);
@@ -416,9 +456,18 @@ fn fish_completes_cache_by_kinds_then_paths() {
         assert!(all.iter().any(|k| k == kind), "{kind}: {all:?}");
     }
     assert_eq!(fish_completes(&env, "lcrun -c h"), ["hash:"]);
-    assert_eq!(fish_completes(&env, "lcrun -c hash:sr"), ["hash:src/", "hash:srv.txt"]);
-    assert_eq!(fish_completes(&env, "lcrun --cache-by mtime:src/m"), ["mtime:src/main.c"]);
-    assert_eq!(fish_completes(&env, "lcrun --cache-by=hash:sr"), ["--cache-by=hash:src/", "--cache-by=hash:srv.txt"]);
+    assert_eq!(
+        fish_completes(&env, "lcrun -c hash:sr"),
+        ["hash:src/", "hash:srv.txt"]
+    );
+    assert_eq!(
+        fish_completes(&env, "lcrun --cache-by mtime:src/m"),
+        ["mtime:src/main.c"]
+    );
+    assert_eq!(
+        fish_completes(&env, "lcrun --cache-by=hash:sr"),
+        ["--cache-by=hash:src/", "--cache-by=hash:srv.txt"]
+    );
 }
 
 #[test]
@@ -433,4 +482,30 @@ fn zsh_completion_parses_and_completes_cache_by() {
     let text = std::fs::read_to_string(&file).unwrap();
     assert_eq!(text.matches(":EXPR:_lcrun_cache_by'").count(), 2, "{text}");
     assert!(text.contains("compset -P '(hash|mtime|git):'"), "{text}");
+}
+
+#[test]
+fn a_script_of_many_lines_is_named_on_one_line() {
+    let env = Env::new();
+    let script = "echo one\necho two\nsleep 0.8";
+    let out = env.run(["-v", "--interval", "200ms", "--", "sh", "-c", script]);
+    assert_code(&out, 0);
+    let again = env.run(["-v", "--", "sh", "-c", script]);
+    assert_code(&again, 0);
+    for err in [stderr(&out), stderr(&again)] {
+        assert!(!err.is_empty());
+        for line in err.lines() {
+            assert!(line.starts_with("lcrun: "), "{err}");
+        }
+    }
+    assert!(
+        stderr(&out).contains("sh -c 'echo one echo two sleep 0.8' for "),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&again).ends_with("): sh -c 'echo one echo two sleep 0.8'\n"),
+        "{}",
+        stderr(&again)
+    );
 }
