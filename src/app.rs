@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::cli::{CacheMode, Cli, RunArgs, Sub};
+use crate::cli::{CacheMode, Cli, ProgressMode, RunArgs, Sub};
 use crate::display::{Display, Style};
 use crate::duration;
 use crate::exit::Exit;
@@ -184,6 +184,15 @@ impl Run<'_> {
         quiet_display && self.args.timeout.is_none() && self.matcher.is_none() && self.report.is_none()
     }
 
+    /// Whether stderr is a terminal. `--progress auto` has asked already
+    /// (its bar is for terminals), and a hit makes no second syscall.
+    fn on_terminal(&self) -> bool {
+        match self.args.progress {
+            ProgressMode::Auto if !self.args.quiet => self.style == Style::Bar,
+            _ => std::io::stderr().is_terminal(),
+        }
+    }
+
     /// Replaces lcrun with the command; returns only if that fails.
     fn exec_in_place(self) -> Exit {
         use std::os::unix::process::CommandExt;
@@ -273,9 +282,7 @@ impl Run<'_> {
         // Wherever lcrun's own lines go: a terminal, or a log that asked
         // for them. Never with -q.
         let args = self.args;
-        if !self.messages.quiet()
-            && (args.verbose || args.interval.is_some() || std::io::stderr().is_terminal())
-        {
+        if !self.messages.quiet() && (args.verbose || args.interval.is_some() || self.on_terminal()) {
             self.messages
                 .warn(report::hit_line(&self.invocation.label(), entry.age(), saved));
         }
