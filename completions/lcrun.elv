@@ -64,3 +64,24 @@ set edit:completion:arg-completer[lcrun] = {|@words|
     ]
     $completions[$command]
 }
+
+# -c/--cache-by: the kinds of expression, then paths after hash:, mtime:
+# and git:.
+use re
+var lcrun-clap~ = $edit:completion:arg-completer[lcrun]
+set edit:completion:arg-completer[lcrun] = {|@words|
+    if (and (> (count $words) 2) (has-value [-c --cache-by] $words[-2])) {
+        var cur = $words[-1]
+        var found = [(re:find '^(hash|mtime|git):(.*)$' $cur)]
+        if (> (count $found) 0) {
+            var kind = $found[0][groups][1][text]
+            edit:complete-filename $found[0][groups][2][text] | each {|c|
+                edit:complex-candidate $kind':'$c[stem] &code-suffix=$c[code-suffix]
+            }
+        } else {
+            put hash: mtime: git git: env: cmd: value: stdin
+        }
+    } else {
+        lcrun-clap $@words
+    }
+}

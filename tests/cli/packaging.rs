@@ -45,7 +45,7 @@ fn completions_are_current() {
 /// clap's script for `shell`, with `-c/--cache-by` completing the kinds of
 /// expression and then, after `hash:`, `mtime:` and `git:`, paths. clap
 /// completes either a list of values or paths, not both; the bash, zsh and
-/// fish scripts get a small function of their own for it.
+/// fish and elvish scripts get a small function of their own for it.
 pub fn completion(shell: Shell) -> String {
     let mut buf = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "lcrun", &mut buf);
@@ -89,6 +89,7 @@ pub fn completion(shell: Shell) -> String {
             let script = replace(&script, &listed, "-a \"(__fish_lcrun_cache_by)\"", 1);
             format!("{script}{}", FISH.replace("KINDS", &kinds))
         }
+        Shell::Elvish => format!("{script}{}", ELVISH.replace("KINDS", &kinds)),
         _ => script,
     }
 }
@@ -179,6 +180,29 @@ function __fish_lcrun_cache_by
 end
 
 complete -c lcrun -n __fish_lcrun_after_cache_by -f -a "(__fish_lcrun_cache_by)"
+"#;
+
+const ELVISH: &str = r#"
+# -c/--cache-by: the kinds of expression, then paths after hash:, mtime:
+# and git:.
+use re
+var lcrun-clap~ = $edit:completion:arg-completer[lcrun]
+set edit:completion:arg-completer[lcrun] = {|@words|
+    if (and (> (count $words) 2) (has-value [-c --cache-by] $words[-2])) {
+        var cur = $words[-1]
+        var found = [(re:find '^(hash|mtime|git):(.*)$' $cur)]
+        if (> (count $found) 0) {
+            var kind = $found[0][groups][1][text]
+            edit:complete-filename $found[0][groups][2][text] | each {|c|
+                edit:complex-candidate $kind':'$c[stem] &code-suffix=$c[code-suffix]
+            }
+        } else {
+            put KINDS
+        }
+    } else {
+        lcrun-clap $@words
+    }
+}
 "#;
 
 /// Every man page: `lcrun.1` and `lcrun-SUBCOMMAND.1` for each subcommand.

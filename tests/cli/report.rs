@@ -2,7 +2,7 @@
 //! in logs, heartbeats that name the command, and the help, man pages and
 //! completions that explain the options.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -508,4 +508,87 @@ fn a_script_of_many_lines_is_named_on_one_line() {
         "{}",
         stderr(&again)
     );
+}
+
+/// What elvish's completer for lcrun offers for `words`, in an interactive
+/// elvish on a pseudo-terminal (its editor is only there) that loaded
+/// completions/lcrun.elv. Candidates are shown by their text, unfiltered:
+/// the editor keeps those that match what was typed.
+fn elvish_completes(env: &Env, words: &str) -> Vec<String> {
+    let pair = native_pty_system()
+        .openpty(PtySize {
+            rows: 50,
+            cols: 200,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .expect("openpty");
+    let mut cmd = CommandBuilder::new("elvish");
+    cmd.arg("-norc");
+    cmd.cwd(env.dir.path());
+    cmd.env("HOME", env.dir.path());
+    cmd.env("TERM", "dumb");
+    let mut child = pair
+        .slave
+        .spawn_command(cmd)
+        .expect("elvish (the elvish package) is needed by this test");
+    drop(pair.slave);
+    let mut reader = pair.master.try_clone_reader().expect("reader");
+    let mut writer = pair.master.take_writer().expect("writer");
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&output);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let text = || String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+    // Typed as `FIN''ISHED`, shown as `FINISHED`: the echo of the typed
+    // line does not count.
+    let line = format!(
+        "eval (slurp < '{}'); $edit:completion:arg-completer[lcrun] {words} | each {{|c| if (eq (kind-of $c) string) {{ echo CANDIDATE $c }} else {{ echo CANDIDATE $c[stem] }} }}; echo FIN''ISHED\r",
+        script("lcrun.elv").display()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    writer.write_all(line.as_bytes()).unwrap();
+    let start = Instant::now();
+    while !text().contains("FINISHED") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "elvish never finished:\n{}",
+            text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = writer.write_all(b"exit\r");
+    let _ = child.kill();
+    let _ = child.wait();
+    let shown = text();
+    let mut found: Vec<String> = shown
+        .split("CANDIDATE ")
+        .skip(1)
+        .filter_map(|rest| rest.split(['\r', '\n', '\x1b']).next())
+        .filter(|c| !c.starts_with('$'))
+        .map(str::to_owned)
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn elvish_completes_cache_by_kinds_then_paths() {
+    let env = completion_tree();
+    let mut kinds: Vec<String> = lcrun::cli::CACHE_BY_KINDS.iter().map(|k| k.to_string()).collect();
+    kinds.sort();
+    assert_eq!(elvish_completes(&env, "lcrun -c h"), kinds);
+    let paths = elvish_completes(&env, "lcrun --cache-by hash:sr");
+    assert!(paths.contains(&"hash:src/".to_owned()), "{paths:?}");
+    assert!(paths.contains(&"hash:srv.txt".to_owned()), "{paths:?}");
+    assert_eq!(
+        elvish_completes(&env, "lcrun -c mtime:src/"),
+        ["mtime:src/main.c"]
+    );
+    // Anything else is clap's completer, as before.
+    assert!(elvish_completes(&env, "lcrun --pro").contains(&"--progress".to_owned()));
 }
