@@ -592,3 +592,84 @@ fn elvish_completes_cache_by_kinds_then_paths() {
     // Anything else is clap's completer, as before.
     assert!(elvish_completes(&env, "lcrun --pro").contains(&"--progress".to_owned()));
 }
+
+/// What an interactive zsh (compinit, completions/ on its fpath) shows after
+/// `typed` and a Tab, on a pseudo-terminal.
+fn zsh_after_tab(env: &Env, typed: &str) -> String {
+    let pair = native_pty_system()
+        .openpty(PtySize {
+            rows: 40,
+            cols: 200,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .expect("openpty");
+    let mut cmd = CommandBuilder::new("zsh");
+    cmd.args(["-f", "-i"]);
+    cmd.cwd(env.dir.path());
+    cmd.env("HOME", env.dir.path());
+    cmd.env("TERM", "dumb");
+    let mut child = pair
+        .slave
+        .spawn_command(cmd)
+        .expect("zsh (the zsh package) is needed by this test");
+    drop(pair.slave);
+    let mut reader = pair.master.try_clone_reader().expect("reader");
+    let mut writer = pair.master.take_writer().expect("writer");
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&output);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let text = || String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+    let wait_for = |needle: &str| {
+        let start = Instant::now();
+        while !text().contains(needle) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "zsh never showed {needle:?}:\n{}",
+                text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let setup = format!(
+        "PS1='READY> '; fpath=('{}' $fpath); autoload -U compinit; compinit -u; echo SET''UP\r",
+        script("").display()
+    );
+    writer.write_all(setup.as_bytes()).unwrap();
+    wait_for("SETUP");
+    wait_for("READY> ");
+    let before = text().len();
+    writer.write_all(format!("{typed}\t").as_bytes()).unwrap();
+    // The line as zsh redraws it after the Tab, once it has settled.
+    let start = Instant::now();
+    let mut last = String::new();
+    let mut stable_since = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = text()[before..].to_owned();
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        } else if last.len() > typed.len() && stable_since.elapsed() > Duration::from_millis(700) {
+            break;
+        }
+    }
+    let _ = writer.write_all(b"\x03exit\r");
+    let _ = child.kill();
+    let _ = child.wait();
+    last
+}
+
+#[test]
+fn zsh_completes_cache_by_kinds_then_paths() {
+    let env = completion_tree();
+    let shown = zsh_after_tab(&env, "lcrun -c h");
+    assert!(shown.contains("lcrun -c hash:"), "{shown:?}");
+    let shown = zsh_after_tab(&env, "lcrun --cache-by mtime:src/m");
+    assert!(shown.contains("mtime:src/main.c"), "{shown:?}");
+}
