@@ -673,3 +673,28 @@ fn zsh_completes_cache_by_kinds_then_paths() {
     let shown = zsh_after_tab(&env, "lcrun --cache-by mtime:src/m");
     assert!(shown.contains("mtime:src/main.c"), "{shown:?}");
 }
+
+#[test]
+fn a_cancelled_run_is_reported_as_cancelled() {
+    let env = Env::new();
+    let child = env.start(["--report", "r.jsonl", "--", "sh", "-c", "touch started; sleep 30"]);
+    let start = Instant::now();
+    while !env.path("started").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the command never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGTERM), "{out:?}");
+    let lines = report_lines(&env, "r.jsonl");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["cancelled"], true, "{}", lines[0]);
+    assert_eq!(lines[0]["timed_out"], false, "{}", lines[0]);
+    assert_eq!(lines[0]["status"], 143, "{}", lines[0]);
+    assert_eq!(lines[0]["hit"], false, "{}", lines[0]);
+}
