@@ -239,7 +239,7 @@ impl Display {
         let summary = self.state.summary();
         if !summary.is_empty() {
             line.push_str(", ");
-            line.push_str(&truncate(&summary, 80));
+            line.push_str(&truncate(&one_line(&summary), 80));
         }
         if !self.last_line.is_empty() {
             line.push_str("; last line: ");
@@ -357,8 +357,8 @@ fn spinner_style(with_pos: bool) -> ProgressStyle {
 }
 
 /// `text` on one line, as a log line carries it: each run of white space
-/// and control characters (newlines of a script, escape codes of its
-/// output) becomes one space.
+/// and control characters (the newlines of a script, the escape byte of a
+/// colour code) becomes one space.
 pub fn one_line(text: &str) -> String {
     text.split(|c: char| c.is_whitespace() || c.is_control())
         .filter(|word| !word.is_empty())
