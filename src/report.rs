@@ -153,3 +153,38 @@ pub fn hit_line(command: &str, age: Duration, saved: Duration) -> String {
         crate::display::truncate(&crate::display::one_line(command), 60),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_one_json_object_and_a_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        let report = Report::new(&path);
+        report.command("make\ntest");
+        report.key("ab");
+        report.hit(Source::Local, Duration::from_millis(1500), 42);
+        report.write(Exit::Command(0), Messages::new(true));
+        report.write(Exit::TimedOut, Messages::new(true));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["command"], "make\ntest");
+        assert_eq!(lines[0]["from"], "local");
+        assert_eq!(lines[0]["saved_ms"], 1500);
+        assert_eq!(lines[0]["bytes_out"], 42);
+        assert_eq!(lines[1]["timed_out"], true);
+        assert_eq!(lines[1]["status"], 124);
+    }
+
+    #[test]
+    fn the_hit_line_is_one_line() {
+        let line = hit_line("sh -c 'a\nb'", Duration::from_secs(7260), Duration::from_secs(3));
+        assert_eq!(
+            line,
+            "replayed from cache (local, 2h01m old, saved 3.0s): sh -c 'a b'"
+        );
+    }
+}
