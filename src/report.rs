@@ -123,11 +123,13 @@ impl Report {
 /// Appends `line` in a single write(2): with `O_APPEND` the kernel places it
 /// whole at the end, whatever other writers do. A short write (a full disk)
 /// is an error, not a second write that could land inside another line.
+/// `O_NONBLOCK`: a FIFO that no one reads is an error, not a hang after the
+/// command has ended.
 fn append(path: &Path, line: &[u8]) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
         .open(path)?;
     let written = file.write(line)?;
     if written < line.len() {

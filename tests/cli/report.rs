@@ -101,6 +101,20 @@ fn a_report_that_cannot_be_written_is_one_warning() {
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("lcrun: cannot write the report"), "{err}");
+    // A FIFO no one reads: a warning, not a hang.
+    let fifo = env.path("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let start = Instant::now();
+    let out = env.run(["--report", "fifo", "--", "sh", "-c", "echo hi; exit 2"]);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_code(&out, 2);
+    assert_eq!(stdout(&out), "hi\n");
+    assert!(
+        stderr(&out).starts_with("lcrun: cannot write the report"),
+        "{}",
+        stderr(&out)
+    );
     // -q silences the warning, never the result.
     let out = env.run([
         "-q",
