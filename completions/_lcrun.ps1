@@ -35,7 +35,7 @@ Register-ArgumentCompleter -Native -CommandName 'lcrun' -ScriptBlock {
             [CompletionResult]::new('--interval', '--interval', [CompletionResultType]::ParameterName, 'Print a plain heartbeat line this often when stderr is not a terminal (the command, elapsed time, progress, last output line); also makes a hit say what it replayed')
             [CompletionResult]::new('--progress-regex', '--progress-regex', [CompletionResultType]::ParameterName, 'Read progress from output lines; named groups pos, total, pct, msg')
             [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Cancel the command after this long and exit 124')
-            [CompletionResult]::new('--kill-after', '--kill-after', [CompletionResultType]::ParameterName, 'After cancelling, wait this long before SIGKILL')
+            [CompletionResult]::new('--kill-after', '--kill-after', [CompletionResultType]::ParameterName, 'After cancelling, wait this long before SIGKILL [default: 5s]')
             [CompletionResult]::new('--no-cwd', '--no-cwd', [CompletionResultType]::ParameterName, 'Leave the working directory out of the key')
             [CompletionResult]::new('--refresh', '--refresh', [CompletionResultType]::ParameterName, 'Run even on a hit and replace the entry')
             [CompletionResult]::new('--no-cache', '--no-cache', [CompletionResultType]::ParameterName, 'Same as --cache-mode off')

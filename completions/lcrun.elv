@@ -32,7 +32,7 @@ set edit:completion:arg-completer[lcrun] = {|@words|
             cand --interval 'Print a plain heartbeat line this often when stderr is not a terminal (the command, elapsed time, progress, last output line); also makes a hit say what it replayed'
             cand --progress-regex 'Read progress from output lines; named groups pos, total, pct, msg'
             cand --timeout 'Cancel the command after this long and exit 124'
-            cand --kill-after 'After cancelling, wait this long before SIGKILL'
+            cand --kill-after 'After cancelling, wait this long before SIGKILL [default: 5s]'
             cand --no-cwd 'Leave the working directory out of the key'
             cand --refresh 'Run even on a hit and replace the entry'
             cand --no-cache 'Same as --cache-mode off'

@@ -42,7 +42,7 @@ none\t'No progress at all; lcrun\'s messages still print unless -q'"
 complete -c lcrun -n "__fish_lcrun_needs_command" -l interval -d 'Print a plain heartbeat line this often when stderr is not a terminal (the command, elapsed time, progress, last output line); also makes a hit say what it replayed' -r
 complete -c lcrun -n "__fish_lcrun_needs_command" -l progress-regex -d 'Read progress from output lines; named groups pos, total, pct, msg' -r
 complete -c lcrun -n "__fish_lcrun_needs_command" -l timeout -d 'Cancel the command after this long and exit 124' -r
-complete -c lcrun -n "__fish_lcrun_needs_command" -l kill-after -d 'After cancelling, wait this long before SIGKILL' -r
+complete -c lcrun -n "__fish_lcrun_needs_command" -l kill-after -d 'After cancelling, wait this long before SIGKILL [default: 5s]' -r
 complete -c lcrun -n "__fish_lcrun_needs_command" -l no-cwd -d 'Leave the working directory out of the key'
 complete -c lcrun -n "__fish_lcrun_needs_command" -l refresh -d 'Run even on a hit and replace the entry'
 complete -c lcrun -n "__fish_lcrun_needs_command" -l no-cache -d 'Same as --cache-mode off'

@@ -125,7 +125,7 @@ fn run_reported(args: &RunArgs, report: Option<&Report>) -> anyhow::Result<Exit>
     if mode.reads() && !args.refresh {
         if let Some(exit) = cache
             .lookup(&key, args.expire)
-            .and_then(|e| run.replay(&cache, &e))
+            .and_then(|e| run.replay(&mut cache, &e))
         {
             // The process ends now: finalising statements and closing a
             // read-only connection was 10% of a hit's instructions, and an
@@ -141,7 +141,7 @@ fn run_reported(args: &RunArgs, report: Option<&Report>) -> anyhow::Result<Exit>
         if lock.is_some() && mode.reads() && !args.refresh {
             if let Some(exit) = cache
                 .lookup(&key, args.expire)
-                .and_then(|e| run.replay(&cache, &e))
+                .and_then(|e| run.replay(&mut cache, &e))
             {
                 return Ok(exit);
             }
@@ -181,7 +181,14 @@ impl Run<'_> {
             Style::Plain => self.args.interval.is_none(),
             Style::Bar => false,
         };
-        quiet_display && self.args.timeout.is_none() && self.matcher.is_none() && self.report.is_none()
+        // An explicit --kill-after asks for lcrun's cancellation (a grace
+        // period, then SIGKILL; a second signal kills at once), which only a
+        // supervising lcrun gives.
+        quiet_display
+            && self.args.timeout.is_none()
+            && self.args.kill_after.is_none()
+            && self.matcher.is_none()
+            && self.report.is_none()
     }
 
     /// Whether stderr is a terminal. `--progress auto` has asked already
@@ -199,7 +206,11 @@ impl Run<'_> {
         let mut command = std::process::Command::new(&self.program);
         command
             .arg0(&self.invocation.argv[0])
-            .args(&self.invocation.argv[1..]);
+            .args(&self.invocation.argv[1..])
+            // Nothing shows progress, but a command that writes to the file
+            // directly (`> "$LCRUN_PROGRESS"`) must find one, and must not
+            // write into an outer lcrun's.
+            .env("LCRUN_PROGRESS", "/dev/null");
         if runner::signals::sigpipe_ignored() {
             // std gives the command the default SIGPIPE; its caller ignored it.
             // SAFETY: signal(2) is async-signal-safe.
@@ -218,7 +229,7 @@ impl Run<'_> {
     /// it went out and there is nothing to replay: its stored output proved
     /// damaged (the entry is dropped), or an identical run replaced it since
     /// the lookup. The command then goes the miss path.
-    fn replay(&self, cache: &Cache, entry: &Entry) -> Option<Exit> {
+    fn replay(&self, cache: &mut Cache, entry: &Entry) -> Option<Exit> {
         let started = Instant::now();
         let mut out = RawOut::new();
         let store = cache.store.as_ref()?;
@@ -231,8 +242,13 @@ impl Run<'_> {
             .into_iter()
             .find_map(|stream| out.fault(stream).map(|err| (stream, err)));
         match fault {
-            // As the command would have died, writing into a closed pipe.
+            // As the command would have died, writing into a closed pipe; or,
+            // when lcrun's caller ignores SIGPIPE, failed with EPIPE as
+            // coreutils do (status 1), as a live run's command would.
             Some((_, err)) if reader_gone(err) => {
+                if runner::signals::sigpipe_ignored() {
+                    return Some(Exit::Command(1));
+                }
                 return Some(Exit::Command(crate::exit::signal_status(libc::SIGPIPE)));
             }
             Some((stream, err)) => return Some(write_failed(stream, err, entry.meta.status)),
@@ -256,6 +272,10 @@ impl Run<'_> {
                         if let Some(note) = store.set_aside(&err) {
                             self.messages.warn(note);
                         }
+                        // The connection still reads the file moved aside:
+                        // this run goes on uncached, having said why once.
+                        cache.store = None;
+                        cache.warned.set(true);
                         return None;
                     }
                     let what = if damaged {
@@ -329,7 +349,7 @@ impl Run<'_> {
             stdin,
             env,
             timeout: self.args.timeout,
-            kill_after: self.args.kill_after,
+            kill_after: self.args.kill_after(),
         };
         let started = Instant::now();
         let result = run_as_execvp(spec, &mut observer);

@@ -227,9 +227,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true, help_heading = CANCELLATION)]
     pub timeout: Option<Duration>,
 
-    /// After cancelling, wait this long before SIGKILL.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true, default_value = "5s", help_heading = CANCELLATION)]
-    pub kill_after: Duration,
+    /// After cancelling, wait this long before SIGKILL [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true, help_heading = CANCELLATION)]
+    pub kill_after: Option<Duration>,
 
     /// The command and its arguments.
     #[arg(last = true, value_name = "COMMAND")]
@@ -283,7 +283,16 @@ impl TypedValueParser for CacheByParser {
     }
 }
 
+/// The grace period between a cancelling signal and SIGKILL when
+/// `--kill-after` is not given.
+pub const DEFAULT_KILL_AFTER: Duration = Duration::from_secs(5);
+
 impl RunArgs {
+    /// `--kill-after`, or its default.
+    pub fn kill_after(&self) -> Duration {
+        self.kill_after.unwrap_or(DEFAULT_KILL_AFTER)
+    }
+
     /// The cache mode after `--no-cache`.
     pub fn effective_cache_mode(&self) -> CacheMode {
         if self.no_cache {

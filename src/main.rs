@@ -37,7 +37,11 @@ pub extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
 fn start_up() {
     // A closed standard descriptor would be handed to the next file lcrun
     // opens (a lock, a data file), and output meant for the terminal would
-    // land in it. Each closed one is filled with /dev/null.
+    // land in it. Each closed one is filled with /dev/null, opened the other
+    // way round (stdin write-only, stdout and stderr read-only), so that
+    // using it still fails with EBADF, as the closed descriptor did: output
+    // written to a closed stdout is a write error (`lcrun -- seq 3 >&-`
+    // fails and caches nothing, as `seq 3 >&-` fails), not a success.
     let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
         fd,
         events: 0,
@@ -48,7 +52,12 @@ fn start_up() {
         for pollfd in fds.iter().filter(|p| p.revents & libc::POLLNVAL != 0) {
             // SAFETY: a plain open of a constant path. The lowest free
             // descriptor is the closed one; lcrun has opened nothing yet.
-            let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+            let flags = if pollfd.fd == 0 {
+                libc::O_WRONLY
+            } else {
+                libc::O_RDONLY
+            };
+            let fd = unsafe { libc::open(c"/dev/null".as_ptr(), flags) };
             debug_assert!(fd < 0 || fd == pollfd.fd);
         }
     }

@@ -193,6 +193,7 @@ fn interpreter(program: &OsStr) -> Option<&'static Interpreter> {
 /// is not an option or an option's value. `None` when `argv[0]` is no
 /// interpreter, or its program comes from an option or stdin.
 pub fn interpreter_script(argv: &[OsString]) -> Option<&OsStr> {
+    let argv = unwrapped(argv)?;
     let rules = interpreter(argv.first()?)?;
     let mut args = argv[1..].iter().map(|a| a.as_bytes());
     let mut subcommand = rules.subcommand;
@@ -253,6 +254,68 @@ pub fn interpreter_script(argv: &[OsString]) -> Option<&OsStr> {
     None
 }
 
+/// The command a chain of wrappers runs (`env A=1 nice -n 5 python3 x.py`
+/// runs `python3 x.py`), so the script behind them counts as well. `None`
+/// when a wrapper's options make the command unknowable here (`env -S`
+/// splits a string, `env -C` moves the working directory).
+fn unwrapped(mut argv: &[OsString]) -> Option<&[OsString]> {
+    loop {
+        let Some(first) = argv.first() else {
+            return Some(argv);
+        };
+        let base = first.as_bytes().rsplit(|&b| b == b'/').next()?;
+        // For each wrapper: its options that take a value, its options that
+        // make the command unknowable, and how many operands precede the
+        // command (`timeout DURATION CMD`).
+        let (valued, unknowable, operands): (&[&[u8]], &[&[u8]], usize) = match base {
+            b"env" => (
+                &[b"-u", b"--unset"],
+                &[b"-S", b"--split-string", b"-C", b"--chdir"],
+                0,
+            ),
+            b"nice" => (&[b"-n", b"--adjustment"], &[], 0),
+            b"nohup" | b"setsid" => (&[], &[], 0),
+            b"time" => (&[b"-f", b"--format", b"-o", b"--output"], &[], 0),
+            b"timeout" => (&[b"-s", b"--signal", b"-k", b"--kill-after"], &[], 1),
+            b"stdbuf" => (
+                &[b"-i", b"-o", b"-e", b"--input", b"--output", b"--error"],
+                &[],
+                0,
+            ),
+            b"ionice" => (&[b"-c", b"--class", b"-n", b"--classdata"], &[], 0),
+            _ => return Some(argv),
+        };
+        let mut rest = &argv[1..];
+        while let Some(arg) = rest.first().map(|a| a.as_bytes()) {
+            let name = arg.split(|&b| b == b'=').next().unwrap_or(arg);
+            if unknowable
+                .iter()
+                .any(|o| name == *o || (o.len() == 2 && arg.starts_with(o)))
+            {
+                return None;
+            }
+            if arg == b"--" {
+                rest = &rest[1..];
+                break;
+            }
+            if base == b"env" && !arg.starts_with(b"-") && arg.contains(&b'=') {
+                rest = &rest[1..]; // NAME=VALUE
+                continue;
+            }
+            if !arg.starts_with(b"-") || arg == b"-" && base != b"env" {
+                break;
+            }
+            rest = &rest[1..];
+            // `-n 5` takes the next argument; `-n5`, `--adjustment=5` and
+            // `-5` (nice) carry theirs.
+            if valued.contains(&arg) {
+                rest = rest.get(1..)?;
+            }
+        }
+        argv = rest.get(operands..)?;
+    }
+}
+
 /// The identity of a script: the SHA-256 of its contents, or a marker when
 /// it is missing or not a regular file (never read then: `sh /dev/stdin`
 /// must leave stdin to the command).
@@ -296,6 +359,36 @@ mod tests {
     fn script(argv: &[&str]) -> Option<String> {
         let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
         interpreter_script(&argv).map(|s| s.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn finds_the_script_behind_wrappers() {
+        assert_eq!(script(&["env", "python3", "x.py"]).as_deref(), Some("x.py"));
+        assert_eq!(
+            script(&["env", "-i", "A=1", "sh", "s.sh"]).as_deref(),
+            Some("s.sh")
+        );
+        assert_eq!(
+            script(&["nice", "-n", "5", "sh", "s.sh"]).as_deref(),
+            Some("s.sh")
+        );
+        assert_eq!(script(&["nice", "-5", "sh", "s.sh"]).as_deref(), Some("s.sh"));
+        assert_eq!(
+            script(&["/usr/bin/env", "-u", "X", "perl", "p.pl"]).as_deref(),
+            Some("p.pl")
+        );
+        assert_eq!(
+            script(&["timeout", "-s", "KILL", "5", "bash", "b.sh"]).as_deref(),
+            Some("b.sh")
+        );
+        assert_eq!(
+            script(&["nohup", "nice", "env", "node", "a.js"]).as_deref(),
+            Some("a.js")
+        );
+        assert_eq!(script(&["env", "-S", "python3 x.py"]), None);
+        assert_eq!(script(&["env", "-C", "dir", "python3", "x.py"]), None);
+        assert_eq!(script(&["env"]), None);
+        assert_eq!(script(&["nice", "ls", "x"]), None);
     }
 
     #[test]

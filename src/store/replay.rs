@@ -16,6 +16,12 @@ use crate::trust;
 /// double a large replay's time.
 const VERIFY_FIRST_BYTES: u64 = 8 << 20;
 
+/// The most bytes one chunk can hold, raw or stored: a recording flushes
+/// once it has gathered [`super::CHUNK_BYTES`], so a chunk is that plus at
+/// most one read of the command's output (also 256 KiB), and compression
+/// never grows it by more than a few bytes per kilobyte.
+const MAX_CHUNK_STORED: usize = 3 * super::CHUNK_BYTES;
+
 impl Store {
     /// Streams an entry's output, chunk by chunk in recorded order, to `sink`.
     /// Memory stays bounded by the few chunks in flight whatever the output's
@@ -56,6 +62,11 @@ impl Store {
             let codec =
                 Codec::from_tag(row.get(1)?).ok_or_else(|| StoreError::Damaged("unknown codec".into()))?;
             let raw_len = row.get::<_, i64>(2)?.max(0) as usize;
+            // Lengths read from the database size buffers: one damaged
+            // integer must be damage, not an allocation of a petabyte.
+            if raw_len > MAX_CHUNK_STORED {
+                return Err(StoreError::Damaged(format!("a chunk claims {raw_len} bytes")));
+            }
             let sum = row.get::<_, i64>(3)? as u64;
             replayed += raw_len as u64;
             if replayed > recorded {
@@ -72,6 +83,9 @@ impl Store {
                 }
                 None => {
                     let len = row.get::<_, Option<i64>>(5)?.unwrap_or(0).max(0) as usize;
+                    if len > MAX_CHUNK_STORED {
+                        return Err(StoreError::Damaged(format!("a chunk claims {len} stored bytes")));
+                    }
                     let file = file.as_mut().ok_or_else(|| {
                         StoreError::Damaged("a chunk is in a data file the entry lacks".into())
                     })?;

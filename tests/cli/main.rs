@@ -13,6 +13,7 @@ mod keys;
 mod outputs;
 mod packaging;
 mod report;
+mod review;
 mod runner;
 mod terminal;
 mod trust;

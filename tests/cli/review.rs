@@ -1,0 +1,207 @@
+//! Defects an adversarial review of issues 9 and 10 found on the merged
+//! build: a damaged length in the database, closed standard descriptors,
+//! a page found damaged on a hit, `--no-cache` cancellation, wrappers in
+//! front of an interpreter, and a replay into a pipe whose reader went away
+//! while SIGPIPE is ignored.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn lcrun_lines(stderr: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| l.starts_with("lcrun:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn sql(db: &Path, statement: &str) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute_batch(statement).unwrap();
+}
+
+/// One damaged integer (a chunk's stored length) sized a buffer: lcrun
+/// aborted on every later run trying to allocate a petabyte.
+#[test]
+fn a_damaged_chunk_length_is_a_miss_not_an_abort() {
+    let env = Env::new();
+    // Noise, so its chunks do not compress and go to the entry's data file.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..3_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    env.write("f", &data);
+    let args = ["--", "cat", "f"];
+    assert_code(&env.run(args), 0);
+    for column in ["file_len", "raw_len"] {
+        sql(
+            &env.db(),
+            &format!("UPDATE chunks SET {column} = 1000000000000000 WHERE seq = 1"),
+        );
+        let out = env.run(args);
+        assert_code(&out, 0);
+        assert!(out.stdout == data, "{column}: wrong bytes replayed");
+        assert!(!stderr(&out).contains("memory allocation"), "{}", stderr(&out));
+        let again = env.run(args);
+        assert_code(&again, 0);
+        assert!(again.stdout == data);
+    }
+}
+
+/// `seq 3 >&-` fails (EBADF); under lcrun it exited 0 and was cached, as
+/// lcrun put /dev/null on the closed descriptor.
+#[test]
+fn a_closed_stdout_or_stderr_is_a_write_error_never_cached() {
+    let env = Env::new();
+    for (redirect, stream) in [(">&-", "stdout"), ("2>&-", "stderr")] {
+        let script = format!(
+            "{} -- sh -c '{}; echo out; echo err >&2' {redirect}; echo status=$?",
+            LCRUN,
+            env.tally(stream)
+        );
+        for round in 1..=2 {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .current_dir(env.dir.path())
+                .env("LCRUN_CACHE_DIR", &env.cache)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let text = format!("{}{}", stdout(&out), stderr(&out));
+            assert!(!text.contains("status=0\n"), "{redirect}: {text}");
+            assert_eq!(env.count(stream), round, "{redirect}: a failed run was cached");
+        }
+    }
+    // With nothing to write there, a closed stdout is no error, as bare.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{LCRUN} -- true >&-; echo status=$?"))
+        .env("LCRUN_CACHE_DIR", &env.cache)
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out).trim(), "status=0", "{}", stderr(&out));
+}
+
+/// A page of the chunks table damaged, found on a hit: the database is
+/// moved aside with one true line, and the run does not go on to fail
+/// writing into the file it just moved.
+#[test]
+fn a_damaged_page_found_on_a_hit_says_one_true_line() {
+    let env = Env::new();
+    let args = ["--", "sh", "-c", "echo small"];
+    assert_code(&env.run(args), 0);
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    let root: i64 = conn
+        .query_row(
+            "SELECT rootpage FROM sqlite_schema WHERE name = 'chunks'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(conn);
+    let mut bytes = std::fs::read(env.db()).unwrap();
+    let page = (root as usize - 1) * 4096;
+    bytes[page] = 7; // not a b-tree page type
+    std::fs::write(env.db(), &bytes).unwrap();
+    let out = env.run(args);
+    assert_code(&out, 0);
+    assert_eq!(out.stdout, b"small\n");
+    let lines = lcrun_lines(&out.stderr);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("damaged"), "{lines:?}");
+    let out = env.run(args);
+    assert_eq!(out.stdout, b"small\n");
+    assert!(lcrun_lines(&out.stderr).is_empty(), "{}", stderr(&out));
+}
+
+/// `--no-cache` became the command (exec in place) even with an explicit
+/// `--kill-after`, so a second signal no longer killed at once; and the
+/// command found no `LCRUN_PROGRESS` to write to.
+#[test]
+fn no_cache_keeps_an_explicit_kill_after_and_a_progress_file() {
+    let env = Env::new();
+    let mut child = env
+        .lcrun()
+        .args(["--no-cache", "--kill-after", "30s", "--", "sh", "-c"])
+        .arg(format!(
+            "trap '' TERM; {}; sleep 20; echo end",
+            env.tally("started")
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.count("started") == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id() as i32;
+    // SAFETY: signalling the child we started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(400));
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let second = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(
+        second.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        second.elapsed()
+    );
+    assert!(!status.success());
+
+    let out = env.run([
+        "--no-cache",
+        "--",
+        "sh",
+        "-c",
+        r#"echo 1/2 > "$LCRUN_PROGRESS" && echo wrote"#,
+    ]);
+    assert_code(&out, 0);
+    assert_eq!(out.stdout, b"wrote\n", "{}", stderr(&out));
+}
+
+/// `lcrun -- env python3 tiny.py`: editing tiny.py replayed the old output,
+/// as the script was looked for only behind argv[0].
+#[test]
+fn a_script_behind_a_wrapper_is_part_of_the_program() {
+    let env = Env::new();
+    for wrapper in [&["env"][..], &["nice", "-n", "1"], &["env", "A=1", "nice"]] {
+        env.write("s.sh", "echo one\n");
+        let mut args: Vec<&str> = vec!["--"];
+        args.extend_from_slice(wrapper);
+        args.extend_from_slice(&["sh", "s.sh"]);
+        assert_eq!(env.run(&args).stdout, b"one\n");
+        env.write("s.sh", "echo two\n");
+        assert_eq!(env.run(&args).stdout, b"two\n", "{wrapper:?}: stale replay");
+    }
+}
+
+/// With SIGPIPE ignored by lcrun's caller, a live run's command meets EPIPE
+/// and fails (status 1); a replay of it exited 141.
+#[test]
+fn a_replay_into_a_gone_reader_with_sigpipe_ignored_fails_as_a_live_run() {
+    let env = Env::new();
+    let script = format!("{}; seq 1 200000", env.tally("seq"));
+    assert_code(&env.run(["--", "sh", "-c", &script]), 0);
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("trap '' PIPE; \"$0\" -- sh -c \"$1\" | head -1 >/dev/null; echo status=${PIPESTATUS[0]}")
+        .arg(LCRUN)
+        .arg(&script)
+        .current_dir(env.dir.path())
+        .env("LCRUN_CACHE_DIR", &env.cache)
+        .output()
+        .unwrap();
+    assert_eq!(env.count("seq"), 1, "not a replay: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "status=1", "{}", stderr(&out));
+}
