@@ -5,6 +5,8 @@
 #     bash scripts/bench.sh            # everything (about 5 minutes)
 #     QUICK=1 bash scripts/bench.sh    # fewer runs, 256 MiB instead of 1 GiB
 #     LCRUN_BIN=path/to/lcrun bash scripts/bench.sh   # another build
+#     LCRUN_BASE=path/to/old/lcrun bash scripts/bench.sh   # and "before" rows:
+#         the old build timed in the same rounds, as one more command
 #
 # Every ratio is measured interleaved (A B A B ..., by scripts/pairs.c) and
 # printed as the median of the per-round ratios with their spread (min-max):
@@ -32,6 +34,7 @@ else
 fi
 bkt=$root/target/peer/bin/bkt
 
+base=${LCRUN_BASE:-}
 quick=${QUICK:-}
 big_mib=$([ -n "$quick" ] && echo 256 || echo 1024)
 runs=$([ -n "$quick" ] && echo 100 || echo 400)
@@ -56,9 +59,9 @@ time_pairs() {
         [ "$cmd" = "--" ] && continue
         if [ -n "$direct" ]; then
             # shellcheck disable=SC2206
-            args+=(-- $cmd)
+            args+=(::: $cmd)
         else
-            args+=(-- bash -c "$cmd")
+            args+=(::: bash -c "$cmd")
         fi
     done
     "$pairs_bin" "$n" 3 "${args[@]}" > "$work/$name.tsv"
@@ -82,6 +85,8 @@ peak_kib() { /usr/bin/time -f %M "$@" 2>&1 >/dev/null | tail -1; }
 
 rows=()
 row() { rows+=("$(printf '%-48s %20s %8s' "$1" "$2" "$3")"); }
+# before CMD: with LCRUN_BASE, "-- CMD" as one more command of a row.
+before() { if [ -n "$base" ]; then printf '%s\n' -- "$1"; fi; }
 
 # --- hit latency -----------------------------------------------------------
 export LCRUN_CACHE_DIR=$work/cache-small
@@ -89,9 +94,20 @@ rm -rf "$LCRUN_CACHE_DIR" "$work/bkt"
 "$lcrun" -- echo hi >/dev/null
 "$bkt" --cache-dir "$work/bkt" --ttl 1h -- echo hi >/dev/null
 for i in $(seq 1 9); do "$lcrun" -- echo "filler $i" >/dev/null; done
-time_pairs 'hit!' "$runs" "$lcrun -- echo hi" -- "$bkt --cache-dir $work/bkt --ttl 1h -- echo hi" -- "/bin/echo hi"
+base_small=$work/cache-base
+if [ -n "$base" ]; then
+    rm -rf "$base_small"
+    "$base" --cache-dir "$base_small" -- echo hi >/dev/null
+    for i in $(seq 1 9); do "$base" --cache-dir "$base_small" -- echo "filler $i" >/dev/null; done
+fi
+mapfile -t extra < <(before "$base --cache-dir $base_small -- echo hi")
+time_pairs 'hit!' "$runs" "$lcrun --cache-dir $LCRUN_CACHE_DIR -- echo hi" -- "$bkt --cache-dir $work/bkt --ttl 1h -- echo hi" -- "/bin/echo hi" "${extra[@]}"
 row "hit latency vs bkt hit" "$(pair_ratio hit 0 1)" "<= 1.2"
 row "hit latency vs bare /bin/echo hi" "$(pair_ratio hit 0 2)" "<= 1.5"
+if [ -n "$base" ]; then
+    row "  before: hit latency vs bkt hit" "$(pair_ratio hit 3 1)" ""
+    row "  before: hit latency vs bare /bin/echo hi" "$(pair_ratio hit 3 2)" ""
+fi
 
 # --- hit latency with 100,000 entries ------------------------------------------
 big_cache=$work/cache-100k
@@ -150,28 +166,47 @@ PY
 fi
 miss_lcrun="rm -rf $work/c100 && env LCRUN_CACHE_DIR=$work/c100 $lcrun -- $gen100"
 miss_bkt="rm -rf $work/b100 && $bkt --cache-dir $work/b100 --ttl 1h -- $gen100"
-time_pairs miss100 7 "$miss_lcrun > /dev/null" -- "$miss_bkt > /dev/null"
+mapfile -t extra < <(before "rm -rf $work/c100b && $base --cache-dir $work/c100b -- $gen100 > /dev/null")
+time_pairs miss100 7 "$miss_lcrun > /dev/null" -- "$miss_bkt > /dev/null" "${extra[@]}"
 env LCRUN_CACHE_DIR=$work/c100 "$lcrun" -- $gen100 >/dev/null
 "$bkt" --cache-dir "$work/b100" --ttl 1h -- $gen100 >/dev/null
-time_pairs hit100 11 "env LCRUN_CACHE_DIR=$work/c100 $lcrun -- $gen100 > /dev/null" -- "$bkt --cache-dir $work/b100 --ttl 1h -- $gen100 > /dev/null"
+[ -z "$base" ] || "$base" --cache-dir "$work/c100b" -- $gen100 >/dev/null
+mapfile -t extra < <(before "$base --cache-dir $work/c100b -- $gen100 > /dev/null")
+time_pairs hit100 11 "env LCRUN_CACHE_DIR=$work/c100 $lcrun -- $gen100 > /dev/null" -- "$bkt --cache-dir $work/b100 --ttl 1h -- $gen100 > /dev/null" "${extra[@]}"
 row "100 MB stdout miss vs bkt miss" "$(pair_ratio miss100 0 1)" "<= 0.5"
 row "100 MB stdout hit vs bkt hit" "$(pair_ratio hit100 0 1)" "<= 0.5"
+if [ -n "$base" ]; then
+    row "  before: 100 MB stdout miss vs bkt miss" "$(pair_ratio miss100 2 1)" ""
+    row "  before: 100 MB stdout hit vs bkt hit" "$(pair_ratio hit100 2 1)" ""
+fi
 
 # --- 1 GiB through lcrun -------------------------------------------------------------
 big="$work/log.txt"
+mapfile -t extra < <(before "rm -rf $work/cbigb; $base --cache-dir $work/cbigb -- cat $big > /dev/null")
 time_pairs bigmiss "$big_runs" \
     "rm -rf $work/cbig; LCRUN_CACHE_DIR=$work/cbig $lcrun -- cat $big > /dev/null" -- \
-    "rm -rf $work/cbig; cat $big | cat > /dev/null"
+    "rm -rf $work/cbig; cat $big | cat > /dev/null" "${extra[@]}"
 row "${big_mib} MiB miss vs cmd | cat > /dev/null" "$(pair_ratio bigmiss 0 1)" "<= 1.3"
+[ -z "$base" ] || row "  before: ${big_mib} MiB miss vs cmd | cat" "$(pair_ratio bigmiss 2 1)" ""
 rm -rf "$work/cbig"
 LCRUN_CACHE_DIR=$work/cbig "$lcrun" -- cat "$big" > /dev/null
-time_pairs bighit "$big_runs" "LCRUN_CACHE_DIR=$work/cbig $lcrun -- cat $big > /dev/null" -- "cat $big > /dev/null"
+[ -z "$base" ] || { rm -rf "$work/cbigb"; "$base" --cache-dir "$work/cbigb" -- cat "$big" >/dev/null; }
+mapfile -t extra < <(before "$base --cache-dir $work/cbigb -- cat $big > /dev/null")
+time_pairs bighit "$big_runs" "LCRUN_CACHE_DIR=$work/cbig $lcrun -- cat $big > /dev/null" -- "cat $big > /dev/null" "${extra[@]}"
 row "${big_mib} MiB replay vs cat file > /dev/null" "$(pair_ratio bighit 0 1)" "<= 1.5"
+[ -z "$base" ] || row "  before: ${big_mib} MiB replay vs cat" "$(pair_ratio bighit 2 1)" ""
 rm -rf "$work/crss"
 miss_rss=$(LCRUN_CACHE_DIR=$work/crss peak_kib "$lcrun" -- cat "$big")
 hit_rss=$(LCRUN_CACHE_DIR=$work/crss peak_kib "$lcrun" -- cat "$big")
 row "peak RSS, ${big_mib} MiB miss (MiB)" "$((miss_rss / 1024))" "<= 32"
 row "peak RSS, ${big_mib} MiB hit (MiB)" "$((hit_rss / 1024))" "<= 32"
+if [ -n "$base" ]; then
+    rm -rf "$work/cbigb"
+    b_miss=$(peak_kib "$base" --cache-dir "$work/cbigb" -- cat "$big")
+    b_hit=$(peak_kib "$base" --cache-dir "$work/cbigb" -- cat "$big")
+    row "  before: peak RSS, miss / hit (MiB)" "$((b_miss / 1024)) / $((b_hit / 1024))" ""
+    rm -rf "$work/cbigb" "$work/c100b"
+fi
 stored=$(python3 -c "import sqlite3,sys,json; b,m=sqlite3.connect(sys.argv[1]).execute('select bytes, meta from entries where key is not null').fetchone(); print(b, ',', json.loads(m)['stdout_bytes'])" "$work/cbig/cache.db")
 row "stored bytes / raw bytes, build-style log" "$(python3 -c "s,r=$stored; print(f'{s/r:.3f}')")" "<= 0.2"
 rm -rf "$work/crss" "$work/cbig" "$work/c100" "$work/b100"
@@ -185,8 +220,10 @@ if [ ! -x "$exec_only" ]; then
         cc -O2 -static -x c - -o "$exec_only"
 fi
 true_bin=$(type -P true)
-time_pairs 'nocache!' "$runs" "$lcrun --no-cache -- true" -- "$true_bin" -- "env true" -- "$exec_only $true_bin"
+mapfile -t extra < <(before "$base --no-cache -- true")
+time_pairs 'nocache!' "$runs" "$lcrun --no-cache -- true" -- "$true_bin" -- "env true" -- "$exec_only $true_bin" "${extra[@]}"
 row "lcrun --no-cache -- true vs true" "$(pair_ratio nocache 0 1)" "<= 1.5"
+[ -z "$base" ] || row "  before: lcrun --no-cache -- true vs true" "$(pair_ratio nocache 4 1)" ""
 row "  floor: static C exec-only wrapper vs true" "$(pair_ratio nocache 3 1)" ""
 row "  floor: env true vs true" "$(pair_ratio nocache 2 1)" ""
 

@@ -1,7 +1,8 @@
 /* Times commands interleaved: each round runs A, B, C ... once, in turn, so
  * the drift of this VM (a third between minutes) falls on all of them alike.
  * Prints one line per round: the wall-clock nanoseconds of each command,
- * tab-separated. Usage: pairs ROUNDS WARMUP -- CMD_A... -- CMD_B... [-- ...]
+ * tab-separated. Usage: pairs ROUNDS WARMUP ::: CMD_A... ::: CMD_B... [::: ...]
+ * (`:::`, not `--`, separates them: the commands themselves use `--`).
  * Each command's stdout goes to /dev/null, stdin from /dev/null; a command
  * that fails ends the run with status 1. */
 #include <fcntl.h>
@@ -34,15 +35,15 @@ static long long run(char **argv) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 5 || strcmp(argv[3], "--") != 0) {
-        fprintf(stderr, "usage: pairs ROUNDS WARMUP -- CMD... -- CMD...\n");
+    if (argc < 5 || strcmp(argv[3], ":::") != 0) {
+        fprintf(stderr, "usage: pairs ROUNDS WARMUP ::: CMD... ::: CMD...\n");
         return 2;
     }
     int rounds = atoi(argv[1]), warmup = atoi(argv[2]);
     char **cmds[16];
     int n = 0;
     for (int i = 3; i < argc && n < 16; i++) {
-        if (strcmp(argv[i], "--") == 0) {
+        if (strcmp(argv[i], ":::") == 0) {
             argv[i] = NULL;
             cmds[n++] = &argv[i + 1];
         }

@@ -74,6 +74,38 @@ pub struct Display {
     interval: Option<Duration>,
     next_heartbeat: Option<Instant>,
     verb: &'static str,
+    /// The terminal this display draws on, locked (see [`TerminalClaim`]).
+    _claim: Option<TerminalClaim>,
+}
+
+/// The right to draw a bar on stderr's terminal. Several lcrun on one
+/// terminal (`make -j`, `xargs -P`) would redraw over each other's bars and
+/// lines; the one holding an `flock` on the terminal device draws, and the
+/// others print their lines untouched.
+struct TerminalClaim(#[allow(dead_code)] std::fs::File);
+
+impl TerminalClaim {
+    /// Claims stderr's terminal, or `None` when another process draws on it.
+    /// A terminal whose device cannot be opened is not shared knowingly:
+    /// drawing goes ahead.
+    fn take() -> Option<Option<TerminalClaim>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Ok(path) = std::fs::read_link("/proc/self/fd/2") else {
+            return Some(None);
+        };
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open(path)
+        else {
+            return Some(None);
+        };
+        match file.try_lock() {
+            Ok(()) => Some(Some(TerminalClaim(file))),
+            Err(std::fs::TryLockError::WouldBlock) => None,
+            Err(std::fs::TryLockError::Error(_)) => Some(None),
+        }
+    }
 }
 
 impl Display {
@@ -85,6 +117,14 @@ impl Display {
         matcher: Option<LineMatcher>,
     ) -> Display {
         let started = Instant::now();
+        let mut style = style;
+        let mut claim = None;
+        if style == Style::Bar && std::io::stderr().is_terminal() {
+            match TerminalClaim::take() {
+                Some(taken) => claim = taken,
+                None => style = Style::Plain,
+            }
+        }
         let mut display = Display {
             out: RawOut::new(),
             style,
@@ -103,6 +143,7 @@ impl Display {
             interval: interval.filter(|i| !i.is_zero()),
             next_heartbeat: None,
             verb: "running",
+            _claim: claim,
         };
         display.next_heartbeat = display.interval.map(|i| started + i);
         if style == Style::Bar {

@@ -205,3 +205,25 @@ fn a_replay_into_a_gone_reader_with_sigpipe_ignored_fails_as_a_live_run() {
     assert_eq!(env.count("seq"), 1, "not a replay: {}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "status=1", "{}", stderr(&out));
 }
+
+/// Two lcrun drawing on one terminal (`make -j2`) each drew a spinner over
+/// the other's; the one holding the terminal draws, the other prints its
+/// lines untouched.
+#[test]
+fn one_bar_per_terminal() {
+    let env = Env::new();
+    let inner = format!("{LCRUN} --no-cache -- sleep 1.51 & {LCRUN} --no-cache -- sleep 1.52 & wait");
+    let out = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .current_dir(env.dir.path())
+        .env("LCRUN_CACHE_DIR", &env.cache)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let screen = stdout(&out);
+    let drawn = ["sleep 1.51", "sleep 1.52"]
+        .iter()
+        .filter(|label| screen.contains(*label))
+        .count();
+    assert_eq!(drawn, 1, "{screen:?}");
+}
