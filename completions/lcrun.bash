@@ -35,7 +35,7 @@ _lcrun() {
 
     case "${cmd}" in
         lcrun)
-            opts="-c -e -q -v -h -V --shell --cache-by --ignore-arg --no-cwd --scope --expire --refresh --cache-mode --no-cache --cache-failures --cache-dir --no-wait --quiet --verbose --report --progress --interval --progress-regex --timeout --kill-after --help --version progress help"
+            opts="-c -o -e -q -v -h -V --shell --cache-by --output --ignore-arg --no-cwd --scope --expire --refresh --cache-mode --no-cache --cache-failures --cache-dir --no-wait --quiet --verbose --report --progress --interval --progress-regex --timeout --kill-after --help --version progress help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -51,6 +51,14 @@ _lcrun() {
                     ;;
                 -c)
                     COMPREPLY=($(compgen -W "hash: mtime: git git: env: cmd: value: stdin" -- "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --ignore-arg)

@@ -21,6 +21,8 @@ set edit:completion:arg-completer[lcrun] = {|@words|
             cand --shell 'Run this string through /bin/sh -c instead of a command after `--`'
             cand -c 'Add EXPR to the cache key (repeatable): mtime:PATH, hash:PATH_OR_GLOB, git, git:DIR, env:NAME, cmd:SHELL_COMMAND, value:STRING, stdin'
             cand --cache-by 'Add EXPR to the cache key (repeatable): mtime:PATH, hash:PATH_OR_GLOB, git, git:DIR, env:NAME, cmd:SHELL_COMMAND, value:STRING, stdin'
+            cand -o 'Store PATH (a file, or a directory with everything in it) with the result and restore it on a hit (repeatable). Relative paths are under the working directory; a path outside it must be absolute. The paths are part of the key. A declared output the command did not create: a warning, and nothing is stored'
+            cand --output 'Store PATH (a file, or a directory with everything in it) with the result and restore it on a hit (repeatable). Relative paths are under the working directory; a path outside it must be absolute. The paths are part of the key. A declared output the command did not create: a warning, and nothing is stored'
             cand --ignore-arg 'Leave argument N of the command out of the key (the command is 0)'
             cand --scope 'Add a namespace to the key'
             cand -e 'Entries older than this are misses (90s, 10m, 2h, 7d)'

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_lcrun_global_optspecs
-    string join \n shell= c/cache-by= ignore-arg= no-cwd scope= e/expire= refresh cache-mode= no-cache cache-failures cache-dir= no-wait q/quiet v/verbose report= progress= interval= progress-regex= timeout= kill-after= h/help V/version
+    string join \n shell= c/cache-by= o/output= ignore-arg= no-cwd scope= e/expire= refresh cache-mode= no-cache cache-failures cache-dir= no-wait q/quiet v/verbose report= progress= interval= progress-regex= timeout= kill-after= h/help V/version
 end
 
 function __fish_lcrun_needs_command
@@ -26,6 +26,7 @@ end
 
 complete -c lcrun -n "__fish_lcrun_needs_command" -l shell -d 'Run this string through /bin/sh -c instead of a command after `--`' -r
 complete -c lcrun -n "__fish_lcrun_needs_command" -s c -l cache-by -d 'Add EXPR to the cache key (repeatable): mtime:PATH, hash:PATH_OR_GLOB, git, git:DIR, env:NAME, cmd:SHELL_COMMAND, value:STRING, stdin' -r -f -a "(__fish_lcrun_cache_by)"
+complete -c lcrun -n "__fish_lcrun_needs_command" -s o -l output -d 'Store PATH (a file, or a directory with everything in it) with the result and restore it on a hit (repeatable). Relative paths are under the working directory; a path outside it must be absolute. The paths are part of the key. A declared output the command did not create: a warning, and nothing is stored' -r -F
 complete -c lcrun -n "__fish_lcrun_needs_command" -l ignore-arg -d 'Leave argument N of the command out of the key (the command is 0)' -r
 complete -c lcrun -n "__fish_lcrun_needs_command" -l scope -d 'Add a namespace to the key' -r
 complete -c lcrun -n "__fish_lcrun_needs_command" -s e -l expire -d 'Entries older than this are misses (90s, 10m, 2h, 7d)' -r

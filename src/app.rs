@@ -5,28 +5,31 @@
 use std::ffi::{OsStr, OsString};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::claim::{self, Claim, Waiting};
 use crate::cli::{CacheMode, Cli, ProgressMode, RunArgs, Sub};
+use crate::deadline::Deadline;
 use crate::display::{Display, Style};
 use crate::duration;
 use crate::exit::Exit;
 use crate::invocation::Invocation;
 use crate::jobs::Jobs;
-use crate::key::{Key, Resolved, Secret};
+use crate::key::{Key, KeyError, Resolved, Secret};
 use crate::lock::KeyLock;
 use crate::messages::{error, Messages};
 use crate::output::{reader_gone, RawOut, Stream};
+use crate::outputs::RestoreCause;
 use crate::progress::{self, LineMatcher, ProgressFile};
+use crate::recorder::{Keep, Recorder};
 use crate::report::{self, Report};
 use crate::runner::{self, Delivery, Ending, Job, Observer, RunError};
 use crate::scratch;
-use crate::store::{Entry, Recording, Store, StoreError};
-
-/// How often a waiter checks whether an identical run has finished.
-const WAIT_POLL: Duration = Duration::from_millis(50);
+use crate::store::chain::Tiers;
+use crate::store::{now_ms, Entry, Store, StoreError};
 
 /// Runs one lcrun call; `Err` is lcrun's own error (status 125).
 pub fn run(cli: Cli) -> anyhow::Result<Exit> {
@@ -74,6 +77,8 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
 }
 
 fn run_reported(args: &RunArgs, report: Option<&Report>) -> anyhow::Result<Exit> {
+    // `--timeout` bounds the whole call, from here.
+    let deadline = Deadline::after(args.timeout);
     let messages = Messages::new(args.quiet);
     let invocation = Invocation::new(args)?;
     if let Some(report) = report {
@@ -109,6 +114,7 @@ fn run_reported(args: &RunArgs, report: Option<&Report>) -> anyhow::Result<Exit>
         style,
         matcher,
         report,
+        deadline,
     };
     if mode == CacheMode::Off {
         if run.adds_nothing() {
@@ -116,7 +122,13 @@ fn run_reported(args: &RunArgs, report: Option<&Report>) -> anyhow::Result<Exit>
         }
         return run.execute(None, None, None, None);
     }
-    let (key, stdin) = invocation.key(args, &run.program)?;
+    let (key, stdin) = match invocation.key(args, &run.program, deadline.at()) {
+        Ok(keyed) => keyed,
+        Err(KeyError::TimedOut { expr }) => {
+            return Ok(run.timed_out(&format!("while evaluating cache-by '{expr}'")));
+        }
+        Err(err) => return Err(err.into()),
+    };
     if let Some(report) = report {
         report.key(&key.hex);
     }
@@ -134,29 +146,47 @@ fn run_reported(args: &RunArgs, report: Option<&Report>) -> anyhow::Result<Exit>
             return Ok(exit);
         }
     }
-    let mut lock = None;
-    if mode.writes() {
-        lock = cache.wait_for_key(&key, args.no_wait, &run);
-        // An identical run may have stored the result while we waited.
-        if lock.is_some() && mode.reads() && !args.refresh {
-            if let Some(exit) = cache
+    if !mode.writes() {
+        return run.execute(stdin, None, Some(&cache), None);
+    }
+    // Outcomes that identical runs leave from now on are ours to share.
+    let arrived_ms = now_ms();
+    // A replay that finds its entry gone (replaced since the lookup) claims
+    // again; twice is plenty, each time a newer entry was there.
+    for _ in 0..3 {
+        let lock = match cache.claim(&key, &run) {
+            Claimed::Owner(lock) => lock,
+            Claimed::Uncached => return run.execute(stdin, None, Some(&cache), None),
+            Claimed::TimedOut => {
+                return Ok(run.timed_out("while waiting for an identical run"));
+            }
+        };
+        // An identical run may have finished while we claimed the key: its
+        // outcome is ours too, failure included (a singleflight).
+        if mode.reads() && !args.refresh {
+            let entry = cache
                 .lookup(&key, args.expire)
-                .and_then(|e| run.replay(&mut cache, &e))
-            {
-                return Ok(exit);
+                .or_else(|| cache.outcome_since(&key, arrived_ms));
+            if let Some(entry) = entry {
+                // The others waiting may replay it side by side.
+                drop(lock);
+                match run.replay(&mut cache, &entry) {
+                    Some(exit) => return Ok(exit),
+                    None => continue,
+                }
             }
         }
+        let job = cache.job_start(&key, &invocation);
+        // The key stays locked until both the command has ended and the
+        // recorder is done with its recording (stored or dropped): the
+        // recorder holds a share of the lock of its own.
+        let lock = Arc::new(lock);
+        let recorder = cache.record(&key, &invocation, &lock);
+        let exit = run.execute(stdin, recorder, Some(&cache), job);
+        drop(lock);
+        return exit;
     }
-    if lock.is_some() {
-        cache.prepare_write(&key);
-    }
-    let (recording, job) = match lock {
-        Some(_) => (cache.begin(&key, &invocation), cache.job_start(&key, &invocation)),
-        None => (None, None),
-    };
-    let exit = run.execute(stdin, recording, Some(&cache), job);
-    drop(lock);
-    exit
+    run.execute(stdin, None, Some(&cache), None)
 }
 
 /// The parts of one call that running and replaying share.
@@ -168,9 +198,19 @@ struct Run<'a> {
     style: Style,
     matcher: Option<LineMatcher>,
     report: Option<&'a Report>,
+    /// `--timeout`, counted from the start of the call.
+    deadline: Deadline,
 }
 
 impl Run<'_> {
+    /// Says that `--timeout` expired before the command ran, and why.
+    fn timed_out(&self, when: &str) -> Exit {
+        let limit = self.deadline.limit().map(duration::short).unwrap_or_default();
+        self.messages
+            .warn(format!("timed out after {limit} {when}; nothing cached"));
+        Exit::TimedOut
+    }
+
     /// With no cache, no bar, no heartbeat, no timeout and no regex, lcrun
     /// has nothing to add to the command: it becomes the command, so a
     /// `--no-cache` run costs one exec, and signals reach the command as if
@@ -231,8 +271,23 @@ impl Run<'_> {
     /// the lookup. The command then goes the miss path.
     fn replay(&self, cache: &mut Cache, entry: &Entry) -> Option<Exit> {
         let started = Instant::now();
+        let store = cache.store()?;
+        // Output files first: while none is written, a failure is a miss.
+        if let Err(err) = store.restore(entry, Path::new("."), &self.invocation.outputs) {
+            // A blob missing or damaged, found before any output changed:
+            // the command makes them afresh. A record or a tree lcrun must
+            // not obey (a planted symlink, a `..`) is refused.
+            if err.nothing_written() && matches!(err.cause, RestoreCause::Blob(_)) {
+                let _ = store.forget(entry);
+                self.messages.warn(format!(
+                    "cannot restore cached outputs ({err}); running the command"
+                ));
+                return None;
+            }
+            error(format!("{err}"));
+            return Some(Exit::Usage);
+        }
         let mut out = RawOut::new();
-        let store = cache.store.as_ref()?;
         let mut started_output = false;
         let result = store.replay(entry, |stream, bytes| {
             started_output = true;
@@ -251,7 +306,7 @@ impl Run<'_> {
                 }
                 return Some(Exit::Command(crate::exit::signal_status(libc::SIGPIPE)));
             }
-            Some((stream, err)) => return Some(write_failed(stream, err, entry.meta.status)),
+            Some((stream, err)) => return Some(write_failed(stream, err, entry.record.status)),
             None => {}
         }
         match result {
@@ -274,7 +329,7 @@ impl Run<'_> {
                         }
                         // The connection still reads the file moved aside:
                         // this run goes on uncached, having said why once.
-                        cache.store = None;
+                        cache.tiers = None;
                         cache.warned.set(true);
                         return None;
                     }
@@ -296,7 +351,7 @@ impl Run<'_> {
         let _ = store.record_hit(&entry.key);
         let saved = entry.duration().saturating_sub(started.elapsed());
         if let Some(report) = self.report {
-            let bytes = entry.meta.stdout_bytes + entry.meta.stderr_bytes;
+            let bytes = entry.record.stdout.size + entry.record.stderr.size;
             report.hit(report::Source::Local, saved, bytes);
         }
         // Wherever lcrun's own lines go: a terminal, or a log that asked
@@ -306,17 +361,26 @@ impl Run<'_> {
             self.messages
                 .warn(report::hit_line(&self.invocation.label(), entry.age(), saved));
         }
-        Some(Exit::Command(entry.meta.status))
+        Some(Exit::Command(entry.record.status))
     }
 
     /// Runs the command live, recording it when `recording` is given.
     fn execute(
         self,
         stdin: Option<std::fs::File>,
-        recording: Option<Recording<'_>>,
+        recording: Option<Recorder>,
         cache: Option<&Cache>,
         job: Option<(Jobs, String)>,
     ) -> anyhow::Result<Exit> {
+        if self.deadline.expired() {
+            if let Some((jobs, id)) = &job {
+                let _ = jobs.finish(id, "cancelled", Exit::TimedOut.code());
+            }
+            if let Some(recording) = recording {
+                recording.abandon();
+            }
+            return Ok(self.timed_out("before the command could start"));
+        }
         // A guard: the file is removed when it drops, on every way out of
         // here, so a cancelled lcrun may re-raise its signal only after
         // `execute` has returned.
@@ -332,7 +396,6 @@ impl Run<'_> {
             progress: progress_file
                 .as_ref()
                 .and_then(|file| ProgressFile::open(file.path()).ok()),
-            messages: self.messages,
             job: job.as_ref().map(|(jobs, id)| Publisher::new(jobs, id)),
             bytes_out: 0,
         };
@@ -348,7 +411,8 @@ impl Run<'_> {
             argv: self.invocation.argv.clone(),
             stdin,
             env,
-            timeout: self.args.timeout,
+            // What the cache-by evaluation and the wait left of it.
+            timeout: self.deadline.remaining(),
             kill_after: self.args.kill_after(),
         };
         let started = Instant::now();
@@ -363,7 +427,7 @@ impl Run<'_> {
             Ok(ending) => ending,
             Err(RunError::Spawn(err)) => {
                 if let Some(recording) = observer.recording.take() {
-                    let _ = recording.abandon();
+                    recording.abandon();
                 }
                 let exit = spawn_failed(&self.invocation.argv[0], &err);
                 if let Some((jobs, id)) = &job {
@@ -376,41 +440,47 @@ impl Run<'_> {
             Err(RunError::Io(err)) => return Err(err).context("while running the command"),
         };
         // Output that could not be delivered (a reader gone, a full disk) is
-        // a run not to keep, and a write error is the run's failure.
+        // a run not to keep, and a write error is the run's failure. A result
+        // policy does not cache (a failure without --cache-failures) is still
+        // kept for the identical runs waiting on this one: they share its
+        // outcome. A cancelled run hands the work to one of them instead.
         let fault = [Stream::Stdout, Stream::Stderr]
             .into_iter()
             .find_map(|stream| observer.display.fault(stream).map(|err| (stream, err)));
-        let (exit, storable) = match ending {
+        let (exit, keep) = match ending {
             Ending::Exited(status) => {
                 let exit = Exit::from_status(status);
                 let ok = status.code() == Some(0) || (self.args.cache_failures && status.code().is_some());
+                let keep = if ok { Keep::Cache } else { Keep::ForWaiters };
                 match fault {
                     // The command met the closed pipe, and its status says so.
-                    Some((_, err)) if reader_gone(err) => (exit, false),
-                    Some((stream, err)) => (write_failed(stream, err, exit.code()), false),
-                    None => (exit, ok),
+                    Some((_, err)) if reader_gone(err) => (exit, None),
+                    Some((stream, err)) => (write_failed(stream, err, exit.code()), None),
+                    None => (exit, Some(keep)),
                 }
             }
             Ending::Cancelled(signal) => {
                 self.messages
                     .warn(format!("cancelled ({}); nothing cached", signal_name(signal)));
-                (Exit::Cancelled(signal), false)
+                (Exit::Cancelled(signal), None)
             }
             Ending::TimedOut => {
-                let limit = self.args.timeout.map(duration::short).unwrap_or_default();
+                let limit = self.deadline.limit().map(duration::short).unwrap_or_default();
                 self.messages
                     .warn(format!("timed out after {limit}; nothing cached"));
-                (Exit::TimedOut, false)
+                (Exit::TimedOut, None)
             }
         };
         if let Some(recording) = observer.recording.take() {
-            let result = if storable {
-                recording.finish(exit.code(), duration)
-            } else {
-                recording.abandon()
+            let result = match keep {
+                Some(keep) => recording.finish(exit.code(), duration, keep, &self.invocation.outputs),
+                None => {
+                    recording.abandon();
+                    Ok(())
+                }
             };
-            if let (Err(err), Some(cache)) = (result, cache) {
-                cache.store_failed(&err);
+            if let (Err(why), Some(cache)) = (result, cache) {
+                cache.warn_dropped(&why);
             }
         }
         if let Some((jobs, id)) = &job {
@@ -497,6 +567,10 @@ fn signal_name(signal: i32) -> &'static str {
 /// How often a running job's progress is published to its waiters.
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 
+/// How often a running job shows its waiters it is alive, progress or not
+/// (see [`claim::STUCK_AFTER`]).
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// Publishes a running job's progress in the jobs table, for waiters.
 struct Publisher<'s> {
     jobs: &'s Jobs,
@@ -516,7 +590,8 @@ impl<'s> Publisher<'s> {
     }
 
     fn publish(&mut self, state: &progress::State) {
-        if *state != self.published && self.at.elapsed() >= PUBLISH_EVERY {
+        let due = self.at.elapsed();
+        if (*state != self.published && due >= PUBLISH_EVERY) || due >= HEARTBEAT {
             self.at = Instant::now();
             self.published = state.clone();
             let _ = self.jobs.progress(self.id, state);
@@ -527,9 +602,8 @@ impl<'s> Publisher<'s> {
 /// Streams output to the display and into the recording.
 struct RunObserver<'s> {
     display: Display,
-    recording: Option<Recording<'s>>,
+    recording: Option<Recorder>,
     progress: Option<ProgressFile>,
-    messages: Messages,
     job: Option<Publisher<'s>>,
     /// Bytes delivered to stdout and stderr, for `--report`.
     bytes_out: u64,
@@ -542,21 +616,15 @@ impl Observer for RunObserver<'_> {
             // Nothing is kept of a run whose output did not reach its reader,
             // and nothing more is written to the cache for it.
             if let Some(recording) = self.recording.take() {
-                let _ = recording.abandon();
+                recording.abandon();
             }
             return Delivery::Refused;
         }
         self.bytes_out += bytes.len() as u64;
+        // Never blocks on the store: see `Recorder`. Why a recording was
+        // dropped is said once, at the end.
         if let Some(recording) = &mut self.recording {
-            if let Err(err) = recording.write(stream, bytes) {
-                // A full disk, say: the command goes on, uncached.
-                self.messages.warn(format!(
-                    "cannot store the result ({err}); the command goes on uncached"
-                ));
-                if let Some(recording) = self.recording.take() {
-                    let _ = recording.abandon();
-                }
-            }
+            recording.write(stream, bytes);
         }
         Delivery::Delivered
     }
@@ -575,7 +643,10 @@ impl Observer for RunObserver<'_> {
 /// The local cache as this run sees it: a store, or none after a failure
 /// that has been reported once.
 struct Cache {
-    store: Option<Store>,
+    /// The local tier and those behind it; the run path talks to these.
+    tiers: Option<Tiers>,
+    /// The directory of a store lent to a recorder.
+    lent: Option<PathBuf>,
     messages: Messages,
     warned: std::cell::Cell<bool>,
 }
@@ -583,7 +654,8 @@ struct Cache {
 impl Cache {
     fn open(dir: Option<PathBuf>, messages: Messages) -> Cache {
         let mut cache = Cache {
-            store: None,
+            tiers: None,
+            lent: None,
             messages,
             warned: false.into(),
         };
@@ -596,7 +668,7 @@ impl Cache {
                 if let Some(note) = note {
                     messages.warn(note);
                 }
-                cache.store = Some(store);
+                cache.tiers = Some(Tiers::new(store));
             }
             Err(StoreError::Untrusted(why)) => {
                 cache.warn(&format!("not using the cache in {}: {why}", dir.display()));
@@ -606,19 +678,6 @@ impl Cache {
         cache
     }
 
-    /// Reports a failure to store the result; a damaged database is moved
-    /// aside, so the next run starts a new one.
-    fn store_failed(&self, err: &StoreError) {
-        let note = match &self.store {
-            Some(store) if err.is_corrupt() => store.set_aside(err),
-            _ => None,
-        };
-        match note {
-            Some(note) => self.messages.warn(note),
-            None => self.warn(&format!("cannot store the result: {err}")),
-        }
-    }
-
     /// Warns, once per run, that the cache is not used.
     fn warn(&self, what: &str) {
         if !self.warned.replace(true) {
@@ -626,14 +685,19 @@ impl Cache {
         }
     }
 
+    /// The local tier: replays go there, and recordings.
+    fn store(&self) -> Option<&Store> {
+        self.tiers.as_ref().map(Tiers::local)
+    }
+
     fn dir(&self) -> Option<&Path> {
-        self.store.as_ref().map(Store::dir)
+        self.store().map(Store::dir).or(self.lent.as_deref())
     }
 
     /// The fresh entry for `key`, if any.
     fn lookup(&mut self, key: &Key, expire: Option<Duration>) -> Option<Entry> {
-        let store = self.store.as_ref()?;
-        match store.lookup(&key.hex) {
+        let tiers = self.tiers.as_ref()?;
+        match tiers.lookup(&key.hex) {
             Ok(entry) => entry.filter(|e| expire.is_none_or(|max| e.age() <= max)),
             Err(err) if err.is_corrupt() => {
                 self.recover(&err);
@@ -646,7 +710,7 @@ impl Cache {
             }
             Err(err) => {
                 self.warn(&format!("cannot read the cache: {err}"));
-                self.store = None;
+                self.tiers = None;
                 None
             }
         }
@@ -655,62 +719,58 @@ impl Cache {
     /// Moves a database that `err` showed damaged aside and opens a new one
     /// (or, when another process did that first, opens its new one).
     fn recover(&mut self, err: &StoreError) {
-        let Some(store) = self.store.take() else {
+        let Some(tiers) = self.tiers.take() else {
             return;
         };
+        let (store, others) = tiers.into_parts();
         match store.recover(err) {
             Ok((store, note)) => {
                 if let Some(note) = note {
                     self.messages.warn(note);
                 }
-                self.store = Some(store);
+                self.tiers = Some(Tiers::from_parts(store, others));
             }
             Err(again) => self.warn(&format!("cache database is damaged ({again})")),
         }
     }
 
-    /// Becomes the one process that runs `key`, waiting while an identical
-    /// run holds it, and showing that run's progress. `None` means run
-    /// unrecorded: `--no-wait` found it busy, or no lock could be had at all.
-    fn wait_for_key(&mut self, key: &Key, no_wait: bool, run: &Run<'_>) -> Option<KeyLock> {
-        let dir = self.dir()?.to_owned();
-        let mut display: Option<Display> = None;
-        let mut polled = Instant::now() - PUBLISH_EVERY;
-        let mut jobs: Option<Jobs> = None;
-        let claim = loop {
-            match KeyLock::try_acquire(&dir, &key.hex) {
-                Ok(Some(lock)) => break Some(lock),
-                Ok(None) if no_wait => break None,
-                Ok(None) => {
-                    let display = display.get_or_insert_with(|| {
-                        self.messages.warn("waiting for an identical run in progress");
-                        let label = format!("waiting: {}", run.invocation.label());
-                        Display::new(run.style, &label, run.args.interval, None).waiting()
-                    });
-                    if polled.elapsed() >= PUBLISH_EVERY {
-                        polled = Instant::now();
-                        if jobs.is_none() {
-                            jobs = Jobs::open(&dir).ok();
-                        }
-                        let job = jobs.as_ref().and_then(|j| j.running(&key.hex).ok().flatten());
-                        if let Some(job) = job {
-                            display.set_state(job.progress);
-                        }
-                    }
-                    display.tick();
-                    std::thread::sleep(WAIT_POLL);
-                }
-                Err(err) => {
-                    self.warn(&format!("cannot lock the cache entry: {err}"));
-                    self.store = None;
-                    break None;
-                }
-            }
-        };
-        if let Some(mut display) = display {
-            display.finish();
+    /// Warns, once, that the result of this run is not stored, and why.
+    fn warn_dropped(&self, why: &str) {
+        if !self.warned.replace(true) {
+            self.messages.warn(format!("{why}; the result is not stored"));
         }
-        claim
+    }
+
+    /// The outcome an identical run left for its waiters since `since_ms`.
+    fn outcome_since(&self, key: &Key, since_ms: i64) -> Option<Entry> {
+        let store = self.store()?;
+        store.lookup_outcome(&key.hex, since_ms).ok().flatten()
+    }
+
+    /// Becomes the one process that runs `key`, waiting (boundedly) while
+    /// an identical run holds it.
+    fn claim(&mut self, key: &Key, run: &Run<'_>) -> Claimed {
+        let Some(dir) = self.dir().map(Path::to_owned) else {
+            return Claimed::Uncached;
+        };
+        let label = run.invocation.label();
+        let how = Waiting {
+            style: run.style,
+            label: &label,
+            interval: run.args.interval,
+            messages: self.messages,
+        };
+        match claim::claim(&dir, &key.hex, run.args.no_wait, run.deadline, &how) {
+            Claim::Owner(lock) => Claimed::Owner(lock),
+            Claim::TimedOut => Claimed::TimedOut,
+            // Said by the claim already.
+            Claim::Busy | Claim::Stuck => Claimed::Uncached,
+            Claim::Failed(err) => {
+                self.warn(&format!("cannot lock the cache entry: {err}"));
+                self.tiers = None;
+                Claimed::Uncached
+            }
+        }
     }
 
     /// Registers this process as the one running `key`.
@@ -727,36 +787,32 @@ impl Cache {
         Some((jobs, id))
     }
 
-    /// Readies the store for a recording of `key` (see
-    /// [`Store::clean_abandoned`]); a damaged database found on the way is
-    /// recovered, and the work done again on the new one.
-    fn prepare_write(&mut self, key: &Key) {
-        let Some(store) = &self.store else {
-            return;
-        };
-        match store.clean_abandoned(&key.hex) {
-            Err(err) if err.is_corrupt() => {
-                self.recover(&err);
-                if let Some(store) = &self.store {
-                    let _ = store.clean_abandoned(&key.hex);
-                }
-            }
-            // A failure here is met again, and reported, by `begin`.
-            _ => {}
-        }
-    }
-
-    /// Starts recording, or warns and returns `None`.
-    fn begin(&self, key: &Key, invocation: &Invocation) -> Option<Recording<'_>> {
-        let store = self.store.as_ref()?;
+    /// Starts recording on a thread of its own, which takes the store and
+    /// a share of the key's `lock`.
+    fn record(&mut self, key: &Key, invocation: &Invocation, lock: &Arc<KeyLock>) -> Option<Recorder> {
+        // The local tier goes to the recorder's thread; lookups are done.
+        let (store, _) = self.tiers.take()?.into_parts();
+        self.lent = Some(store.dir().to_owned());
         // Only a miss reads the secret, to key the stored digests of secret inputs.
         let key = key.sealed(Secret::load_or_create(store.dir()).ok().as_ref());
-        match store.begin(&key, &invocation.label(), &invocation.cwd.to_string_lossy()) {
-            Ok(recording) => Some(recording),
-            Err(err) => {
-                self.warn(&format!("cannot write the cache: {err}"));
-                None
-            }
-        }
+        let cwd = invocation.cwd.to_string_lossy().into_owned();
+        Some(Recorder::start(
+            store,
+            Arc::clone(lock),
+            &key,
+            invocation.label(),
+            cwd,
+            self.messages,
+        ))
     }
+}
+
+/// What claiming a key came to, for this run.
+enum Claimed {
+    /// This process holds the key.
+    Owner(KeyLock),
+    /// Run the command unrecorded.
+    Uncached,
+    /// `--timeout` expired while waiting.
+    TimedOut,
 }

@@ -36,6 +36,11 @@ impl Digest {
         &self.0
     }
 
+    /// The digest whose raw bytes these are; `None` unless exactly 32.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Digest> {
+        bytes.try_into().ok().map(Digest)
+    }
+
     /// 64 lowercase hex characters.
     pub fn hex(&self) -> String {
         const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -123,7 +128,7 @@ pub trait BlobStore {
 
 /// A byte stream stored as blobs: `size` bytes in all, in `blobs` in order,
 /// each [`BLOB_BYTES`] long but the last.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Contents {
     /// Total length in bytes.
     pub size: u64,
@@ -135,9 +140,14 @@ impl Contents {
     /// The length blob `index` must have, from the total size: every blob
     /// is full but the last, so a blob cut short or run long is caught even
     /// by a store that only checks digests it was handed.
-    fn blob_len(&self, index: usize) -> u64 {
+    pub fn blob_len(&self, index: usize) -> u64 {
         let before = index as u64 * BLOB_BYTES as u64;
         self.size.saturating_sub(before).min(BLOB_BYTES as u64)
+    }
+
+    /// Whether there are as many blobs as the size needs, no more, no fewer.
+    pub fn is_whole(&self) -> bool {
+        self.size.div_ceil(BLOB_BYTES as u64) == self.blobs.len() as u64
     }
 }
 

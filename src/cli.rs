@@ -155,6 +155,14 @@ pub struct RunArgs {
     #[arg(short = 'c', long = "cache-by", value_name = "EXPR", value_parser = CacheByParser, value_hint = ValueHint::AnyPath, hide_possible_values = true, help_heading = CACHING)]
     pub cache_by: Vec<OsString>,
 
+    /// Store PATH (a file, or a directory with everything in it) with the
+    /// result and restore it on a hit (repeatable). Relative paths are under
+    /// the working directory; a path outside it must be absolute. The paths
+    /// are part of the key. A declared output the command did not create:
+    /// a warning, and nothing is stored.
+    #[arg(short = 'o', long = "output", value_name = "PATH", value_hint = ValueHint::AnyPath, help_heading = CACHING)]
+    pub output: Vec<OsString>,
+
     /// Leave argument N of the command out of the key (the command is 0).
     #[arg(long, value_name = "N", help_heading = CACHING)]
     pub ignore_arg: Vec<usize>,

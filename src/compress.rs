@@ -70,6 +70,10 @@ pub struct Packed {
     pub codec: Codec,
     /// The [`checksum`] of the raw bytes.
     pub sum: u64,
+    /// The SHA-256 of the raw bytes: the blob's name. Computed here, on the
+    /// worker that compresses it, so a large output's hashing is spread over
+    /// the cores as its compression is.
+    pub digest: crate::blob::Digest,
     /// The raw bytes (`data` is these for [`Codec::Raw`]); handed back so the
     /// buffer can be reused.
     pub raw: Vec<u8>,
@@ -132,6 +136,7 @@ pub fn pack(
         stream,
         codec,
         sum: checksum(&raw),
+        digest: crate::blob::Digest::of(&raw),
         raw,
         compressed,
         compressed_len,

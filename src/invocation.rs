@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 
 use crate::cli::RunArgs;
 use crate::key::{self, CacheBy, Key, KeyBuilder, Resolved};
+use crate::outputs::{self, DeclaredPath};
 
 /// A command ready to be keyed and run.
 pub struct Invocation {
@@ -23,6 +24,8 @@ pub struct Invocation {
     pub cache_by: Vec<(OsString, CacheBy)>,
     /// What `argv[0]` resolved to.
     pub program: Resolved,
+    /// The declared output paths (`-o`), canonical, sorted, no repeats.
+    pub outputs: Vec<DeclaredPath>,
 }
 
 impl Invocation {
@@ -55,6 +58,7 @@ impl Invocation {
                 return Err(key::KeyError::IgnoreArg { index, reason }.into());
             }
         }
+        let outputs = outputs::declare_all(&args.output)?;
         let cwd = std::env::current_dir().context("cannot read the working directory")?;
         let program = key::resolve_program(&argv[0], &cwd);
         Ok(Invocation {
@@ -63,6 +67,7 @@ impl Invocation {
             cwd,
             cache_by,
             program,
+            outputs,
         })
     }
 
@@ -80,11 +85,13 @@ impl Invocation {
     }
 
     /// Derives the key. Evaluates every cache-by expression in order; a
-    /// `stdin` expression spools our stdin into the returned file.
+    /// `stdin` expression spools our stdin into the returned file. Past
+    /// `deadline` no expression is started and a running `cmd:` is ended.
     pub fn key(
         &self,
         args: &RunArgs,
         program: &std::path::Path,
+        deadline: Option<std::time::Instant>,
     ) -> Result<(Key, Option<File>), key::KeyError> {
         let mut builder = KeyBuilder::new();
         match &self.shell {
@@ -103,9 +110,23 @@ impl Invocation {
         if let Some(scope) = &args.scope {
             builder.field("scope", scope.as_bytes());
         }
+        // Only with -o, so the keys of runs without it stay as they were.
+        if !self.outputs.is_empty() {
+            let mut paths = Vec::new();
+            for path in &self.outputs {
+                paths.extend_from_slice(&(path.as_bytes().len() as u64).to_be_bytes());
+                paths.extend_from_slice(path.as_bytes());
+            }
+            builder.field("outputs", &paths);
+        }
         let mut stdin = None;
         for (text, expr) in &self.cache_by {
-            expr.add_to(text, &mut builder, &mut stdin)?;
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Err(key::KeyError::TimedOut {
+                    expr: text.to_string_lossy().into_owned(),
+                });
+            }
+            expr.add_to(text, &mut builder, &mut stdin, deadline)?;
         }
         Ok((builder.finish(), stdin))
     }

@@ -3,7 +3,7 @@
 //! its own database file, so a cache hit never pays for its schema.
 
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
@@ -11,6 +11,12 @@ use sha2::{Digest, Sha256};
 use crate::db;
 use crate::progress::State;
 use crate::store::{now_ms, StoreError};
+
+/// How long registering or ending a job waits for another writer. Writers
+/// of jobs.db hold it for one short statement, so this is ample for any
+/// number of parallel runs, and short enough that a process stuck in a
+/// transaction on jobs.db delays no command's start by more than this.
+const BUSY: Duration = Duration::from_millis(500);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -27,6 +33,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (key, state);
 ";
 
+/// How long an ended job stays in the jobs table (a week, in ms).
+const JOBS_KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// A job as the jobs table records it.
 #[derive(Debug, Clone)]
 pub struct JobRecord {
@@ -36,6 +45,9 @@ pub struct JobRecord {
     pub pid: i64,
     /// When it started (ms since the epoch).
     pub started_ms: i64,
+    /// When its owner last showed a sign of life (ms since the epoch): it
+    /// refreshes this while the command runs, see [`Jobs::progress`].
+    pub updated_ms: i64,
     /// Its last reported progress.
     pub progress: State,
 }
@@ -67,6 +79,7 @@ impl Jobs {
         // close does not checkpoint: that was 2 fsyncs, 2 unlinks and a
         // re-creation on every run.
         let conn = db::open(&path)?.conn;
+        conn.busy_timeout(BUSY)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
         if version == 0 {
             // Nothing to lose in a file being created (4 fsyncs otherwise).
@@ -77,6 +90,12 @@ impl Jobs {
         // What runs now, not a record to keep: a power cut may lose the last
         // updates, never the file (WAL).
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // The WAL is kept between runs (see above) and grew by a few KiB a
+        // run up to SQLite's 1000-page checkpoint, 4 MB of a small disk for
+        // a table of a few rows: checkpoint at 64 pages and cut the file
+        // back to 256 KiB when it restarts.
+        conn.pragma_update(None, "wal_autocheckpoint", 64)?;
+        conn.pragma_update(None, "journal_size_limit", 256 * 1024)?;
         Ok(Jobs { conn })
     }
 
@@ -92,6 +111,12 @@ impl Jobs {
             "UPDATE jobs SET state = 'lost', updated_ms = ?2 WHERE key = ?1 AND state = 'running'",
             params![key, now],
         )?;
+        // Ended jobs stay listed for a week, then go: one row a run would
+        // grow the file without bound.
+        tx.execute(
+            "DELETE FROM jobs WHERE state != 'running' AND updated_ms < ?1",
+            params![now - JOBS_KEPT_MS],
+        )?;
         tx.execute(
             "INSERT INTO jobs (id, key, command, pid, state, started_ms, updated_ms)
              VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?5)",
@@ -101,13 +126,19 @@ impl Jobs {
         Ok(id)
     }
 
-    /// Publishes a running job's progress for the processes waiting on it.
+    /// Publishes a running job's progress for the processes waiting on it,
+    /// and with it a sign that its owner is alive. It is called from the
+    /// loop that streams the command's output, so it never waits: when
+    /// another process holds jobs.db, this update is skipped.
     pub fn progress(&self, id: &str, progress: &State) -> Result<(), StoreError> {
         let json = serde_json::to_string(progress).unwrap_or_default();
-        self.conn.execute(
+        self.conn.busy_timeout(Duration::ZERO)?;
+        let result = self.conn.execute(
             "UPDATE jobs SET progress = ?2, updated_ms = ?3 WHERE id = ?1",
             params![id, json, now_ms()],
-        )?;
+        );
+        self.conn.busy_timeout(BUSY)?;
+        result?;
         Ok(())
     }
 
@@ -125,7 +156,7 @@ impl Jobs {
         let job = self
             .conn
             .prepare_cached(
-                "SELECT id, pid, started_ms, progress FROM jobs WHERE key = ?1 AND state = 'running'
+                "SELECT id, pid, started_ms, updated_ms, progress FROM jobs WHERE key = ?1 AND state = 'running'
                  ORDER BY started_ms DESC LIMIT 1",
             )?
             .query_row([key], |row| {
@@ -133,7 +164,8 @@ impl Jobs {
                     id: row.get(0)?,
                     pid: row.get(1)?,
                     started_ms: row.get(2)?,
-                    progress: serde_json::from_str(&row.get::<_, String>(3)?).unwrap_or_default(),
+                    updated_ms: row.get(3)?,
+                    progress: serde_json::from_str(&row.get::<_, String>(4)?).unwrap_or_default(),
                 })
             })
             .optional()?;

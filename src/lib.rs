@@ -8,9 +8,11 @@
 
 pub mod app;
 pub mod blob;
+pub mod claim;
 pub mod cli;
 pub mod compress;
 pub mod db;
+pub mod deadline;
 pub mod display;
 pub mod duration;
 pub mod exit;
@@ -22,6 +24,7 @@ pub mod messages;
 pub mod output;
 pub mod outputs;
 pub mod progress;
+pub mod recorder;
 pub mod report;
 pub mod runner;
 pub mod scratch;

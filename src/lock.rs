@@ -47,6 +47,69 @@ impl KeyLock {
     }
 }
 
+/// A mark that this process wants `key`: a shared lock on the key's
+/// `.waiting` file, held from before it tries the key's lock until it holds
+/// it or gives up. The owner reads the marks when its run ends, to know
+/// whether anyone is waiting for an outcome it would otherwise not keep.
+pub struct WaitMark {
+    _file: File,
+}
+
+impl WaitMark {
+    /// Marks this process as waiting for `key`. `None` when the mark cannot
+    /// be made; the wait goes on without it.
+    pub fn new(dir: &Path, key: &str) -> Option<WaitMark> {
+        let path = dir.join("locks").join(format!("{key}.waiting"));
+        // An owner removes an unmarked file under its lock: a mark on that
+        // inode would be seen by no one, so it is made again on the new one.
+        for _ in 0..10 {
+            let file = open_lock_file(&path).ok()?;
+            file.lock_shared().ok()?;
+            let held = file.metadata().ok()?;
+            if fs::metadata(&path).is_ok_and(|now| now.ino() == held.ino() && now.dev() == held.dev()) {
+                return Some(WaitMark { _file: file });
+            }
+        }
+        None
+    }
+
+    /// Whether some process is waiting for `key` now. Called by the owner,
+    /// which holds no mark itself. A file found unmarked is removed, under
+    /// its exclusive lock, so marks do not pile up, one per key.
+    pub fn anyone_waiting(dir: &Path, key: &str) -> bool {
+        let path = dir.join("locks").join(format!("{key}.waiting"));
+        let Ok(file) = open_existing(&path) else {
+            return false;
+        };
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = fs::remove_file(&path);
+                false
+            }
+            Err(_) => true,
+        }
+    }
+}
+
+/// Opens (creating) a `.waiting` file as the key's lock file is opened:
+/// in a directory only the user can write, no symlink followed.
+fn open_lock_file(path: &Path) -> io::Result<File> {
+    if let Some(parent) = path.parent() {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
+        trust::check_dir(parent).map_err(io::Error::other)?;
+    }
+    let options = &mut OpenOptions::new();
+    trust::open(path, options.create(true).truncate(false).write(true))
+        .map(|(file, _)| file)
+        .map_err(io::Error::other)
+}
+
+fn open_existing(path: &Path) -> io::Result<File> {
+    trust::open(path, OpenOptions::new().write(true))
+        .map(|(file, _)| file)
+        .map_err(io::Error::other)
+}
+
 impl Drop for KeyLock {
     fn drop(&mut self) {
         // Unlink while still holding the lock, so no one can lock this inode
@@ -68,5 +131,19 @@ mod tests {
         assert!(KeyLock::try_acquire(dir.path(), "other").unwrap().is_some());
         drop(first);
         assert!(KeyLock::try_acquire(dir.path(), "k").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_wait_mark_is_seen_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!WaitMark::anyone_waiting(dir.path(), "k"));
+        let mark = WaitMark::new(dir.path(), "k").expect("mark");
+        let other = WaitMark::new(dir.path(), "k").expect("a second mark");
+        assert!(WaitMark::anyone_waiting(dir.path(), "k"));
+        drop(mark);
+        assert!(WaitMark::anyone_waiting(dir.path(), "k"));
+        drop(other);
+        assert!(!WaitMark::anyone_waiting(dir.path(), "k"));
+        assert!(!dir.path().join("locks/k.waiting").exists());
     }
 }

@@ -79,18 +79,24 @@ impl CacheBy {
     }
 
     /// Computes the expression's value and adds it to `key`. `stdin_spool`
-    /// receives lcrun's stdin when the expression is `stdin`.
+    /// receives lcrun's stdin when the expression is `stdin`. A `cmd:` still
+    /// running at `deadline` is ended with all it started, and stdin is read
+    /// no longer than that.
     pub fn add_to(
         &self,
         expr: &OsStr,
         key: &mut KeyBuilder,
         stdin_spool: &mut Option<File>,
+        deadline: Option<std::time::Instant>,
     ) -> Result<(), KeyError> {
         let mut label = b"cache-by ".to_vec();
         label.extend_from_slice(expr.as_bytes());
         let eval = |reason: String| KeyError::Eval {
             expr: expr.to_string_lossy().into_owned(),
             reason,
+        };
+        let timed_out = || KeyError::TimedOut {
+            expr: expr.to_string_lossy().into_owned(),
         };
         match self {
             CacheBy::Mtime(path) => key.field(&label, &files::mtime(path).map_err(|e| eval(e.to_string()))?),
@@ -108,11 +114,17 @@ impl CacheBy {
                 };
                 key.secret_field(&label, Sha256::digest(&value).into())
             }
-            CacheBy::Cmd(command) => key.secret_field(&label, command::output(command).map_err(eval)?),
+            CacheBy::Cmd(command) => match command::output(command, deadline).map_err(eval)? {
+                Some(digest) => key.secret_field(&label, digest),
+                None => return Err(timed_out()),
+            },
             CacheBy::Value(value) => key.field(&label, value.as_bytes()),
             CacheBy::Stdin => {
-                let (digest, file) =
-                    command::spool_stdin().map_err(|e| eval(format!("reading stdin: {e}")))?;
+                let Some((digest, file)) =
+                    command::spool_stdin(deadline).map_err(|e| eval(format!("reading stdin: {e}")))?
+                else {
+                    return Err(timed_out());
+                };
                 *stdin_spool = Some(file);
                 key.secret_field(&label, digest)
             }

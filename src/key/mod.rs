@@ -52,6 +52,12 @@ pub enum KeyError {
         /// What went wrong.
         reason: String,
     },
+    /// `--timeout` expired while the expression was being evaluated.
+    #[error("cache-by '{expr}' was still running when the time limit expired")]
+    TimedOut {
+        /// The expression as given.
+        expr: String,
+    },
     /// `--ignore-arg` named an argument that cannot be ignored.
     #[error("--ignore-arg {index}: {reason}")]
     IgnoreArg {

@@ -1,18 +1,24 @@
-//! The local cache tier: one SQLite database (WAL) holding entries and their
-//! output as ordered, compressed chunks tagged stdout/stderr. An entry is
-//! written while pending and becomes visible in one short transaction at the
-//! end, so a crash or a cancelled run never leaves anything a reader replays.
+//! The store: action records by key, their content in content-addressed
+//! blobs (see [`crate::blob`]), behind a seam ([`tier`]) where other tiers
+//! plug in; [`chain`] is what the run path talks to.
 //!
-//! Large chunks keep only their place in SQLite; their bytes are appended to
-//! one data file per entry under `data/`. In SQLite every 4 KiB page of a
-//! blob is written twice (WAL, then checkpoint) with a syscall each: a
-//! 1 GiB miss took 1.3 s with its chunks in SQLite and 0.8 s with their
-//! bytes left out, against 0.9 s for `cat | cat`.
+//! The local tier is this folder: one SQLite database (WAL) holding records
+//! and small blobs, and large blobs in pack files under `blobs/`. A record is
+//! written while pending and becomes visible in one short transaction at the
+//! end, after every blob it names is in place, so a crash or a cancelled run
+//! never leaves anything a reader replays, nor a record whose blobs are
+//! missing.
+//!
+//! Large blobs are files because in SQLite every 4 KiB page of a blob is
+//! written twice (WAL, then checkpoint) with a syscall each: a 1 GiB miss
+//! took 1.3 s with its chunks in SQLite and 0.8 s with their bytes left out,
+//! against 0.9 s for `cat | cat`.
 //!
 //! Here: opening (the directory and database checked to be the user's own),
-//! the schema, lookups. `recording` writes entries, `replay` reads them
-//! back verified, `hits` counts hits, `recover` replaces a damaged
-//! database.
+//! the schema, lookups. `recording` writes records, `blobs` stores and reads
+//! blobs and counts their uses, `sweep` removes orphaned blob files,
+//! `replay` reads a record's output back verified, `hits` counts hits,
+//! `recover` replaces a damaged database.
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::os::unix::fs::DirBuilderExt;
@@ -22,25 +28,37 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use crate::db::{self, Db, FileId, BUSY_TIMEOUT};
-use crate::key::KeyInput;
 use crate::trust::{self, OpenError, Untrusted};
 
+pub mod blobs;
+pub mod chain;
 mod hits;
+pub mod record;
 mod recording;
 mod recover;
 mod replay;
+mod sweep;
+pub mod tier;
 
+pub use record::Record;
 pub use recording::Recording;
 
 /// The schema this build writes; `PRAGMA user_version` carries it.
-const SCHEMA_VERSION: i64 = 4;
+/// Version 5: action records and content-addressed blobs.
+const SCHEMA_VERSION: i64 = 5;
 
-/// Raw bytes gathered before a chunk is compressed and stored. Bounds memory
-/// per run, and is large enough that zstd finds the repetition in build logs.
-pub const CHUNK_BYTES: usize = 256 * 1024;
+/// The directory of blob files, in the cache directory.
+const BLOB_DIR: &str = "blobs";
 
-/// The directory of data files, in the cache directory.
-const DATA_DIR: &str = "data";
+/// What the layouts before version 5 kept their large chunks in.
+const OLD_DATA_DIR: &str = "data";
+
+/// An outcome kept only for the runs that waited on it (a failure that
+/// policy does not cache) is stored under its key with this prefix, which no
+/// hex key has, so no lookup of a key ever finds it; see
+/// [`Recording::share`]. It is swept by later writes once this old.
+const OUTCOME_PREFIX: &str = "~";
+const OUTCOME_KEEP_MS: i64 = 60_000;
 
 /// Kept small on purpose: every new connection parses the whole schema
 /// before its first statement, and that parse was most of a cache hit's
@@ -49,18 +67,27 @@ const DATA_DIR: &str = "data";
 /// writes every value): the parse cost 16k more of a hit's 503k
 /// instructions with them. The columns:
 ///
-/// - `entries`: `id` (rowid), `key` (hex SHA-256; NULL while pending, so
-///   readers never see a pending entry), `created_ms`, `last_used_ms` (ms
-///   since the epoch), `bytes` (stored size), `hits`, `meta` (JSON, see
-///   [`Meta`]), `file` (its data file under `data/`, or NULL).
-/// - `chunks`: `entry_id`, `seq` (order of output), `stream` (1 stdout,
-///   2 stderr), `codec` ([`Codec`](crate::compress::Codec)), `raw_len`, `xxh3` (the chunk's raw
-///   bytes' checksum, see [`crate::compress::checksum`]), and the stored bytes:
-///   `data`, or, when that is NULL, the next `file_len` bytes of the
-///   entry's data file.
+/// - `entries`, the action records: `id` (rowid), `key` (hex SHA-256; NULL
+///   while pending, so readers never see a pending record), `created_ms`,
+///   `last_used_ms` (ms since the epoch), `bytes` (stored size of the blobs
+///   it put), `hits`, `meta` (JSON, see [`Record`]).
+/// - `blobs`: `digest` (32 bytes, SHA-256 of the raw bytes), `codec`
+///   ([`Codec`](crate::compress::Codec)), `raw_len`, `xxh3` (the raw bytes'
+///   checksum, verified on every read, see [`crate::compress::checksum`]),
+///   and the stored bytes: `data`, or, when that is NULL, `len` bytes at
+///   offset `at` of the pack file `blobs/<pack>`.
+/// - `uses`: which record (pending or visible) uses which blob, by digest
+///   first: whether a blob is still used is one lookup. A visible record's
+///   uses are the digests its record names, so no second index is kept for
+///   finding a record's uses (it cost a hit 13k instructions of parsing); a
+///   pending record's are found by a scan, when a writer died or gave up.
+///   A blob goes
+///   when its last use does, in the same transaction.
 const SCHEMA: &str = "
-CREATE TABLE entries(id INTEGER PRIMARY KEY,key TEXT UNIQUE,created_ms,last_used_ms,bytes,hits,meta,file);
-CREATE TABLE chunks(entry_id,seq,stream,codec,raw_len,xxh3,data,file_len,PRIMARY KEY(entry_id,seq));
+CREATE TABLE entries(id INTEGER PRIMARY KEY,key TEXT UNIQUE,created_ms,last_used_ms,bytes,hits,meta);
+CREATE TABLE blobs(digest PRIMARY KEY,codec,raw_len,xxh3,data,pack,at,len)WITHOUT ROWID;
+CREATE INDEX blobs_pack ON blobs(pack);
+CREATE TABLE uses(digest,entry_id,PRIMARY KEY(digest,entry_id))WITHOUT ROWID;
 ";
 
 /// Why the store could not do what was asked.
@@ -122,7 +149,7 @@ impl StoreError {
     }
 
     /// True when one entry is damaged (its record, its stored output, its
-    /// data file): that entry is dropped and the command runs.
+    /// blobs): that entry is dropped and the command runs.
     pub fn is_damaged_entry(&self) -> bool {
         matches!(self, StoreError::Damaged(_) | StoreError::Untrusted(_))
     }
@@ -137,37 +164,6 @@ impl From<OpenError> for StoreError {
     }
 }
 
-/// What an entry records besides its key and output: one JSON column, so
-/// the schema stays small and new facts need no migration.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct Meta {
-    /// The command as the user wrote it, for listings.
-    pub command: String,
-    /// The working directory it ran in.
-    pub cwd: String,
-    /// The key's inputs, as digests.
-    pub inputs: Vec<KeyInput>,
-    /// How long the command ran (ms).
-    pub duration_ms: u64,
-    /// The command's exit status.
-    pub status: u8,
-    /// Raw bytes of stdout.
-    pub stdout_bytes: u64,
-    /// Raw bytes of stderr.
-    pub stderr_bytes: u64,
-    /// While pending: the key it will be stored under.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending_key: Option<String>,
-    /// While pending: a random token of the recording, which makes its
-    /// pending record unique: each of its writes checks that the row still
-    /// holds that record, so it never writes into a row id reused by another.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-    /// The size of the entry's data file, checked before a replay starts.
-    #[serde(default)]
-    pub file_bytes: u64,
-}
-
 /// A complete entry's record.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -177,10 +173,8 @@ pub struct Entry {
     pub key: String,
     /// When the result was stored (ms since the epoch).
     pub created_ms: i64,
-    /// Its data file under `data/`, if it has one.
-    pub file: Option<String>,
     /// Everything else it records.
-    pub meta: Meta,
+    pub record: Record,
 }
 
 impl Entry {
@@ -191,7 +185,7 @@ impl Entry {
 
     /// How long the command ran.
     pub fn duration(&self) -> Duration {
-        Duration::from_millis(self.meta.duration_ms)
+        Duration::from_millis(self.record.duration_ms)
     }
 }
 
@@ -206,6 +200,8 @@ pub fn now_ms() -> i64 {
 pub struct Store {
     conn: Connection,
     dir: PathBuf,
+    /// The pack a replay reads from, kept open from blob to blob.
+    reading: std::cell::RefCell<Option<(String, fs::File, u64)>>,
     /// The database file's device and inode when it was opened: the file
     /// that is moved aside if it proves damaged, and not a newer one.
     db_id: FileId,
@@ -223,7 +219,7 @@ pub fn create_dir(dir: &Path) -> Result<(), StoreError> {
         })
 }
 
-/// Creates a directory of the cache (`data/`, `locks/`) if needed, and
+/// Creates a directory of the cache (`blobs/`, `locks/`) if needed, and
 /// checks that it is ours alone: a directory another user made there would
 /// let them swap the files lcrun reads in it.
 pub fn create_trusted_dir(dir: &Path) -> Result<(), StoreError> {
@@ -273,7 +269,12 @@ impl Store {
         let path = dir.join("cache.db");
         let Db { conn, id: db_id } = db::open(&path).map_err(|e| (e, None))?;
         let fail = |err: StoreError| (err, Some(db_id));
-        let store = Store { conn, dir, db_id };
+        let store = Store {
+            conn,
+            dir,
+            db_id,
+            reading: Default::default(),
+        };
         store.migrate().map_err(fail)?;
         Ok(store)
     }
@@ -309,13 +310,16 @@ impl Store {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         // Version 1 was the layout before the hit path was slimmed (four
         // tables, a `complete` flag), version 2 the one before data files; a
-        // cache is disposable, so it is rebuilt. Version 3 had no checksums.
-        // The old data files go too: no row of the new layout names them.
+        // cache is disposable, so it is rebuilt. Version 3 had no checksums,
+        // version 4 kept chunks per entry, not blobs by digest. The old data
+        // files go too: no row of the new layout names them.
         if version > 0 {
             tx.execute_batch(
-                "DROP TABLE IF EXISTS chunks; DROP TABLE IF EXISTS entries; DROP TABLE IF EXISTS jobs;",
+                "DROP TABLE IF EXISTS chunks; DROP TABLE IF EXISTS entries; DROP TABLE IF EXISTS jobs; \
+                 DROP TABLE IF EXISTS blobs; DROP TABLE IF EXISTS uses;",
             )?;
-            let _ = fs::remove_dir_all(self.dir.join(DATA_DIR));
+            let _ = fs::remove_dir_all(self.dir.join(OLD_DATA_DIR));
+            let _ = fs::remove_dir_all(self.dir.join(BLOB_DIR));
         }
         tx.execute_batch(SCHEMA)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -327,22 +331,30 @@ impl Store {
     pub fn lookup(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT id, created_ms, meta, file FROM entries WHERE key = ?1")?;
+            .prepare_cached("SELECT id, created_ms, meta FROM entries WHERE key = ?1")?;
         let row = stmt
             .query_row([key], |row| {
                 Ok((
                     row.get::<_, i64>(0)?,
                     row.get::<_, i64>(1)?,
                     row.get::<_, String>(2)?,
-                    row.get::<_, Option<String>>(3)?,
                 ))
             })
             .optional()?;
-        let Some((id, created_ms, meta, file)) = row else {
+        let Some((id, created_ms, meta)) = row else {
             return Ok(None);
         };
-        let meta = match serde_json::from_str(&meta) {
-            Ok(meta) => meta,
+        let parsed = serde_json::from_str::<Record>(&meta)
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                if r.is_consistent() {
+                    Ok(r)
+                } else {
+                    Err("its layout or sizes do not add up".into())
+                }
+            });
+        let record = match parsed {
+            Ok(record) => record,
             Err(e) => {
                 // One damaged record is that entry's loss, not the database's:
                 // it is dropped, and the run goes on as a miss.
@@ -355,9 +367,25 @@ impl Store {
             id,
             key: key.to_owned(),
             created_ms,
-            file,
-            meta,
+            record,
         }))
+    }
+
+    /// The outcome of a run of `key` kept for its waiters (see
+    /// [`Recording::share`]), if one ended at or after `since_ms`: a run
+    /// that ended before the caller started is not one it waited on.
+    pub fn lookup_outcome(&self, key: &str, since_ms: i64) -> Result<Option<Entry>, StoreError> {
+        Ok(self
+            .lookup(&format!("{OUTCOME_PREFIX}{key}"))?
+            .filter(|entry| entry.created_ms >= since_ms))
+    }
+
+    /// Has SQLite call `handler` when another connection holds the lock
+    /// (it returns whether to try again), instead of the busy timeout. A
+    /// recorder uses it to give up on a cache that stays locked.
+    pub fn set_busy_handler(&self, handler: fn(i32) -> bool) -> Result<(), StoreError> {
+        self.conn.busy_handler(Some(handler))?;
+        Ok(())
     }
 
     /// After a write: copies the WAL into the database and truncates it to
@@ -374,9 +402,8 @@ impl Store {
 
     fn delete_entry(&self, id: i64) -> Result<(), StoreError> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        let files = delete_rows(&tx, &[id])?;
+        self.delete_rows(&tx, &[id])?;
         tx.commit()?;
-        self.remove_files(files);
         Ok(())
     }
 
@@ -386,41 +413,60 @@ impl Store {
         self.delete_entry(entry.id)
     }
 
-    /// Removes data files whose rows are gone. One that cannot be removed is
-    /// only wasted space: no row refers to it any more. A name that is not a
-    /// plain file name is never used as a path (the database is not trusted
-    /// to say what to delete).
-    fn remove_files(&self, names: impl IntoIterator<Item = String>) {
-        for name in names {
-            if trust::plain_name(&name) {
-                let _ = fs::remove_file(self.dir.join(DATA_DIR).join(name));
+    /// Deletes records (pending or visible) within `tx`, with their uses
+    /// of blobs, and every blob no record uses any more. A blob's file is
+    /// unlinked here, before the commit and under the write lock: a writer
+    /// about to use the same digest takes its use under that lock too, so
+    /// it either finds the blob gone and writes it afresh, or keeps it from
+    /// going. Unlinking first also frees the space the commit may need on a
+    /// full disk; if the commit fails after it, the blob's row names a
+    /// missing file, which a reader takes for damage (the record is
+    /// dropped, the command runs), never for other bytes.
+    fn delete_rows(&self, tx: &rusqlite::Transaction<'_>, ids: &[i64]) -> Result<(), StoreError> {
+        for &id in ids {
+            let named = tx
+                .prepare_cached("SELECT meta FROM entries WHERE id = ?1 AND key IS NOT NULL")?
+                .query_row([id], |row| row.get::<_, String>(0))
+                .optional()?
+                .and_then(|meta| serde_json::from_str::<Record>(&meta).ok());
+            let digests: Vec<Vec<u8>> = match named {
+                Some(record) => {
+                    let mut digests: Vec<Vec<u8>> = record.blobs().map(|d| d.as_bytes().to_vec()).collect();
+                    digests.sort();
+                    digests.dedup();
+                    for digest in &digests {
+                        tx.prepare_cached("DELETE FROM uses WHERE digest = ?1 AND entry_id = ?2")?
+                            .execute(rusqlite::params![digest, id])?;
+                    }
+                    digests
+                }
+                // Pending, or its record unreadable: its uses by a scan.
+                None => {
+                    let digests = tx
+                        .prepare_cached("SELECT digest FROM uses WHERE entry_id = ?1")?
+                        .query_map([id], |row| row.get(0))?
+                        .collect::<Result<_, _>>()?;
+                    tx.prepare_cached("DELETE FROM uses WHERE entry_id = ?1")?
+                        .execute([id])?;
+                    digests
+                }
+            };
+            tx.prepare_cached("DELETE FROM entries WHERE id = ?1")?
+                .execute([id])?;
+            for digest in digests {
+                self.drop_unused_blob(tx, &digest)?;
             }
         }
+        Ok(())
     }
-}
-
-/// Deletes entries and their chunks within `tx`; returns their data files,
-/// to be removed once `tx` has committed.
-fn delete_rows(tx: &rusqlite::Transaction<'_>, ids: &[i64]) -> Result<Vec<String>, StoreError> {
-    let mut files = Vec::new();
-    for &id in ids {
-        let file: Option<String> = tx
-            .query_row("SELECT file FROM entries WHERE id = ?1", [id], |row| row.get(0))
-            .optional()?
-            .flatten();
-        files.extend(file);
-        tx.execute("DELETE FROM chunks WHERE entry_id = ?1", [id])?;
-        tx.execute("DELETE FROM entries WHERE id = ?1", [id])?;
-    }
-    Ok(files)
 }
 
 fn damaged(err: std::io::Error) -> StoreError {
     StoreError::Damaged(format!("stored output: {err}"))
 }
 
-fn to_json(meta: &Meta) -> String {
-    serde_json::to_string(meta).unwrap_or_else(|_| "{}".into())
+fn to_json(record: &Record) -> String {
+    serde_json::to_string(record).unwrap_or_else(|_| "{}".into())
 }
 
 /// Takes an exclusive lock on a lock file in the cache, waiting for it.
@@ -457,6 +503,37 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_cache_of_chunks_and_data_files_is_rebuilt_not_misread() {
+        // Version 4: entries with chunks, large ones in data/ files.
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("cache.db")).unwrap();
+        let key = crate::key::KeyBuilder::new().finish();
+        conn.execute_batch(
+            "CREATE TABLE entries(id INTEGER PRIMARY KEY,key TEXT UNIQUE,created_ms,last_used_ms,bytes,hits,meta,file);
+             CREATE TABLE chunks(entry_id,seq,stream,codec,raw_len,xxh3,data,file_len,PRIMARY KEY(entry_id,seq));
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO entries VALUES (1, ?1, 0, 0, 3, 0, '{\"command\":\"x\",\"cwd\":\"/\",\"inputs\":[],\
+             \"duration_ms\":0,\"status\":0,\"stdout_bytes\":3,\"stderr_bytes\":0}', '1-old')",
+            [&key.hex],
+        )
+        .unwrap();
+        drop(conn);
+        fs::create_dir(dir.path().join(OLD_DATA_DIR)).unwrap();
+        fs::write(dir.path().join(OLD_DATA_DIR).join("1-old"), b"hi\n").unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.lookup(&key.hex).unwrap().is_none(), "a miss, not a misread");
+        assert!(!dir.path().join(OLD_DATA_DIR).exists(), "its data files went too");
+        record(&store, &key, b"new\n");
+        assert_eq!(
+            replay_all(&store, &key.hex),
+            vec![(Stream::Stdout, b"new\n".to_vec())]
+        );
     }
 
     #[test]
@@ -525,7 +602,7 @@ mod tests {
         recording.finish(0, Duration::ZERO).unwrap();
     }
 
-    /// Bytes no codec shrinks (xorshift), so large chunks go to a data file.
+    /// Bytes no codec shrinks (xorshift), so large blobs go to a pack.
     fn noise(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         (0..len)
@@ -544,11 +621,10 @@ mod tests {
         let reader = Store::open(dir.path()).unwrap();
         let writer = Store::open(dir.path()).unwrap();
         let key = crate::key::KeyBuilder::new().finish();
-        // Chunks in SQLite only, then in a data file.
+        // Blobs in SQLite only, then in files.
         for len in [100, 2 << 20] {
             record(&writer, &key, &noise(len, 1));
             let old = reader.lookup(&key.hex).unwrap().unwrap();
-            assert_eq!(old.file.is_some(), len > 100);
             record(&writer, &key, &noise(len, 2));
             let mut out = Vec::new();
             let result = reader.replay(&old, |_, bytes| {
@@ -581,9 +657,9 @@ mod tests {
         let key_b = builder.finish();
         let mut a = first.begin(&key_a, "a", "/").unwrap();
         a.write(Stream::Stdout, b"from A").unwrap();
-        second.delete_entry(a.id).unwrap();
+        second.delete_entry(a.pending.id).unwrap();
         let mut b = second.begin(&key_b, "b", "/").unwrap();
-        assert_eq!(a.id, b.id, "the row id is reused");
+        assert_eq!(a.pending.id, b.pending.id, "the row id is reused");
         b.write(Stream::Stdout, b"from B").unwrap();
         b.finish(0, Duration::ZERO).unwrap();
         assert!(matches!(a.finish(0, Duration::ZERO), Err(StoreError::Taken)));
@@ -607,5 +683,84 @@ mod tests {
             .unwrap();
         drop(conn);
         assert!(matches!(Store::open(dir.path()), Err(StoreError::TooNew(_))));
+    }
+
+    /// Replays `key`'s entry into one buffer, tagging each write.
+    fn replay_all(store: &Store, key: &str) -> Vec<(Stream, Vec<u8>)> {
+        let entry = store.lookup(key).unwrap().unwrap();
+        let mut out: Vec<(Stream, Vec<u8>)> = Vec::new();
+        store
+            .replay(&entry, |stream, bytes| {
+                match out.last_mut() {
+                    Some((s, b)) if *s == stream => b.extend_from_slice(bytes),
+                    _ => out.push((stream, bytes.to_vec())),
+                }
+                Ok(())
+            })
+            .unwrap();
+        out
+    }
+
+    fn key_named(name: &str) -> crate::key::Key {
+        let mut builder = crate::key::KeyBuilder::new();
+        builder.field("scope", name.as_bytes());
+        builder.finish()
+    }
+
+    fn blob_rows(store: &Store) -> i64 {
+        store
+            .conn
+            .query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_interleaving_comes_back_across_blob_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = key_named("weave");
+        let mut recording = store.begin(&key, "cmd", "/").unwrap();
+        let mut expected: Vec<(Stream, Vec<u8>)> = Vec::new();
+        // Runs of both streams, some longer than a blob, some tiny.
+        for (i, len) in [10usize, 300_000, 7, 600_000, 1, 5, 262_144, 3]
+            .into_iter()
+            .enumerate()
+        {
+            let stream = if i % 2 == 0 {
+                Stream::Stdout
+            } else {
+                Stream::Stderr
+            };
+            let bytes = noise(len, i as u64 + 1);
+            for piece in bytes.chunks(40_000) {
+                recording.write(stream, piece).unwrap();
+            }
+            expected.push((stream, bytes));
+        }
+        recording.finish(0, Duration::ZERO).unwrap();
+        assert_eq!(replay_all(&store, &key.hex), expected);
+    }
+
+    #[test]
+    fn the_same_bytes_are_stored_once_and_a_shared_blob_outlives_one_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let out = noise(3 << 20, 9);
+        let (a, b) = (key_named("a"), key_named("b"));
+        record(&store, &a, &out);
+        let blobs = blob_rows(&store);
+        record(&store, &b, &out);
+        assert_eq!(blob_rows(&store), blobs, "stored once");
+        let entry = store.lookup(&a.hex).unwrap().unwrap();
+        store.forget(&entry).unwrap();
+        assert_eq!(replay_all(&store, &b.hex), vec![(Stream::Stdout, out.clone())]);
+        // Replaced by other bytes: the last use goes, and the blobs with it.
+        record(&store, &b, b"other");
+        assert_eq!(blob_rows(&store), 1);
+        let files = walkdir::WalkDir::new(dir.path().join(BLOB_DIR))
+            .into_iter()
+            .filter(|e| e.as_ref().unwrap().file_type().is_file())
+            .count();
+        assert_eq!(files, 0, "their files went with them");
     }
 }

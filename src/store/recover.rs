@@ -1,12 +1,12 @@
 //! Recovering from a damaged database: it is moved aside (with its WAL
-//! files and data files) and a new one started, by one process under a
+//! files and blob files) and a new one started, by one process under a
 //! lock, and only if it is still the file found damaged.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{lock_file, now_ms, trusted_dir, Store, StoreError, DATA_DIR};
+use super::{lock_file, now_ms, trusted_dir, Store, StoreError, BLOB_DIR};
 use crate::db::FileId;
 
 /// Where the lock is that makes one process at a time recover a damaged
@@ -28,7 +28,7 @@ impl Store {
     /// and opens a new one. Returns the new store and, when this process
     /// moved it, a message that says so.
     pub fn recover(self, err: &StoreError) -> Result<(Store, Option<String>), StoreError> {
-        let Store { conn, dir, db_id } = self;
+        let Store { conn, dir, db_id, .. } = self;
         drop(conn);
         Store::recover_file(&dir, db_id, err)
     }
@@ -98,7 +98,7 @@ fn move_aside(dir: &Path) -> Result<PathBuf, StoreError> {
         let side = dir.join(format!("cache.db{suffix}"));
         let _ = fs::rename(&side, dir.join(format!("{}{suffix}", moved.display())));
     }
-    // Its data files go with it: the new database knows none of them.
-    let _ = fs::rename(dir.join(DATA_DIR), format!("{}-{DATA_DIR}", moved.display()));
+    // Its blob files go with it: the new database knows none of them.
+    let _ = fs::rename(dir.join(BLOB_DIR), format!("{}-{BLOB_DIR}", moved.display()));
     Ok(moved)
 }

@@ -1,123 +1,131 @@
-//! Replaying an entry: its chunks, decoded side by side and checked against
-//! their checksums before their bytes go out, in recorded order.
+//! Replaying a record: its blobs fetched in the order their bytes are
+//! needed, decoded side by side and checked against their checksums before
+//! their bytes go out, and woven back into the recorded interleaving of
+//! stdout and stderr.
 
-use std::fs::{self, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::collections::VecDeque;
+use std::path::PathBuf;
 
-use super::{damaged, Entry, Store, StoreError, DATA_DIR};
-use crate::compress::{self, Codec};
+use super::blobs::LocalBlobs;
+use super::record::Run;
+use super::{damaged, Entry, Store, StoreError};
+use crate::blob::{Digest, BLOB_BYTES};
+use crate::compress;
 use crate::output::Stream;
-use crate::trust;
+use crate::outputs::{self, DeclaredPath, RestoreError};
 
 /// Outputs up to this size are decoded and verified whole before their
 /// first byte goes out, so damage anywhere in them is a miss that runs the
-/// command. Larger ones are verified chunk by chunk as they go out: holding
+/// command. Larger ones are verified blob by blob as they go out: holding
 /// them would break the bound on memory, and reading them twice would
 /// double a large replay's time.
 const VERIFY_FIRST_BYTES: u64 = 8 << 20;
 
-/// The most bytes one chunk can hold, raw or stored: a recording flushes
-/// once it has gathered [`super::CHUNK_BYTES`], so a chunk is that plus at
-/// most one read of the command's output (also 256 KiB), and compression
-/// never grows it by more than a few bytes per kilobyte.
-const MAX_CHUNK_STORED: usize = 3 * super::CHUNK_BYTES;
-
 impl Store {
-    /// Streams an entry's output, chunk by chunk in recorded order, to `sink`.
-    /// Memory stays bounded by the few chunks in flight whatever the output's
-    /// size. Every chunk is checked against its checksum before its bytes go
-    /// out; an output of up to `VERIFY_FIRST_BYTES` (8 MiB) is checked whole first,
-    /// so for it damage is an error before anything went to `sink`.
+    /// Streams a record's output, in recorded order, to `sink`. Memory
+    /// stays bounded by the few blobs in flight whatever the output's size.
+    /// Every blob is checked against its checksum before its bytes go out;
+    /// an output of up to `VERIFY_FIRST_BYTES` (8 MiB) is checked whole
+    /// first, so for it damage is an error before anything went to `sink`.
     pub fn replay(
         &self,
         entry: &Entry,
         sink: impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
     ) -> Result<(), StoreError> {
-        // The data file is opened before the chunks are read. A writer
-        // replacing this entry removes the file after its commit, so either
-        // the file is open before that commit and stays readable, or the
-        // chunks below are read after it and there are none.
-        let mut file = match &entry.file {
-            Some(name) => Some(self.open_data_file(entry, name)?),
-            None => None,
+        // One read transaction for all of an output's blobs: a statement
+        // outside one takes and drops SQLite's read lock each time (four
+        // fcntl calls and two stats per blob of a 1 GiB replay). One blob
+        // (the common case) needs none.
+        let record = &entry.record;
+        if record.stdout.blobs.len() + record.stderr.blobs.len() > 1 {
+            let _ = self.conn.execute_batch("BEGIN");
+        }
+        let result = self.replay_blobs(entry, sink);
+        self.end_read();
+        result
+    }
+
+    /// Ends the replay's read transaction, if one is open: before a write,
+    /// and before a lookup that must see the entry as it is now.
+    pub(super) fn end_read(&self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("COMMIT");
+        }
+    }
+
+    fn replay_blobs(
+        &self,
+        entry: &Entry,
+        sink: impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        let record = &entry.record;
+        let recorded = record.stdout.size + record.stderr.size;
+        let mut weave = Weave {
+            outlet: Outlet {
+                sink,
+                held: (recorded <= VERIFY_FIRST_BYTES).then(Vec::new),
+            },
+            runs: record.order.iter().copied().collect(),
+            ready: [VecDeque::new(), VecDeque::new()],
+            spare: Vec::new(),
         };
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT stream, codec, raw_len, xxh3, data, file_len FROM chunks WHERE entry_id = ?1 ORDER BY seq",
-        )?;
-        let mut rows = stmt.query([entry.id])?;
-        let recorded = entry.meta.stdout_bytes + entry.meta.stderr_bytes;
-        let mut outlet = Outlet {
-            sink,
-            held: (recorded <= VERIFY_FIRST_BYTES).then(Vec::new),
-        };
-        // The first chunk is decoded here; from the second on, workers decode
-        // side by side and the results are written in order.
+        // The first blob is decoded here; from the second on, workers decode
+        // side by side and the results are woven in order.
         let mut unpacker: Option<compress::Unpacker> = None;
-        let mut spare: Vec<Vec<u8>> = Vec::new();
-        let mut replayed = 0u64;
+        // The digests being decoded, oldest first, to name a damaged one.
+        let mut in_flight = VecDeque::new();
         let mut first = true;
-        while let Some(row) = rows.next()? {
-            let stream =
-                Stream::from_tag(row.get(0)?).ok_or_else(|| StoreError::Damaged("unknown stream".into()))?;
-            let codec =
-                Codec::from_tag(row.get(1)?).ok_or_else(|| StoreError::Damaged("unknown codec".into()))?;
-            let raw_len = row.get::<_, i64>(2)?.max(0) as usize;
-            // Lengths read from the database size buffers: one damaged
-            // integer must be damage, not an allocation of a petabyte.
-            if raw_len > MAX_CHUNK_STORED {
-                return Err(StoreError::Damaged(format!("a chunk claims {raw_len} bytes")));
-            }
-            let sum = row.get::<_, i64>(3)? as u64;
-            replayed += raw_len as u64;
-            if replayed > recorded {
-                return Err(StoreError::Damaged(format!(
-                    "more bytes stored than the {recorded} recorded"
-                )));
-            }
-            // The stored bytes, into a buffer that can go to a worker.
-            let mut stored = spare.pop().unwrap_or_default();
-            match row.get_ref(4)?.as_blob_or_null().map_err(rusqlite::Error::from)? {
-                Some(data) => {
-                    stored.clear();
-                    stored.extend_from_slice(data);
+        // Stored and decoded bytes keep buffers of their own: a buffer
+        // that changes role would be zeroed again to its new length.
+        let mut spare_stored: Vec<Vec<u8>> = Vec::new();
+        let due = demand(&entry.record.order, [&record.stdout.blobs, &record.stderr.blobs]);
+        if weave.outlet.held.is_none() {
+            // Bytes will go out before the last blob is read: every blob is
+            // checked to be there, whole, first.
+            let mut seen = None;
+            for (_, digest, _) in &due {
+                match self.check_blob(digest, &mut seen) {
+                    Ok(Some(())) => {}
+                    Ok(None) => return Err(self.missing(entry, digest)),
+                    Err(err) => return Err(self.spoiled(digest, err)),
                 }
-                None => {
-                    let len = row.get::<_, Option<i64>>(5)?.unwrap_or(0).max(0) as usize;
-                    if len > MAX_CHUNK_STORED {
-                        return Err(StoreError::Damaged(format!("a chunk claims {len} stored bytes")));
-                    }
-                    let file = file.as_mut().ok_or_else(|| {
-                        StoreError::Damaged("a chunk is in a data file the entry lacks".into())
-                    })?;
-                    file.read(len, &mut stored)?;
-                }
+            }
+        }
+        for (stream, digest, len) in due {
+            let mut stored = spare_stored.pop().unwrap_or_default();
+            let blob = match self.read_blob(&digest, &mut stored) {
+                Ok(Some(blob)) => blob,
+                Ok(None) => return Err(self.missing(entry, &digest)),
+                Err(err) => return Err(self.spoiled(&digest, err)),
+            };
+            if blob.raw_len as u64 != len {
+                self.forget_blob(&digest);
+                return Err(StoreError::Damaged(format!("blob {digest} has the wrong length")));
             }
             if first {
                 first = false;
                 let mut out = Vec::new();
-                compress::Decoder::default()
-                    .unpack(codec, &stored, raw_len, sum, &mut out)
-                    .map_err(damaged)?;
-                outlet.put(stream, out, &mut spare)?;
-                spare.push(stored);
+                if let Err(err) =
+                    compress::Decoder::default().unpack(blob.codec, &stored, blob.raw_len, blob.sum, &mut out)
+                {
+                    self.forget_blob(&digest);
+                    return Err(damaged(err));
+                }
+                spare_stored.push(stored);
+                weave.feed(stream, out)?;
                 continue;
             }
             let workers = match &mut unpacker {
                 Some(u) => u,
                 None => unpacker.insert(compress::unpacker().map_err(damaged)?),
             };
-            let job = (
-                stream,
-                codec,
-                raw_len,
-                sum,
-                stored,
-                spare.pop().unwrap_or_default(),
-            );
+            let out = weave.spare.pop().unwrap_or_default();
+            let job = (stream, blob.codec, blob.raw_len, blob.sum, stored, out);
+            in_flight.push_back(digest);
             if let Some(done) = workers.push(job).map_err(damaged)? {
-                let (stream, out, stored) = done.map_err(damaged)?;
-                outlet.put(stream, out, &mut spare)?;
-                spare.push(stored);
+                let (stream, out, stored) = self.decoded(done, &mut in_flight)?;
+                spare_stored.push(stored);
+                weave.feed(stream, out)?;
             }
         }
         while let Some(done) = unpacker
@@ -127,110 +135,174 @@ impl Store {
             .map_err(damaged)?
             .flatten()
         {
-            let (stream, out, _) = done.map_err(damaged)?;
-            outlet.put(stream, out, &mut spare)?;
+            let (stream, out, _) = self.decoded(done, &mut in_flight)?;
+            weave.feed(stream, out)?;
         }
-        if replayed != recorded {
-            // No rows at all: deleted since the lookup (nothing was written).
-            return Err(if replayed == 0 {
-                StoreError::Gone
-            } else {
-                StoreError::Damaged(format!("{replayed} bytes stored of {recorded} recorded"))
-            });
+        if !weave.runs.is_empty() {
+            return Err(StoreError::Damaged(
+                "stored output is shorter than recorded".into(),
+            ));
         }
-        outlet.release()
+        weave.outlet.release()
     }
 
-    /// Opens `entry`'s data file. A missing file is damage only if the entry
-    /// is still there: a writer replacing it removes the file.
-    /// Its size is checked against the entry's record here, so a truncated
-    /// file is found before any byte goes out.
-    fn open_data_file(&self, entry: &Entry, name: &str) -> Result<DataFile, StoreError> {
-        match DataFile::open(&self.dir, name) {
-            Err(StoreError::Damaged(_)) if self.lookup(&entry.key)?.is_none_or(|e| e.id != entry.id) => {
-                Err(StoreError::Gone)
+    /// A worker's result for the oldest blob in flight; a blob that failed
+    /// its checksum is dropped, so the next run stores it afresh.
+    fn decoded<T>(
+        &self,
+        done: std::io::Result<T>,
+        in_flight: &mut VecDeque<Digest>,
+    ) -> Result<T, StoreError> {
+        let digest = in_flight.pop_front();
+        done.map_err(|err| {
+            if let Some(digest) = digest {
+                self.forget_blob(&digest);
             }
-            Ok(file) if file.len != entry.meta.file_bytes => Err(StoreError::Damaged(format!(
-                "data file {} is {} bytes; its entry records {}",
-                file.path.display(),
-                file.len,
-                entry.meta.file_bytes
-            ))),
-            result => result,
-        }
+            damaged(err)
+        })
     }
-}
 
-/// An entry's data file, read front to back during a replay.
-struct DataFile {
-    path: PathBuf,
-    file: fs::File,
-    /// Its size when opened.
-    len: u64,
-}
-
-impl DataFile {
-    /// Opens the data file a row names, once the name is checked to be a
-    /// plain name under `data/`: a row saying `../../secret` is damage, not
-    /// a path. The file must be ours alone (one `fstat` on the open file).
-    fn open(dir: &Path, name: &str) -> Result<DataFile, StoreError> {
-        if !trust::plain_name(name) {
-            return Err(StoreError::Damaged(format!(
-                "data file name {name:?} is not a plain name"
-            )));
+    /// A blob that could not be read: if it is damaged (or not ours), it
+    /// is dropped, so the run that replaces the record stores it afresh.
+    fn spoiled(&self, digest: &Digest, err: StoreError) -> StoreError {
+        if err.is_damaged_entry() {
+            self.forget_blob(digest);
         }
-        let path = dir.join(DATA_DIR).join(name);
-        match trust::open(&path, OpenOptions::new().read(true)) {
-            Ok((file, meta)) => Ok(DataFile {
-                path,
-                file,
-                len: meta.len(),
-            }),
-            Err(err) if err.io_kind() == Some(std::io::ErrorKind::NotFound) => Err(StoreError::Damaged(
-                format!("data file {} is missing", path.display()),
-            )),
-            Err(err) => Err(err.into()),
+        err
+    }
+
+    /// A blob the record names is not stored. Damage only if the record is
+    /// still there: a writer replacing it removes the blobs it alone used.
+    fn missing(&self, entry: &Entry, digest: &Digest) -> StoreError {
+        self.end_read();
+        match self.lookup(&entry.key) {
+            Ok(found) if found.as_ref().is_none_or(|e| e.id != entry.id) => StoreError::Gone,
+            _ => {
+                self.forget_blob(digest);
+                StoreError::Damaged(format!("blob {digest} is missing"))
+            }
         }
     }
 
-    /// Reads the next `len` bytes into `buf` (replacing what it held).
-    fn read(&mut self, len: usize, buf: &mut Vec<u8>) -> Result<(), StoreError> {
-        use std::io::Read;
-        buf.clear();
-        buf.reserve(len);
-        let read = (&mut self.file)
-            .take(len as u64)
-            .read_to_end(buf)
-            .map_err(|source| StoreError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        if read != len {
-            return Err(StoreError::Damaged(format!(
-                "data file {} is shorter than its entry records",
-                self.path.display()
-            )));
+    /// Puts the record's output files back at the declared paths (relative
+    /// ones under `cwd`), each blob checked before anything is written.
+    /// A blob found missing or damaged is dropped, so the run that replaces
+    /// the record stores it afresh.
+    pub fn restore(
+        &self,
+        entry: &Entry,
+        cwd: &std::path::Path,
+        declared: &[DeclaredPath],
+    ) -> Result<(), RestoreError> {
+        let none = outputs::OutputTree::default();
+        let tree = match &entry.record.outputs {
+            Some(tree) => tree,
+            None if declared.is_empty() => return Ok(()),
+            // Declared outputs are in the key: a record without them is
+            // not this key's, and the restore refuses it.
+            None => &none,
+        };
+        let blobs = LocalBlobs::new(self, None);
+        let result = outputs::restore(cwd, declared, tree, &blobs);
+        if let Err(err) = &result {
+            if let outputs::RestoreCause::Blob(
+                crate::blob::BlobError::Missing(digest) | crate::blob::BlobError::Damaged(digest),
+            ) = &err.cause
+            {
+                self.forget_blob(digest);
+            }
+        }
+        result
+    }
+}
+
+/// The blobs of both streams in the order a replay needs their bytes:
+/// walking the interleaving, a stream's next blob is due when a run of it
+/// reaches past the blobs fetched so far. Each with the length it must have
+/// (every blob full but a stream's last).
+fn demand(order: &[Run], blobs: [&Vec<Digest>; 2]) -> Vec<(Stream, Digest, u64)> {
+    let mut totals = [0u64; 2];
+    for run in order {
+        if let Some(stream) = run.stream() {
+            totals[stream as usize - 1] += run.1;
+        }
+    }
+    let mut due = Vec::with_capacity(blobs[0].len() + blobs[1].len());
+    let mut needed = [0u64; 2];
+    let mut fetched = [0usize; 2];
+    for run in order {
+        let Some(stream) = run.stream() else { continue };
+        let i = stream as usize - 1;
+        needed[i] += run.1;
+        while (fetched[i] as u64) * (BLOB_BYTES as u64) < needed[i] {
+            let Some(digest) = blobs[i].get(fetched[i]) else {
+                break;
+            };
+            let before = fetched[i] as u64 * BLOB_BYTES as u64;
+            due.push((
+                stream,
+                *digest,
+                totals[i].saturating_sub(before).min(BLOB_BYTES as u64),
+            ));
+            fetched[i] += 1;
+        }
+    }
+    due
+}
+
+/// Decoded blobs woven back into the recorded interleaving.
+struct Weave<F> {
+    outlet: Outlet<F>,
+    /// The runs still to write.
+    runs: VecDeque<Run>,
+    /// Per stream, decoded bytes not yet written, and where in the front
+    /// buffer writing has got to.
+    ready: [VecDeque<(Vec<u8>, usize)>; 2],
+    spare: Vec<Vec<u8>>,
+}
+
+impl<F: FnMut(Stream, &[u8]) -> std::io::Result<()>> Weave<F> {
+    /// Takes a decoded blob of `stream` and writes every run it completes.
+    fn feed(&mut self, stream: Stream, out: Vec<u8>) -> Result<(), StoreError> {
+        self.ready[stream as usize - 1].push_back((out, 0));
+        while let Some(run) = self.runs.front_mut() {
+            let Some(stream) = run.stream() else {
+                return Err(StoreError::Damaged("unknown stream".into()));
+            };
+            let ready = &mut self.ready[stream as usize - 1];
+            let Some((buf, at)) = ready.front_mut() else {
+                break;
+            };
+            let take = (buf.len() - *at).min(run.1 as usize);
+            self.outlet.put(stream, &buf[*at..*at + take])?;
+            *at += take;
+            run.1 -= take as u64;
+            if *at == buf.len() {
+                if let Some((buf, _)) = ready.pop_front() {
+                    self.spare.push(buf);
+                }
+            }
+            if run.1 == 0 {
+                self.runs.pop_front();
+            }
         }
         Ok(())
     }
 }
 
-/// Where a replay's verified chunks go: straight to the sink, or, for an
-/// output small enough, held until every chunk of it is verified.
+/// Where a replay's verified bytes go: straight to the sink, or, for an
+/// output small enough, held until every blob of it is verified.
 struct Outlet<F> {
     sink: F,
     held: Option<Vec<(Stream, Vec<u8>)>>,
 }
 
 impl<F: FnMut(Stream, &[u8]) -> std::io::Result<()>> Outlet<F> {
-    /// Passes on one verified chunk; its buffer goes to `spare` once written.
-    fn put(&mut self, stream: Stream, out: Vec<u8>, spare: &mut Vec<Vec<u8>>) -> Result<(), StoreError> {
+    /// Passes on verified bytes.
+    fn put(&mut self, stream: Stream, bytes: &[u8]) -> Result<(), StoreError> {
         match &mut self.held {
-            Some(held) => held.push((stream, out)),
-            None => {
-                (self.sink)(stream, &out).map_err(output_error)?;
-                spare.push(out);
-            }
+            Some(held) => held.push((stream, bytes.to_vec())),
+            None => (self.sink)(stream, bytes).map_err(output_error)?,
         }
         Ok(())
     }

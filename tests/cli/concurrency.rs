@@ -24,9 +24,10 @@ fn identical_concurrent_runs_execute_once() {
 }
 
 #[test]
-fn waiter_runs_the_command_when_the_owner_stores_nothing() {
+fn a_waiter_shares_a_failure_and_a_later_run_runs_again() {
     let env = Env::new();
-    // The first run fails (not cached); the waiter must then run it itself.
+    // The first run fails (not cached); the run waiting on it shares that
+    // outcome, as a singleflight does; a run after it executes again.
     let script = format!(
         "{}; sleep 1; [ -e ok ] || {{ touch ok; exit 3; }}; echo fine",
         env.tally("runs")
@@ -36,8 +37,11 @@ fn waiter_runs_the_command_when_the_owner_stores_nothing() {
     let second = env.run(["--", "sh", "-c", &script]);
     let first = first.wait_with_output().unwrap();
     assert_code(&first, 3);
-    assert_code(&second, 0);
-    assert_eq!(stdout(&second), "fine\n");
+    assert_code(&second, 3);
+    assert_eq!(env.count("runs"), 1);
+    let third = env.run(["--", "sh", "-c", &script]);
+    assert_code(&third, 0);
+    assert_eq!(stdout(&third), "fine\n");
     assert_eq!(env.count("runs"), 2);
 }
 
@@ -170,8 +174,28 @@ fn sigkill_during_a_large_write_never_corrupts_or_replays_partial_output() {
             expected.len()
         );
     }
-    // The killed runs' data files went with their pending rows.
-    assert_eq!(env.data_files().len(), 1, "{:?}", env.data_files());
+    // The killed runs' blobs went with their pending records, but for those
+    // the stored entry uses too (the same bytes): every blob is in use, and
+    // every pack a row names is there.
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    let unused: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM blobs WHERE digest NOT IN (SELECT digest FROM uses)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(unused, 0, "blobs no record uses");
+    let packs: Vec<String> = conn
+        .prepare("SELECT DISTINCT pack FROM blobs WHERE pack IS NOT NULL")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for pack in packs {
+        assert!(env.cache.join("blobs").join(&pack).exists(), "{pack} is missing");
+    }
 }
 
 #[test]
@@ -311,7 +335,7 @@ fn build_logs_are_stored_compressed() {
         })
         .unwrap();
     let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
-    let counted = meta["stdout_bytes"].as_i64().unwrap() + meta["stderr_bytes"].as_i64().unwrap();
+    let counted = meta["stdout"]["size"].as_i64().unwrap() + meta["stderr"]["size"].as_i64().unwrap();
     assert_eq!(counted as usize, raw);
     let ratio = stored as f64 / raw as f64;
     assert!(ratio <= 0.2, "stored {stored} of {raw} bytes: ratio {ratio:.3}");
@@ -322,11 +346,11 @@ fn build_logs_are_stored_compressed() {
 
 /// Runs `script` in a private mount namespace where `cache` is a fresh tmpfs
 /// of `size`, so a full disk or a read-only cache is real, not simulated.
-/// How many stored chunks use each codec tag (1 zstd, 2 LZ4).
+/// How many stored blobs use each codec tag (1 zstd, 2 LZ4).
 fn codecs(env: &Env) -> std::collections::BTreeMap<i64, i64> {
     let conn = rusqlite::Connection::open(env.db()).unwrap();
     let mut stmt = conn
-        .prepare("SELECT codec, count(*) FROM chunks GROUP BY codec")
+        .prepare("SELECT codec, count(*) FROM blobs GROUP BY codec")
         .unwrap();
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
@@ -354,9 +378,15 @@ fn output_at_a_builds_pace_gets_zstd_and_a_firehose_lz4() {
         codecs(&env)
     );
 
-    // The same 32 MB in one go.
+    // 32 MB in one go; numbered lines, so no two blobs are the same bytes
+    // (a blob is stored once, with the codec of its first arrival).
     let env = Env::new();
-    env.write("log", line.repeat(400_000));
+    env.write(
+        "log",
+        (0..400_000)
+            .map(|i| format!("[{i}/400000] {}", &line[9..]))
+            .collect::<String>(),
+    );
     let fast = env.run(["--", "cat", "log"]);
     assert_code(&fast, 0);
     let counts = codecs(&env);
@@ -517,47 +547,48 @@ fn a_command_that_fails_to_start_leaves_no_running_job() {
     assert_eq!(states, ["failed"]);
 }
 
-/// About 15 MB of numbers, counted under "big": many chunks, so a data file.
+/// About 15 MB of numbers, counted under "big": many blobs, in files.
 fn big_output(env: &Env, tail: &str) -> [String; 4] {
     let script = format!("{}; seq 1 2000000{tail}", env.tally("big"));
     ["--".into(), "sh".into(), "-c".into(), script]
 }
 
 #[test]
-fn large_outputs_keep_one_data_file_per_entry() {
+fn large_outputs_keep_their_blobs_in_files_and_a_refresh_or_failure_adds_none() {
     let env = Env::new();
     let args = big_output(&env, "");
     let first = env.run(&args);
     assert_code(&first, 0);
     assert_eq!(first.stdout.len(), 14_888_896);
-    let files = env.data_files();
+    let files = env.blob_files();
     assert_eq!(files.len(), 1, "{files:?}");
     let hit = env.run(&args);
     assert!(hit.stdout == first.stdout, "replay differs");
     assert_eq!(env.count("big"), 1);
 
-    // A refresh replaces the entry and its file.
+    // A refresh replaces the entry; the same bytes are the same blobs,
+    // kept whole through the replacement.
     let mut refresh = vec!["--refresh".to_string()];
     refresh.extend(args.iter().cloned());
     assert_code(&env.run(&refresh), 0);
     assert_eq!(env.count("big"), 2);
-    let now = env.data_files();
-    assert_eq!(now.len(), 1, "{now:?}");
-    assert_ne!(now, files);
+    assert_eq!(env.blob_files(), files);
+    assert!(env.run(&args).stdout == first.stdout);
+    assert_eq!(env.count("big"), 2);
 
     // A failure is not cached, and leaves no file behind.
-    let failing = big_output(&env, "; exit 3");
+    let failing = big_output(&env, "; echo other; exit 3");
     assert_code(&env.run(&failing), 3);
-    assert_eq!(env.data_files(), now);
+    assert_eq!(env.blob_files(), files);
 }
 
 #[test]
-fn a_missing_data_file_runs_the_command_again() {
+fn a_missing_blob_file_runs_the_command_again() {
     let env = Env::new();
     let args = big_output(&env, "");
     let first = env.run(&args);
     assert_code(&first, 0);
-    for file in env.data_files() {
+    for file in env.blob_files() {
         std::fs::remove_file(file).unwrap();
     }
     let again = env.run(&args);
@@ -576,17 +607,18 @@ fn a_missing_data_file_runs_the_command_again() {
 }
 
 #[test]
-fn a_data_file_cut_short_is_found_before_any_byte_and_recomputed() {
+fn a_blob_file_cut_short_is_found_before_any_byte_and_recomputed() {
     let env = Env::new();
     let args = big_output(&env, "");
     let first = env.run(&args);
     assert_code(&first, 0);
-    let files = env.data_files();
+    let files = env.blob_files();
+    // Its last blobs are cut: found before the first byte goes out.
     let file = std::fs::OpenOptions::new().write(true).open(&files[0]).unwrap();
     let len = file.metadata().unwrap().len();
     file.set_len(len / 2).unwrap();
     drop(file);
-    // The data file's size is checked before the first byte goes out, so
+    // Blob files' sizes are checked before the first byte goes out, so
     // the cut is a miss: the command runs, its output whole and once.
     let cut = env.run(&args);
     assert_code(&cut, 0);
@@ -602,5 +634,5 @@ fn a_data_file_cut_short_is_found_before_any_byte_and_recomputed() {
     assert_code(&again, 0);
     assert!(again.stdout == first.stdout);
     assert_eq!(env.count("big"), 2);
-    assert_eq!(env.data_files().len(), 1);
+    assert!(!files.is_empty() && !env.blob_files().is_empty());
 }

@@ -58,32 +58,6 @@ fn assert_lcrun_lines(output: &Output, lines: usize) {
     }
 }
 
-/// Runs git in `dir` with a fixed identity and no user or system config.
-fn git(dir: &Path, args: &[&str]) {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=lcrun test",
-            "-c",
-            "user.email=test@lcrun.invalid",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run git");
-    assert!(
-        output.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// Bytes from the kernel's random source.
 fn random_bytes(len: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; len];
@@ -1158,7 +1132,7 @@ fn cache_dir_is_0700_and_database_0600() {
     let db_mode = fs::metadata(env.db()).expect("stat db").permissions().mode() & 0o777;
     assert_eq!(db_mode, 0o600, "database mode {db_mode:o}");
     // Everything else in it too: the WAL files, jobs.db, a large entry's
-    // data file, the hit log, the locks.
+    // blob files, the hit log, the locks.
     assert_code(&env.run(["--", "seq", "1", "1000000"]), 0);
     assert_code(&env.run(["--", "seq", "1", "1000000"]), 0);
     let mut seen = Vec::new();
@@ -1177,7 +1151,7 @@ fn cache_dir_is_0700_and_database_0600() {
             seen.push(path.file_name().expect("name").to_string_lossy().into_owned());
         }
     }
-    for expected in ["jobs.db", "cache.db-wal", "hits.log", "data"] {
+    for expected in ["jobs.db", "cache.db-wal", "hits.log", "blobs"] {
         assert!(seen.iter().any(|s| s == expected), "no {expected} in {seen:?}");
     }
     // A nested cache dir is created too, and private.

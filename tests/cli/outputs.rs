@@ -2,9 +2,8 @@
 //! cache by the real `make`, and trees of files, directories and links
 //! restored by `lcrun -o`.
 //!
-//! Ignored until `-o` is wired into the run (issue 11): the capture and
-//! restore behind it are unit-tested in `src/outputs/tests.rs`; these are
-//! the behaviours the wiring must deliver. Needs `make`.
+//! The capture and restore behind `-o` are unit-tested in
+//! `src/outputs/tests.rs`; these are the behaviours of the run. Needs `make`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -139,7 +138,6 @@ fn assert_made(output: &Output) {
 }
 
 #[test]
-#[ignore = "needs -o wiring (issue 11)"]
 fn make_clean_then_make_restores_every_target_without_running_a_recipe() {
     let project = Project::new();
     assert_made(&project.make(&["-j4"]));
@@ -174,7 +172,6 @@ fn make_clean_then_make_restores_every_target_without_running_a_recipe() {
 }
 
 #[test]
-#[ignore = "needs -o wiring (issue 11)"]
 fn touching_a_source_is_a_hit_and_changing_one_rebuilds_one_target() {
     let project = Project::new();
     assert_made(&project.make(&["-j4"]));
@@ -211,7 +208,6 @@ fn touching_a_source_is_a_hit_and_changing_one_rebuilds_one_target() {
 }
 
 #[test]
-#[ignore = "needs -o wiring (issue 11)"]
 fn a_directory_with_nested_files_an_empty_dir_an_executable_and_a_link_round_trips() {
     let env = Env::new();
     let script = format!(
@@ -231,7 +227,6 @@ fn a_directory_with_nested_files_an_empty_dir_an_executable_and_a_link_round_tri
 }
 
 #[test]
-#[ignore = "needs -o wiring (issue 11)"]
 fn a_declared_output_the_command_did_not_create_warns_and_stores_nothing() {
     let env = Env::new();
     let script = format!("{}; echo made > made.txt", env.tally("gen"));
@@ -260,7 +255,6 @@ fn a_declared_output_the_command_did_not_create_warns_and_stores_nothing() {
 }
 
 #[test]
-#[ignore = "needs -o wiring (issue 11)"]
 fn a_symlink_planted_at_a_parent_is_refused_on_restore() {
     let env = Env::new();
     let script = format!("{}; mkdir -p build && echo x > build/out.txt", env.tally("gen"));
@@ -283,7 +277,6 @@ fn a_symlink_planted_at_a_parent_is_refused_on_restore() {
 }
 
 #[test]
-#[ignore = "needs -o wiring (issue 11)"]
 fn an_output_outside_the_working_directory_must_be_given_absolute() {
     let env = Env::new();
     let refused = env.run(["-o", "../x", "--", "sh", "-c", &env.tally("gen")]);

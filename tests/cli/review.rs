@@ -23,12 +23,12 @@ fn sql(db: &Path, statement: &str) {
     conn.execute_batch(statement).unwrap();
 }
 
-/// One damaged integer (a chunk's stored length) sized a buffer: lcrun
+/// One damaged integer (a blob's stored length) sized a buffer: lcrun
 /// aborted on every later run trying to allocate a petabyte.
 #[test]
-fn a_damaged_chunk_length_is_a_miss_not_an_abort() {
+fn a_damaged_blob_length_is_a_miss_not_an_abort() {
     let env = Env::new();
-    // Noise, so its chunks do not compress and go to the entry's data file.
+    // Noise, so its blobs do not compress and go to a pack file.
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let data: Vec<u8> = (0..3_000_000)
         .map(|_| {
@@ -41,10 +41,13 @@ fn a_damaged_chunk_length_is_a_miss_not_an_abort() {
     env.write("f", &data);
     let args = ["--", "cat", "f"];
     assert_code(&env.run(args), 0);
-    for column in ["file_len", "raw_len"] {
+    for column in ["len", "raw_len"] {
         sql(
             &env.db(),
-            &format!("UPDATE chunks SET {column} = 1000000000000000 WHERE seq = 1"),
+            &format!(
+                "UPDATE blobs SET {column} = 1000000000000000 WHERE digest = \
+                 (SELECT digest FROM blobs WHERE pack IS NOT NULL ORDER BY at LIMIT 1 OFFSET 1)"
+            ),
         );
         let out = env.run(args);
         assert_code(&out, 0);
@@ -91,7 +94,7 @@ fn a_closed_stdout_or_stderr_is_a_write_error_never_cached() {
     assert_eq!(stdout(&out).trim(), "status=0", "{}", stderr(&out));
 }
 
-/// A page of the chunks table damaged, found on a hit: the database is
+/// A page of the blobs table damaged, found on a hit: the database is
 /// moved aside with one true line, and the run does not go on to fail
 /// writing into the file it just moved.
 #[test]
@@ -103,7 +106,7 @@ fn a_damaged_page_found_on_a_hit_says_one_true_line() {
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
     let root: i64 = conn
         .query_row(
-            "SELECT rootpage FROM sqlite_schema WHERE name = 'chunks'",
+            "SELECT rootpage FROM sqlite_schema WHERE name = 'blobs'",
             [],
             |r| r.get(0),
         )
@@ -226,4 +229,24 @@ fn one_bar_per_terminal() {
         .filter(|label| screen.contains(*label))
         .count();
     assert_eq!(drawn, 1, "{screen:?}");
+}
+
+/// jobs.db's WAL grew by about 3.4 KB a run towards 4 MB, and its table by
+/// a row a run, forever.
+#[test]
+fn the_jobs_database_stays_small() {
+    let env = Env::new();
+    for i in 0..150 {
+        assert_code(&env.run(["--", "echo", &i.to_string()]), 0);
+    }
+    let wal = std::fs::metadata(env.cache.join("jobs.db-wal")).unwrap().len();
+    assert!(wal <= 256 * 1024, "jobs.db-wal is {wal} bytes after 150 runs");
+    let jobs = env.cache.join("jobs.db");
+    sql(&jobs, "UPDATE jobs SET updated_ms = 0 WHERE state != 'running'");
+    assert_code(&env.run(["--", "echo", "one more"]), 0);
+    let conn = rusqlite::Connection::open(&jobs).unwrap();
+    let left: i64 = conn
+        .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 1, "ended jobs older than a week are kept");
 }

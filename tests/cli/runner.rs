@@ -2,111 +2,14 @@
 //! away, write errors, terminals, job control, signals to lcrun and to its
 //! caller, daemons, and an owner that dies mid-run.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use portable_pty::{native_pty_system, Child, CommandBuilder, MasterPty, PtySize};
-
+use crate::pty::Term;
 use crate::util::*;
-
-/// A program in a pseudo-terminal that is its controlling terminal, as a
-/// login shell has one.
-struct Term {
-    _master: Box<dyn MasterPty + Send>,
-    writer: Box<dyn Write + Send>,
-    output: Arc<Mutex<Vec<u8>>>,
-    child: Box<dyn Child + Send + Sync>,
-}
-
-impl Term {
-    fn spawn(env: &Env, argv: &[&str]) -> Term {
-        let pair = native_pty_system()
-            .openpty(PtySize {
-                rows: 30,
-                cols: 200,
-                pixel_width: 0,
-                pixel_height: 0,
-            })
-            .expect("openpty");
-        let mut cmd = CommandBuilder::new(argv[0]);
-        cmd.args(&argv[1..]);
-        cmd.cwd(env.dir.path());
-        cmd.env("PATH", path_with_lcrun());
-        cmd.env("LCRUN_CACHE_DIR", &env.cache);
-        cmd.env("TERM", "xterm-256color");
-        cmd.env("PS1", "$ ");
-        cmd.env_remove("NO_COLOR");
-        let child = pair.slave.spawn_command(cmd).expect("spawn in pty");
-        drop(pair.slave);
-        let mut reader = pair.master.try_clone_reader().expect("reader");
-        let writer = pair.master.take_writer().expect("writer");
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&output);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = reader.read(&mut buf) {
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Term {
-            _master: pair.master,
-            writer,
-            output,
-            child,
-        }
-    }
-
-    /// `sh -c LINE` on the terminal.
-    fn sh(env: &Env, line: &str) -> Term {
-        Term::spawn(env, &["/bin/sh", "-c", line])
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
-    }
-
-    /// Waits until the terminal has shown `needle` `times` times.
-    #[track_caller]
-    fn expect_n(&self, needle: &str, times: usize, within: Duration) {
-        let start = Instant::now();
-        while self.text().matches(needle).count() < times {
-            assert!(
-                start.elapsed() < within,
-                "terminal never showed {needle:?} {times} times; it shows:\n{}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    #[track_caller]
-    fn expect(&self, needle: &str, within: Duration) {
-        self.expect_n(needle, 1, within);
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).expect("write to pty");
-        self.writer.flush().expect("flush pty");
-    }
-
-    /// Waits for the program on the terminal to end.
-    #[track_caller]
-    fn ended(&mut self, within: Duration) {
-        let start = Instant::now();
-        while self.child.try_wait().expect("try_wait").is_none() {
-            assert!(
-                start.elapsed() < within,
-                "the terminal's program did not end; it shows:\n{}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 impl Drop for Term {
     fn drop(&mut self) {

@@ -1,102 +1,11 @@
 //! Progress display and cancellation, on a real pseudo-terminal where the
 //! behaviour depends on one.
 
-use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use portable_pty::{native_pty_system, Child, CommandBuilder, MasterPty, PtySize};
-
+use crate::pty::Term;
 use crate::util::*;
-
-/// `lcrun` run by `/bin/sh` inside a pseudo-terminal, as a script on a
-/// terminal would run it. The shell prints `EXIT=<status>` at the end. It is
-/// in the terminal's foreground group with lcrun and hears a Ctrl-C too; a
-/// trap lets it report lcrun's status rather than stop with it.
-struct Pty {
-    _master: Box<dyn MasterPty + Send>,
-    writer: Box<dyn Write + Send>,
-    output: Arc<Mutex<Vec<u8>>>,
-    child: Box<dyn Child + Send + Sync>,
-}
-
-impl Pty {
-    fn spawn(env: &Env, line: &str) -> Pty {
-        let pair = native_pty_system()
-            .openpty(PtySize {
-                rows: 30,
-                cols: 160,
-                pixel_width: 0,
-                pixel_height: 0,
-            })
-            .expect("openpty");
-        let mut cmd = CommandBuilder::new("/bin/sh");
-        cmd.arg("-c");
-        cmd.arg(format!("trap : INT; {line}; echo EXIT=$?"));
-        cmd.cwd(env.dir.path());
-        cmd.env("PATH", path_with_lcrun());
-        cmd.env("LCRUN_CACHE_DIR", &env.cache);
-        cmd.env("TERM", "xterm-256color");
-        cmd.env_remove("NO_COLOR");
-        let child = pair.slave.spawn_command(cmd).expect("spawn in pty");
-        drop(pair.slave);
-        let mut reader = pair.master.try_clone_reader().expect("reader");
-        let writer = pair.master.take_writer().expect("writer");
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&output);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = reader.read(&mut buf) {
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Pty {
-            _master: pair.master,
-            writer,
-            output,
-            child,
-        }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
-    }
-
-    /// Waits until the terminal has shown `needle`.
-    #[track_caller]
-    fn expect(&self, needle: &str, within: Duration) {
-        let start = Instant::now();
-        while !self.text().contains(needle) {
-            assert!(
-                start.elapsed() < within,
-                "terminal never showed {needle:?}; it shows:\n{}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).expect("write to pty");
-        self.writer.flush().expect("flush pty");
-    }
-
-    /// Waits for the shell to report lcrun's status.
-    #[track_caller]
-    fn exit_status(&mut self, within: Duration) -> i32 {
-        self.expect("EXIT=", within);
-        let _ = self.child.wait();
-        let text = self.text();
-        let tail = &text[text.rfind("EXIT=").unwrap() + 5..];
-        tail.trim()
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-}
 
 #[test]
 fn bar_shows_positions_reported_through_lcrun_progress() {
@@ -105,7 +14,7 @@ fn bar_shows_positions_reported_through_lcrun_progress() {
         "steps.sh",
         "#!/bin/sh\nfor i in 1 2 3 4 5; do lcrun progress $i/5 step $i; echo \"line $i\"; sleep 0.3; done\n",
     );
-    let mut pty = Pty::spawn(&env, "lcrun -- ./steps.sh");
+    let mut pty = Term::script(&env, "lcrun -- ./steps.sh");
     assert_eq!(pty.exit_status(Duration::from_secs(20)), 0);
     let screen = pty.text();
     for i in 1..=5 {
@@ -127,7 +36,7 @@ fn bar_shows_positions_reported_through_lcrun_progress() {
     }
 
     // A hit on a terminal says it was replayed.
-    let mut again = Pty::spawn(&env, "lcrun -- ./steps.sh");
+    let mut again = Term::script(&env, "lcrun -- ./steps.sh");
     assert_eq!(again.exit_status(Duration::from_secs(10)), 0);
     assert!(
         again.text().contains("lcrun: replayed from cache"),
@@ -139,7 +48,7 @@ fn bar_shows_positions_reported_through_lcrun_progress() {
 #[test]
 fn progress_regex_reads_an_unmodified_command() {
     let env = Env::new();
-    let mut pty = Pty::spawn(
+    let mut pty = Term::script(
         &env,
         r#"lcrun --progress-regex '^\[(?P<pos>\d+)/(?P<total>\d+)\] (?P<msg>.*)' -- sh -c 'for i in 1 2 3 4; do echo "[$i/4] building part$i"; sleep 0.3; done'"#,
     );
@@ -159,7 +68,7 @@ fn ctrl_c_cancels_the_whole_tree_and_caches_nothing() {
             env.tally("runs")
         ),
     );
-    let mut pty = Pty::spawn(&env, "lcrun -- ./tree.sh");
+    let mut pty = Term::script(&env, "lcrun -- ./tree.sh");
     pty.expect("started", Duration::from_secs(10));
     let pids = pids(&env.path("pids"));
     assert_eq!(pids.len(), 2);
@@ -177,7 +86,7 @@ fn ctrl_c_cancels_the_whole_tree_and_caches_nothing() {
     }
     // Nothing was cached: the next run runs again.
     std::fs::remove_file(env.path("pids")).unwrap();
-    let mut again = Pty::spawn(&env, "lcrun -- ./tree.sh");
+    let mut again = Term::script(&env, "lcrun -- ./tree.sh");
     again.expect("started", Duration::from_secs(10));
     assert_eq!(env.count("runs"), 2);
     again.send(b"\x03");
@@ -187,7 +96,7 @@ fn ctrl_c_cancels_the_whole_tree_and_caches_nothing() {
 #[test]
 fn second_ctrl_c_kills_a_command_that_ignores_the_first() {
     let env = Env::new();
-    let mut pty = Pty::spawn(
+    let mut pty = Term::script(
         &env,
         "lcrun --kill-after 60s -- sh -c 'trap \"\" INT TERM; echo $$ > pid; echo ready; sleep 300'",
     );
@@ -207,7 +116,7 @@ fn second_ctrl_c_kills_a_command_that_ignores_the_first() {
 #[test]
 fn interactive_command_reads_the_terminal() {
     let env = Env::new();
-    let mut pty = Pty::spawn(
+    let mut pty = Term::script(
         &env,
         "lcrun --no-cache -- sh -c 'printf \"name? \"; read n; echo \"hello $n\"'",
     );

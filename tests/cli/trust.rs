@@ -269,10 +269,12 @@ fn another_user_cannot_subvert_a_cache_dir_others_can_write() {
         &format!("{their_lcrun} id -u && {their_lcrun} true && {their_lcrun} echo locked-out"),
     );
     let db = own.join("cache.db");
-    // An entry whose data file is root's secret, a pending row whose data
-    // file is root's victim.
+    // An entry whose blob is in a "pack" that is root's secret (named by a
+    // path), a pending record using a blob whose pack is a link to root's
+    // victim.
     let (id, _) = key_of(&db, "true");
     let (_, locked_key) = key_of(&db, "echo locked-out");
+    let (secret_blob, victim_blob) = ("5e".repeat(32), "71".repeat(32));
     {
         let conn = open_db(&db);
         let len = 11;
@@ -280,27 +282,40 @@ fn another_user_cannot_subvert_a_cache_dir_others_can_write() {
             .query_row("SELECT meta FROM entries WHERE id = ?1", [id], |r| r.get(0))
             .unwrap();
         let mut meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
-        meta["stdout_bytes"] = len.into();
-        meta["file_bytes"] = len.into();
+        meta["stdout"] = serde_json::json!({"size": len, "blobs": [secret_blob]});
+        meta["order"] = serde_json::json!([[1, len]]);
         conn.execute(
-            "UPDATE entries SET file = '../../root-secret', meta = ?2 WHERE id = ?1",
+            "UPDATE entries SET meta = ?2 WHERE id = ?1",
             rusqlite::params![id, meta.to_string()],
         )
         .unwrap();
-        conn.execute("DELETE FROM chunks WHERE entry_id = ?1", [id])
+        for (hex, user_id, pack) in [
+            (&secret_blob, id.to_string(), "../../root-secret"),
+            (&victim_blob, "last_insert_rowid()".into(), "v.pack"),
+        ] {
+            if hex == &victim_blob {
+                conn.execute(
+                    "INSERT INTO entries (key, created_ms, last_used_ms, bytes, hits, meta) VALUES \
+                     (NULL, 0, 0, 0, 0, '{\"command\":\"x\",\"cwd\":\"/\",\"inputs\":[],\"duration_ms\":0,\"status\":0,\
+                     \"pending_key\":\"00\"}')",
+                    [],
+                )
+                .unwrap();
+            }
+            conn.execute(
+                &format!("INSERT INTO uses (entry_id, digest) VALUES ({user_id}, x'{hex}')"),
+                [],
+            )
             .unwrap();
-        conn.execute(
-            "INSERT INTO chunks (entry_id, seq, stream, codec, raw_len, data, file_len) VALUES (?1, 0, 1, 0, ?2, NULL, ?2)",
-            rusqlite::params![id, len],
-        )
-        .unwrap();
-        conn.execute(
-            "INSERT INTO entries (key, created_ms, last_used_ms, bytes, hits, meta, file) VALUES \
-             (NULL, 0, 0, 0, 0, '{\"command\":\"x\",\"cwd\":\"/\",\"inputs\":[],\"duration_ms\":0,\"status\":0,\
-             \"stdout_bytes\":0,\"stderr_bytes\":0,\"pending_key\":\"00\",\"pid\":999999}', '../../victim')",
-            [],
-        )
-        .unwrap();
+            conn.execute(
+                &format!(
+                    "INSERT INTO blobs (digest, codec, raw_len, xxh3, data, pack, at, len) \
+                     VALUES (x'{hex}', 0, {len}, 0, NULL, '{pack}', 0, {len})"
+                ),
+                [],
+            )
+            .unwrap();
+        }
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .unwrap();
     }
@@ -309,10 +324,12 @@ fn another_user_cannot_subvert_a_cache_dir_others_can_write() {
     user.sh(
         &env,
         &format!(
-            "cd '{d}' && mkdir -p data locks && mv -f '{own}'/cache.db* . && ln -s '{appended}' hits.log",
+            "cd '{d}' && mkdir -p blobs locks && mv -f '{own}'/cache.db* . && ln -s '{appended}' hits.log \
+             && ln -s '{victim}' blobs/v.pack",
             d = d.display(),
             own = own.display(),
-            appended = appended.display()
+            appended = appended.display(),
+            victim = victim.display()
         ),
     );
     // And holds the lock of a key root will run.
@@ -489,9 +506,9 @@ fn a_full_disk_leaves_no_partial_entry_behind() {
     assert!(out.stdout.len() == 10 << 20, "{}", stderr(&out));
     assert_one_warning(&out);
     assert!(
-        env.data_files().is_empty(),
-        "partial data file left: {:?}",
-        env.data_files()
+        env.blob_files().is_empty(),
+        "partial blob files left: {:?}",
+        env.blob_files()
     );
     assert!(
         disk.used() < 1 << 20,
@@ -515,23 +532,39 @@ fn a_later_run_cleans_what_a_failed_one_could_not() {
     let env = Env::new();
     let _disk = Tmpfs::mount(&env.cache, "2m");
     assert_code(&env.run(["--", "true"]), 0);
-    // What a writer that died on a full disk leaves: a pending row and its
-    // partial data file, its key's lock free.
-    fs::create_dir_all(env.cache.join("data")).unwrap();
-    fs::write(env.cache.join("data").join("1-dead"), noise(1 << 20, 3)).unwrap();
-    fs::set_permissions(env.cache.join("data/1-dead"), fs::Permissions::from_mode(0o600)).unwrap();
-    open_db(&env.db())
-        .execute(
-            "INSERT INTO entries (key, created_ms, last_used_ms, bytes, hits, meta, file) VALUES \
-             (NULL, 0, 0, 0, 0, '{\"command\":\"x\",\"cwd\":\"/\",\"inputs\":[],\"duration_ms\":0,\"status\":0,\
-             \"stdout_bytes\":0,\"stderr_bytes\":0,\"pending_key\":\"ab\",\"pid\":1}', '1-dead')",
-            [],
-        )
-        .unwrap();
+    // What a writer that died on a full disk leaves: a pending record, a
+    // blob it put, used by it alone, its key's lock free.
+    let hex = "ab".repeat(32);
+    let blob = env.cache.join("blobs/dead.pack");
+    fs::create_dir_all(blob.parent().unwrap()).unwrap();
+    fs::write(&blob, noise(1 << 20, 3)).unwrap();
+    fs::set_permissions(&blob, fs::Permissions::from_mode(0o600)).unwrap();
+    let conn = open_db(&env.db());
+    conn.execute(
+        "INSERT INTO entries (key, created_ms, last_used_ms, bytes, hits, meta) VALUES \
+         (NULL, 0, 0, 0, 0, '{\"command\":\"x\",\"cwd\":\"/\",\"inputs\":[],\"duration_ms\":0,\"status\":0,\
+         \"pending_key\":\"ab\"}')",
+        [],
+    )
+    .unwrap();
+    conn.execute(
+        &format!("INSERT INTO uses (entry_id, digest) VALUES (last_insert_rowid(), x'{hex}')"),
+        [],
+    )
+    .unwrap();
+    conn.execute(
+        &format!(
+            "INSERT INTO blobs (digest, codec, raw_len, xxh3, data, pack, at, len) \
+             VALUES (x'{hex}', 0, 1048576, 0, NULL, 'dead.pack', 0, 1048576)"
+        ),
+        [],
+    )
+    .unwrap();
+    drop(conn);
     let out = env.run(["--", "echo", "next"]);
     assert_eq!(out.stdout, b"next\n");
     assert!(lcrun_lines(&out).is_empty(), "{}", stderr(&out));
-    assert!(env.data_files().is_empty(), "{:?}", env.data_files());
+    assert!(env.blob_files().is_empty(), "{:?}", env.blob_files());
     assert_eq!(pending_rows(&env), 0);
 }
 
@@ -603,12 +636,12 @@ fn a_value_of_a_type_never_written_is_damage_to_the_database() {
 }
 
 #[test]
-fn a_damaged_chunk_row_sets_the_database_aside_for_the_next_run() {
+fn a_damaged_blob_row_sets_the_database_aside_for_the_next_run() {
     let env = Env::new();
     let script = format!("{}; echo a", env.tally("a"));
     assert_code(&env.run(sh(&[], &script)), 0);
     open_db(&env.db())
-        .execute("UPDATE chunks SET raw_len = x'00ff'", [])
+        .execute("UPDATE blobs SET raw_len = x'00ff'", [])
         .unwrap();
     let out = env.run(sh(&[], &script));
     assert_eq!(out.stdout, b"a\n");
@@ -734,7 +767,7 @@ fn damaged_stored_output_is_a_miss_never_wrong_bytes() {
         ("16 bytes overwritten in the middle", overwrite_middle),
     ];
     for (n, (what, spoil)) in damage.iter().enumerate() {
-        let files = env.data_files();
+        let files = env.blob_files();
         assert_eq!(files.len(), 1, "{files:?}");
         spoil(&files[0]);
         let out = env.run(sh(&[], &script));
@@ -753,17 +786,17 @@ fn damaged_stored_output_is_a_miss_never_wrong_bytes() {
     assert_code(&env.run(sh(&[], &script)), 0);
     {
         let conn = open_db(&env.db());
-        let (rowid, mut data): (i64, Vec<u8>) = conn
+        let (digest, mut data): (Vec<u8>, Vec<u8>) = conn
             .query_row(
-                "SELECT rowid, data FROM chunks WHERE length(data) = 1000",
+                "SELECT digest, data FROM blobs WHERE length(data) = 1000",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
         data[500] ^= 1;
         conn.execute(
-            "UPDATE chunks SET data = ?2 WHERE rowid = ?1",
-            rusqlite::params![rowid, data],
+            "UPDATE blobs SET data = ?2 WHERE digest = ?1",
+            rusqlite::params![digest, data],
         )
         .unwrap();
     }
@@ -774,15 +807,15 @@ fn damaged_stored_output_is_a_miss_never_wrong_bytes() {
 }
 
 #[test]
-fn data_files_and_databases_are_the_users_own_and_never_symlinks() {
-    // A hit reads only files that pass the check: a data file replaced by a
+fn blob_files_and_databases_are_the_users_own_and_never_symlinks() {
+    // A hit reads only files that pass the check: a blob file replaced by a
     // symlink to another file is not followed.
     let env = Env::new();
     let content = noise(1 << 20, 21);
     let big = env.write("big.bin", &content);
     let script = format!("{}; cat '{}'", env.tally("big"), big.display());
     assert_code(&env.run(sh(&[], &script)), 0);
-    let file = env.data_files().pop().unwrap();
+    let file = env.blob_files().pop().unwrap();
     let elsewhere = env.path("elsewhere");
     fs::rename(&file, &elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
@@ -795,7 +828,7 @@ fn data_files_and_databases_are_the_users_own_and_never_symlinks() {
 
 #[test]
 fn damage_deep_in_a_large_output_stops_the_replay_before_any_wrong_byte() {
-    // Past the size verified whole before the first byte, chunks are
+    // Past the size verified whole before the first byte, blobs are
     // verified as they go out: what went out is a true prefix, then an
     // error; the entry is dropped, and the next run computes it again.
     let env = Env::new();
@@ -803,7 +836,7 @@ fn damage_deep_in_a_large_output_stops_the_replay_before_any_wrong_byte() {
     let big = env.write("big.bin", &content);
     let script = format!("{}; cat '{}'", env.tally("big"), big.display());
     assert_code(&env.run(sh(&[], &script)), 0);
-    let file = env.data_files().pop().unwrap();
+    let file = env.blob_files().pop().unwrap();
     let mut bytes = fs::read(&file).unwrap();
     let at = bytes.len() * 3 / 4;
     for b in &mut bytes[at..at + 16] {

@@ -112,10 +112,10 @@ impl Env {
         self.cache.join("cache.db")
     }
 
-    /// The data files of large entries, sorted.
-    pub fn data_files(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = fs::read_dir(self.cache.join("data"))
-            .map(|dir| dir.map(|e| e.expect("data dir entry").path()).collect())
+    /// The pack files of large blobs (`blobs/*.pack`), sorted.
+    pub fn blob_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = fs::read_dir(self.cache.join("blobs"))
+            .map(|dir| dir.map(|e| e.expect("blobs dir entry").path()).collect())
             .unwrap_or_default();
         files.sort();
         files
@@ -168,4 +168,32 @@ pub fn pids(path: &Path) -> Vec<i32> {
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect()
+}
+
+/// Runs git in `dir` with a fixed identity and no user or system config.
+pub fn git(dir: &Path, args: &[&str]) {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=lcrun test",
+            "-c",
+            "user.email=test@lcrun.invalid",
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "protocol.file.allow=always",
+        ])
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run git");
+    assert!(
+        output.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

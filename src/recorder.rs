@@ -1,0 +1,430 @@
+//! Recording a run off the output path. The command's output goes to the
+//! screen at once; a copy goes through a bounded queue to a thread that owns
+//! the store and writes it there. So a cache that another process holds
+//! locked (a `sqlite3` shell left in a transaction, a stuck lcrun) never
+//! delays the command's start nor stalls its output: what cannot be stored
+//! in time is dropped, and the caller warns once.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::key::Key;
+use crate::lock::{KeyLock, WaitMark};
+use crate::messages::Messages;
+use crate::output::Stream;
+use crate::outputs::DeclaredPath;
+use crate::store::{Store, StoreError};
+
+/// Output bytes that may wait for the store: the output of most short
+/// commands, so a store that is briefly busy (parallel `make -j` runs take
+/// turns in milliseconds) costs them nothing; small enough to keep a run's
+/// memory bound (a 256 MiB miss peaked at 21 MiB with 4 MiB here, 17 MiB
+/// with 1 MiB, 12 MiB recording on the output path).
+const QUEUE_BYTES: usize = 1 << 20;
+
+/// With the queue full, how long the store may stay blocked behind another
+/// process's lock before the recording is dropped rather than the command's
+/// output held up.
+const FULL_STALL: Duration = Duration::from_millis(500);
+
+/// After the command ended, how long the store may stay blocked behind
+/// another process's lock before the result is dropped. Writers among
+/// parallel lcrun runs hold the lock for milliseconds; a lock held this long
+/// is a stuck holder, and lcrun should not end much later than its command.
+const END_STALL: Duration = Duration::from_secs(3);
+
+/// What becomes of a finished recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Stored under its key, for every later run.
+    Cache,
+    /// Kept only for the runs that waited on this one (a failure policy does
+    /// not cache).
+    ForWaiters,
+}
+
+enum Msg {
+    /// Output, and when it arrived.
+    Write(Stream, Vec<u8>, Instant),
+    /// Status, duration, how to keep it, and the declared output files
+    /// (`-o`) to store with it.
+    Finish(u8, Duration, Keep, Vec<DeclaredPath>),
+    Abandon,
+}
+
+/// What the main thread and the store's thread share.
+#[derive(Default)]
+struct State {
+    /// Bytes sent and not yet taken by the store's thread.
+    queued: usize,
+    /// Why the recording ended early, once it has.
+    failed: Option<String>,
+    /// Set when the store's thread is done with the final message.
+    done: bool,
+    /// Set when the store's thread has let go of its share of the key's lock.
+    released: bool,
+    /// Said by the store's thread for the caller to pass on (a damaged
+    /// database moved aside): the thread does not write to the terminal.
+    notes: Vec<String>,
+    /// Buffers the store's thread is done with, for the next output: a
+    /// buffer allocated on one thread and freed on the other kept memory
+    /// in both threads' allocator arenas (5 MiB more peak memory per run).
+    spare: Vec<Vec<u8>>,
+}
+
+/// A run being recorded by a thread of its own.
+pub struct Recorder {
+    tx: Option<mpsc::Sender<Msg>>,
+    /// The cache directory and the key, to look for waiters.
+    dir: std::path::PathBuf,
+    key: String,
+    shared: Arc<(Mutex<State>, Condvar)>,
+    /// Why the recording was dropped on this side, if it was.
+    dropped: Option<String>,
+    /// Where the store's thread's notes are said, by this thread.
+    messages: Messages,
+}
+
+/// When the store's thread started waiting for another process's lock
+/// (ms since [`epoch`], plus one; zero when it is not waiting). Read by the
+/// main thread to tell a busy store from a slow one. One recorder per
+/// process, so these are process-wide, as SQLite's busy handler is a plain
+/// function.
+static BUSY_SINCE: AtomicU64 = AtomicU64::new(0);
+/// Set when the main thread stops waiting: the busy handler then gives up.
+static GIVE_UP: AtomicBool = AtomicBool::new(false);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// SQLite's busy handler for the recording's connection: waits for the
+/// lock, noting since when, until told to give up.
+fn on_busy(count: i32) -> bool {
+    if count == 0 {
+        let now = epoch().elapsed().as_millis() as u64 + 1;
+        let _ = BUSY_SINCE.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    if GIVE_UP.load(Ordering::SeqCst) {
+        return false;
+    }
+    thread::sleep(Duration::from_millis(if count < 10 { 1 } else { 10 }));
+    true
+}
+
+/// How long the store's thread has been waiting for a lock, if it is.
+fn busy_for() -> Duration {
+    match BUSY_SINCE.load(Ordering::SeqCst) {
+        0 => Duration::ZERO,
+        since => epoch().elapsed().saturating_sub(Duration::from_millis(since - 1)),
+    }
+}
+
+fn not_busy() {
+    BUSY_SINCE.store(0, Ordering::SeqCst);
+}
+
+impl Recorder {
+    /// Starts recording a run of `key` into `store`, on a thread that owns
+    /// it and a share of the key's `lock`. Returns at once: even the pending
+    /// row is written there. The thread keeps its share until the recording
+    /// is committed or abandoned, and the caller keeps its own until the
+    /// command has ended: the lock is what tells other writers that the
+    /// pending row is alive (see `Store::clean_abandoned`), and other runs
+    /// that the command is (see `Cache::job_start` in `app`).
+    pub fn start(
+        store: Store,
+        lock: Arc<KeyLock>,
+        key: &Key,
+        command: String,
+        cwd: String,
+        messages: Messages,
+    ) -> Recorder {
+        epoch();
+        let began = Instant::now();
+        let shared: Arc<(Mutex<State>, Condvar)> = Arc::default();
+        let (tx, rx) = mpsc::channel();
+        let dir = store.dir().to_owned();
+        let hex = key.hex.clone();
+        let key = key.clone();
+        let theirs = Arc::clone(&shared);
+        let spawned = thread::Builder::new()
+            .name("lcrun-recorder".into())
+            .spawn(move || {
+                record(store, &key, &command, &cwd, began, &rx, &theirs);
+                // Released after the store is done with the recording, and
+                // before the caller is told so.
+                drop(lock);
+                let (state, cond) = &*theirs;
+                if let Ok(mut state) = state.lock() {
+                    state.released = true;
+                }
+                cond.notify_all();
+            });
+        let mut recorder = Recorder {
+            tx: Some(tx),
+            dir,
+            key: hex,
+            shared,
+            dropped: None,
+            messages,
+        };
+        if let Err(err) = spawned {
+            recorder.drop_with(format!("cannot start the recorder: {err}"));
+        }
+        recorder
+    }
+
+    /// Queues output for the store. It waits only while the queue is full
+    /// and the store is working; a store blocked behind another process's
+    /// lock has the recording dropped instead.
+    pub fn write(&mut self, stream: Stream, bytes: &[u8]) {
+        if self.dropped.is_some() || bytes.is_empty() {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let (lock, cond) = &*shared;
+        let Ok(mut state) = lock.lock() else {
+            return self.drop_with("the recorder failed".into());
+        };
+        loop {
+            if let Some(why) = state.failed.clone() {
+                drop(state);
+                return self.drop_with(why);
+            }
+            if state.queued == 0 || state.queued + bytes.len() <= QUEUE_BYTES {
+                break;
+            }
+            if busy_for() >= FULL_STALL {
+                drop(state);
+                return self.drop_with(locked_too_long(FULL_STALL));
+            }
+            state = match cond.wait_timeout(state, Duration::from_millis(10)) {
+                Ok((state, _)) => state,
+                Err(_) => return self.drop_with("the recorder failed".into()),
+            };
+        }
+        state.queued += bytes.len();
+        let mut copy = state.spare.pop().unwrap_or_default();
+        drop(state);
+        copy.extend_from_slice(bytes);
+        let sent = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(Msg::Write(stream, copy, Instant::now())).is_ok());
+        if !sent {
+            self.drop_with("the recorder failed".into());
+        }
+    }
+
+    /// Ends the recording as `keep` says and waits for the store, no longer
+    /// than it works: `Err` says why the result was not stored.
+    /// `outputs` are stored with the result (captured on the store's
+    /// thread, relative ones under the working directory).
+    pub fn finish(
+        mut self,
+        status: u8,
+        duration: Duration,
+        keep: Keep,
+        outputs: &[DeclaredPath],
+    ) -> Result<(), String> {
+        if let Some(why) = self.dropped.take() {
+            return Err(why);
+        }
+        // An outcome kept for waiters when none waits would only take space.
+        let msg = if keep == Keep::ForWaiters && !WaitMark::anyone_waiting(&self.dir, &self.key) {
+            Msg::Abandon
+        } else {
+            Msg::Finish(status, duration, keep, outputs.to_vec())
+        };
+        self.wait_for(msg)
+    }
+
+    /// Drops the recording (a cancelled run): nothing of it is kept.
+    pub fn abandon(mut self) {
+        if self.dropped.is_none() {
+            // Said already if it fails: the next write cleans up after it.
+            let _ = self.wait_for(Msg::Abandon);
+        }
+    }
+
+    /// Sends the last message and waits for the store's thread to act on
+    /// it, no longer than it works.
+    fn wait_for(&mut self, msg: Msg) -> Result<(), String> {
+        let sent = self.tx.take().is_some_and(|tx| tx.send(msg).is_ok());
+        if !sent {
+            return Err("the recorder failed".into());
+        }
+        let (lock, cond) = &*self.shared;
+        let mut state = lock.lock().map_err(|_| "the recorder failed".to_owned())?;
+        loop {
+            for note in std::mem::take(&mut state.notes) {
+                self.messages.warn(note);
+            }
+            if let Some(why) = &state.failed {
+                return Err(why.clone());
+            }
+            if state.done && state.released {
+                return Ok(());
+            }
+            if busy_for() >= END_STALL {
+                // Its pending row stays behind; whoever writes next removes it.
+                GIVE_UP.store(true, Ordering::SeqCst);
+                return Err(locked_too_long(END_STALL));
+            }
+            state = cond
+                .wait_timeout(state, Duration::from_millis(10))
+                .map_err(|_| "the recorder failed".to_owned())?
+                .0;
+        }
+    }
+
+    fn drop_with(&mut self, why: String) {
+        self.dropped.get_or_insert(why);
+        // The store's thread sees the queue end without a finish and
+        // abandons what it wrote; if it is blocked on a lock, it gives up.
+        self.tx = None;
+        GIVE_UP.store(true, Ordering::SeqCst);
+    }
+}
+
+fn locked_too_long(bound: Duration) -> String {
+    format!(
+        "another process held the cache locked for over {}",
+        crate::duration::short(bound)
+    )
+}
+
+/// The store's thread: readies the store, begins the entry, stores what
+/// arrives, and finishes or abandons it.
+fn record(
+    store: Store,
+    key: &Key,
+    command: &str,
+    cwd: &str,
+    began: Instant,
+    rx: &mpsc::Receiver<Msg>,
+    shared: &(Mutex<State>, Condvar),
+) {
+    let (lock, cond) = shared;
+    let fail = |why: String| {
+        if let Ok(mut state) = lock.lock() {
+            state.failed.get_or_insert(why);
+        }
+        cond.notify_all();
+    };
+    let note = |note: String| {
+        if let Ok(mut state) = lock.lock() {
+            state.notes.push(note);
+        }
+    };
+    let store = match ready(store, key, &note) {
+        Ok(store) => store,
+        Err(err) => return fail(format!("cannot write the cache: {err}")),
+    };
+    let mut recording = match store.begin(key, command, cwd) {
+        Ok(recording) => recording,
+        Err(err) => return fail(failure(&store, "cannot write the cache", &err)),
+    };
+    recording.output_began(began);
+    not_busy();
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Write(stream, mut bytes, arrived) => {
+                let result = recording.write_arrived(stream, &bytes, arrived);
+                not_busy();
+                if let Ok(mut state) = lock.lock() {
+                    state.queued -= bytes.len();
+                    // A few, as many as fill the queue with full reads.
+                    if state.spare.len() < 8 {
+                        bytes.clear();
+                        state.spare.push(bytes);
+                    }
+                }
+                cond.notify_all();
+                if let Err(err) = result {
+                    // A full disk, say: what was written goes at once, and
+                    // the command goes on, uncached.
+                    let _ = recording.abandon();
+                    return fail(failure(&store, "cannot store the result", &err));
+                }
+            }
+            Msg::Finish(..) | Msg::Abandon => {
+                if let Msg::Finish(_, _, keep, outputs) = &msg {
+                    if !outputs.is_empty() {
+                        if let Err(err) = recording.capture(Path::new("."), outputs) {
+                            let _ = recording.abandon();
+                            not_busy();
+                            if *keep == Keep::ForWaiters {
+                                // A failed run that left no outputs: its
+                                // waiters run the command themselves, and
+                                // nothing needs saying.
+                                if let Ok(mut state) = lock.lock() {
+                                    state.done = true;
+                                }
+                                cond.notify_all();
+                                return;
+                            }
+                            // Names the output: one warning, nothing stored.
+                            return fail(err.to_string());
+                        }
+                    }
+                }
+                let result = match msg {
+                    Msg::Finish(status, duration, Keep::Cache, _) => recording.finish(status, duration),
+                    Msg::Finish(status, duration, Keep::ForWaiters, _) => recording.share(status, duration),
+                    _ => recording.abandon(),
+                };
+                not_busy();
+                match result {
+                    Ok(()) => {
+                        if let Ok(mut state) = lock.lock() {
+                            state.done = true;
+                        }
+                        cond.notify_all();
+                    }
+                    Err(err) => fail(failure(&store, "cannot store the result", &err)),
+                }
+                return;
+            }
+        }
+    }
+    // The queue ended with no finish: a cancelled run, or a recording
+    // dropped on the other side.
+    let _ = recording.abandon();
+}
+
+/// Readies the store for a recording of `key`: the recorder's busy
+/// handler, and the pending rows of dead writers removed (see
+/// [`Store::clean_abandoned`]). A database found damaged on the way is
+/// moved aside (by one process, under a lock) and the work done again on
+/// the new one.
+fn ready(store: Store, key: &Key, note: &dyn Fn(String)) -> Result<Store, StoreError> {
+    store.set_busy_handler(on_busy)?;
+    let err = match store.clean_abandoned(&key.hex) {
+        Err(err) if err.is_corrupt() => err,
+        // Any other failure is met again, and reported, by `begin`.
+        _ => return Ok(store),
+    };
+    let (store, moved) = store.recover(&err)?;
+    if let Some(moved) = moved {
+        note(moved);
+    }
+    store.set_busy_handler(on_busy)?;
+    let _ = store.clean_abandoned(&key.hex);
+    Ok(store)
+}
+
+/// Why the recording failed, for the caller to say. A damaged database is
+/// moved aside (the next run starts a new one), and that is what is said.
+fn failure(store: &Store, what: &str, err: &StoreError) -> String {
+    match err.is_corrupt().then(|| store.set_aside(err)).flatten() {
+        Some(moved) => moved,
+        None => format!("{what}: {err}"),
+    }
+}

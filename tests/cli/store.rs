@@ -1,0 +1,294 @@
+//! The store as records and content-addressed blobs (issue 11): the same
+//! bytes stored once, a blob shared by entries outliving any one of them,
+//! no visible entry ever missing a blob (SIGKILL mid-store included), a
+//! damaged blob a miss, and a record that would write outside its output
+//! refused.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::util::{assert_code, stderr, Env};
+
+/// Bytes no codec shrinks (xorshift), so their blobs are files.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// `lcrun [flags] -o OUT -- sh -c 'tally NAME; cp SRC OUT'`.
+fn copy_args(env: &Env, flags: &[&str], name: &str, src: &str, out: &str) -> Vec<String> {
+    let mut args: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+    args.extend(["-o".into(), out.into(), "--".into(), "sh".into(), "-c".into()]);
+    args.push(format!("{}; cp {src} {out}", env.tally(name)));
+    args
+}
+
+fn db(env: &Env) -> rusqlite::Connection {
+    rusqlite::Connection::open(env.db()).unwrap()
+}
+
+/// Every digest a record names: its stdout, stderr and output files.
+fn digests_of(meta: &serde_json::Value, into: &mut BTreeSet<String>) {
+    match meta {
+        serde_json::Value::Object(map) => {
+            for (name, value) in map {
+                match (name.as_str(), value) {
+                    ("blobs", serde_json::Value::Array(list)) => {
+                        into.extend(list.iter().map(|d| d.as_str().unwrap().to_owned()));
+                    }
+                    _ => digests_of(value, into),
+                }
+            }
+        }
+        serde_json::Value::Array(list) => list.iter().for_each(|v| digests_of(v, into)),
+        _ => {}
+    }
+}
+
+/// Fails unless every blob of every visible entry is stored whole: its
+/// row, and its bytes in its pack when it has one.
+#[track_caller]
+fn assert_no_entry_misses_a_blob(env: &Env) {
+    let conn = db(env);
+    let metas: Vec<String> = conn
+        .prepare("SELECT meta FROM entries WHERE key IS NOT NULL")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for meta in metas {
+        let mut digests = BTreeSet::new();
+        digests_of(&serde_json::from_str(&meta).unwrap(), &mut digests);
+        for hex in digests {
+            let place: Option<(Option<String>, Option<i64>, Option<i64>)> = conn
+                .query_row(
+                    &format!("SELECT pack, at, len FROM blobs WHERE digest = x'{hex}'"),
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .ok();
+            let Some(place) = place else {
+                panic!("an entry names blob {hex}, which is not stored");
+            };
+            if let (Some(pack), Some(at), Some(len)) = place {
+                let path = env.cache.join("blobs").join(&pack);
+                let size = fs::metadata(&path).map_or(0, |m| m.len() as i64);
+                assert!(size >= at + len, "blob {hex} is not whole in {}", path.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn the_same_output_twice_is_stored_once() {
+    let env = Env::new();
+    env.write("src.bin", noise(1 << 20, 1));
+    assert_code(&env.run(copy_args(&env, &[], "a", "src.bin", "a.bin")), 0);
+    let one = env.blob_files();
+    assert_eq!(one.len(), 1, "one pack of four blobs: {one:?}");
+    let rows = blob_rows(&env);
+    assert_code(&env.run(copy_args(&env, &[], "b", "src.bin", "b.bin")), 0);
+    assert_eq!(env.blob_files(), one, "the second copy added no blob");
+    assert_eq!(blob_rows(&env), rows);
+    // The same bytes as stdout are the same blobs too.
+    assert_code(&env.run(["--", "cat", "src.bin"]), 0);
+    assert_eq!(env.blob_files(), one);
+    assert_eq!(blob_rows(&env), rows);
+}
+
+fn blob_rows(env: &Env) -> i64 {
+    db(env)
+        .query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Where the second large blob of the store is: its digest (hex), pack
+/// file, offset and length.
+fn a_blob(env: &Env) -> (String, PathBuf, u64, u64) {
+    let (digest, pack, at, len): (Vec<u8>, String, i64, i64) = db(env)
+        .query_row(
+            "SELECT digest, pack, at, len FROM blobs WHERE pack IS NOT NULL ORDER BY at LIMIT 1 OFFSET 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    let hex = digest.iter().map(|b| format!("{b:02x}")).collect();
+    (hex, env.cache.join("blobs").join(pack), at as u64, len as u64)
+}
+
+#[test]
+fn a_blob_shared_by_two_entries_outlives_replacing_or_dropping_one() {
+    let env = Env::new();
+    let first = noise(1 << 20, 2);
+    env.write("src.bin", &first);
+    let a = copy_args(&env, &[], "a", "src.bin", "a.bin");
+    let b = copy_args(&env, &[], "b", "src.bin", "b.bin");
+    assert_code(&env.run(&a), 0);
+    assert_code(&env.run(&b), 0);
+
+    // Replacing a (a refresh, with other bytes now) keeps b's blobs whole.
+    env.write("src.bin", noise(1 << 20, 3));
+    assert_code(
+        &env.run(copy_args(&env, &["--refresh"], "a", "src.bin", "a.bin")),
+        0,
+    );
+    assert_eq!(env.count("a"), 2);
+    fs::remove_file(env.path("b.bin")).unwrap();
+    let out = env.run(&b);
+    assert_code(&out, 0);
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+    assert_eq!(env.count("b"), 1, "b restored, not run");
+    assert!(fs::read(env.path("b.bin")).unwrap() == first);
+
+    // a shares them again; then its record is damaged and dropped (by a
+    // read-only run, which stores nothing new): b still restores whole.
+    env.write("src.bin", &first);
+    assert_code(
+        &env.run(copy_args(&env, &["--refresh"], "a", "src.bin", "a.bin")),
+        0,
+    );
+    db(&env)
+        .execute(
+            "UPDATE entries SET meta = 'not json' WHERE meta LIKE '%a.bin%'",
+            [],
+        )
+        .unwrap();
+    let dropped = env.run(copy_args(&env, &["--cache-mode", "ro"], "a", "src.bin", "a.bin"));
+    assert_code(&dropped, 0);
+    assert!(stderr(&dropped).contains("damaged"), "{}", stderr(&dropped));
+    assert_eq!(env.count("a"), 4);
+    fs::remove_file(env.path("b.bin")).unwrap();
+    assert_code(&env.run(&b), 0);
+    assert_eq!(env.count("b"), 1, "b restored, not run");
+    assert!(fs::read(env.path("b.bin")).unwrap() == first);
+    assert_no_entry_misses_a_blob(&env);
+}
+
+/// Damages the store one way.
+type Spoil = fn(&Env);
+
+#[test]
+fn a_deleted_or_altered_blob_makes_the_next_run_execute_the_command() {
+    let env = Env::new();
+    let content = noise(1 << 20, 4);
+    env.write("src.bin", &content);
+    let args = copy_args(&env, &[], "c", "src.bin", "out.bin");
+    assert_code(&env.run(&args), 0);
+    let spoil: [(&str, Spoil); 2] = [
+        ("deleted", |env| {
+            let (hex, ..) = a_blob(env);
+            db(env)
+                .execute(&format!("DELETE FROM blobs WHERE digest = x'{hex}'"), [])
+                .unwrap();
+        }),
+        ("altered", |env| {
+            let (_, pack, at, len) = a_blob(env);
+            let mut bytes = fs::read(&pack).unwrap();
+            bytes[(at + len / 2) as usize] ^= 0x5a;
+            fs::write(&pack, bytes).unwrap();
+        }),
+    ];
+    for (n, (what, spoil)) in spoil.iter().enumerate() {
+        assert_eq!(blob_rows(&env), 4, "{what}");
+        spoil(&env);
+        fs::remove_file(env.path("out.bin")).unwrap();
+        let out = env.run(&args);
+        assert_code(&out, 0);
+        assert_eq!(env.count("c"), n + 2, "{what}: the command must run");
+        let warned: Vec<_> = stderr(&out)
+            .lines()
+            .filter(|l| l.starts_with("lcrun:"))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(warned.len(), 1, "{what}: {warned:?}");
+        assert!(fs::read(env.path("out.bin")).unwrap() == content, "{what}");
+        // Stored afresh, blob included: the next run restores it.
+        fs::remove_file(env.path("out.bin")).unwrap();
+        assert_code(&env.run(&args), 0);
+        assert_eq!(env.count("c"), n + 2, "{what}: then a hit");
+        assert!(fs::read(env.path("out.bin")).unwrap() == content, "{what}");
+    }
+}
+
+#[test]
+fn a_stored_path_with_dotdot_is_refused_on_restore() {
+    let env = Env::new();
+    let script = format!("{}; mkdir -p out && echo inside > out/f.txt", env.tally("gen"));
+    let args = ["-o", "out", "--", "sh", "-c", script.as_str()];
+    assert_code(&env.run(args), 0);
+    let changed = db(&env)
+        .execute(
+            "UPDATE entries SET meta = replace(meta, '\"path\":\"f.txt\"', '\"path\":\"../escaped.txt\"') \
+             WHERE key IS NOT NULL",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    fs::remove_dir_all(env.path("out")).unwrap();
+    let out = env.run(args);
+    assert_code(&out, 125);
+    assert!(stderr(&out).contains("refusing"), "{}", stderr(&out));
+    assert!(!env.path("escaped.txt").exists(), "written outside the output");
+    assert_eq!(env.count("gen"), 1, "nor run instead");
+}
+
+#[test]
+fn sigkill_during_a_store_of_outputs_leaves_no_entry_with_a_missing_blob() {
+    let env = Env::new();
+    // 24 MiB of noise in 12 files: the command is done in a moment, and
+    // lcrun then hashes, compresses and stores them.
+    fs::create_dir(env.path("src")).unwrap();
+    for i in 0..12 {
+        env.write(&format!("src/f{i}"), noise(2 << 20, 10 + i));
+    }
+    let script = |n: usize| {
+        format!(
+            "{}; rm -rf out && cp -r src out && touch done.{n}",
+            env.tally("gen")
+        )
+    };
+    let mut killed = 0;
+    for n in 0..8 {
+        let mut child = env
+            .lcrun()
+            .args(["--refresh", "-o", "out", "--", "sh", "-c", &script(n)])
+            .spawn()
+            .unwrap();
+        let done = env.path(&format!("done.{n}"));
+        let start = Instant::now();
+        while !done.exists() && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // The store of 24 MiB takes about 0.1 s: kills land all through it.
+        std::thread::sleep(Duration::from_millis(8 * n as u64));
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let status = child.wait().unwrap();
+        killed += usize::from(std::os::unix::process::ExitStatusExt::signal(&status) == Some(9));
+        assert_no_entry_misses_a_blob(&env);
+    }
+    assert!(killed >= 4, "only {killed} of 8 runs were killed mid-store");
+    let check: String = db(&env)
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    // The next run stores it whole, and the one after restores it.
+    let args = ["-o", "out", "--", "sh", "-c", "rm -rf out && cp -r src out"];
+    assert_code(&env.run(args), 0);
+    fs::remove_dir_all(env.path("out")).unwrap();
+    assert_code(&env.run(args), 0);
+    for i in 0..12 {
+        let path: PathBuf = env.path(&format!("out/f{i}"));
+        assert!(fs::read(path).unwrap() == noise(2 << 20, 10 + i as u64));
+    }
+    assert_no_entry_misses_a_blob(&env);
+}
