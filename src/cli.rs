@@ -34,9 +34,10 @@ pub const CACHE_BY_KINDS: [&str; 8] = [
 /// text as the README's sections of those names (a test keeps them in
 /// step). Paragraphs are separated by blank lines; a paragraph indented by
 /// four spaces is an example; `code` is set in bold in the man page.
-pub const MANUAL: &[(&str, &str)] = &[(
-    "Pipes, terminals, signals and daemons",
-    "Under lcrun a command behaves as it would bare. It runs in its caller's
+pub const MANUAL: &[(&str, &str)] = &[
+    (
+        "Pipes, terminals, signals and daemons",
+        "Under lcrun a command behaves as it would bare. It runs in its caller's
 process group and job: Ctrl-C, Ctrl-Z, `fg` and `bg` act on it directly,
 and it can read the terminal from a pipeline (`lcrun ... | tee log`), a
 redirection, or with lcrun as the session leader (`ssh -t`, `docker run
@@ -60,7 +61,21 @@ it writes afterwards is not captured, and its writes to the closed pipes
 fail. Start one with its output redirected:
 
     lcrun --shell 'setsid my-server >/dev/null 2>&1 & echo started'",
-)];
+    ),
+    (
+        "A busy cache",
+        "A busy cache never delays the command or holds up its output: the result is
+written by a thread of its own, and when another process (a `sqlite3` shell
+left in a transaction, a stuck lcrun) still holds the database locked 3 s
+after the command ended, the result is dropped with one warning. A run that
+waits for an identical one stops waiting when that run shows no sign of life
+for 10 s (stopped, hung, or a process that is not lcrun holding its lock):
+it warns and runs the command uncached. `--timeout` bounds the whole call:
+evaluating the cache-by expressions (a `cmd:` still running is ended with its
+children), waiting for an identical run, and the command, which gets what is
+left; when it expires lcrun exits 124 and nothing is cached.",
+    ),
+];
 
 /// Run a command as a long callback: live output, progress, clean
 /// cancellation, and a cache that replays identical runs instantly.
