@@ -2,14 +2,12 @@
 //! in logs, heartbeats that name the command, and the help, man pages and
 //! completions that explain the options.
 
-use std::io::{Read, Write};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use portable_pty::{native_pty_system, CommandBuilder, PtySize};
 use serde_json::Value;
 
+use crate::pty::Term;
 use crate::util::*;
 
 /// The lines of a report file, each parsed.
@@ -170,40 +168,9 @@ fn parallel_runs_append_whole_lines() {
 /// Runs `line` under `/bin/sh` in a pseudo-terminal to its end; what the
 /// terminal showed.
 fn on_a_terminal(env: &Env, line: &str) -> String {
-    let pair = native_pty_system()
-        .openpty(PtySize {
-            rows: 30,
-            cols: 200,
-            pixel_width: 0,
-            pixel_height: 0,
-        })
-        .expect("openpty");
-    let mut cmd = CommandBuilder::new("/bin/sh");
-    cmd.arg("-c");
-    cmd.arg(format!("{line}; echo EXIT=$?"));
-    cmd.cwd(env.dir.path());
-    cmd.env("PATH", path_with_lcrun());
-    cmd.env("LCRUN_CACHE_DIR", &env.cache);
-    cmd.env("TERM", "xterm-256color");
-    let mut child = pair.slave.spawn_command(cmd).expect("spawn in pty");
-    drop(pair.slave);
-    let mut reader = pair.master.try_clone_reader().expect("reader");
-    let output = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&output);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n @ 1..) = reader.read(&mut buf) {
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    let text = || String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
-    let start = Instant::now();
-    while !text().contains("EXIT=") {
-        assert!(start.elapsed() < Duration::from_secs(20), "no end:\n{}", text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.wait();
-    text()
+    let mut term = Term::script(env, line);
+    term.exit_status(Duration::from_secs(20));
+    term.text()
 }
 
 #[test]
@@ -529,35 +496,8 @@ fn a_script_of_many_lines_is_named_on_one_line() {
 /// completions/lcrun.elv. Candidates are shown by their text, unfiltered:
 /// the editor keeps those that match what was typed.
 fn elvish_completes(env: &Env, words: &str) -> Vec<String> {
-    let pair = native_pty_system()
-        .openpty(PtySize {
-            rows: 50,
-            cols: 200,
-            pixel_width: 0,
-            pixel_height: 0,
-        })
-        .expect("openpty");
-    let mut cmd = CommandBuilder::new("elvish");
-    cmd.arg("-norc");
-    cmd.cwd(env.dir.path());
-    cmd.env("HOME", env.dir.path());
-    cmd.env("TERM", "dumb");
-    let mut child = pair
-        .slave
-        .spawn_command(cmd)
-        .expect("elvish (the elvish package) is needed by this test");
-    drop(pair.slave);
-    let mut reader = pair.master.try_clone_reader().expect("reader");
-    let mut writer = pair.master.take_writer().expect("writer");
-    let output = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&output);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n @ 1..) = reader.read(&mut buf) {
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    let text = || String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+    let home = format!("HOME={}", env.dir.path().display());
+    let mut term = Term::spawn(env, &["env", &home, "TERM=dumb", "elvish", "-norc"]);
     // Typed as `FIN''ISHED`, shown as `FINISHED`: the echo of the typed
     // line does not count.
     let line = format!(
@@ -565,20 +505,12 @@ fn elvish_completes(env: &Env, words: &str) -> Vec<String> {
         script("lcrun.elv").display()
     );
     std::thread::sleep(Duration::from_millis(300));
-    writer.write_all(line.as_bytes()).unwrap();
-    let start = Instant::now();
-    while !text().contains("FINISHED") {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "elvish never finished:\n{}",
-            text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = writer.write_all(b"exit\r");
-    let _ = child.kill();
-    let _ = child.wait();
-    let shown = text();
+    term.send(line.as_bytes());
+    term.expect("FINISHED", Duration::from_secs(20));
+    term.send(b"exit\r");
+    let _ = term.child.kill();
+    let _ = term.child.wait();
+    let shown = term.text();
     let mut found: Vec<String> = shown
         .split("CANDIDATE ")
         .skip(1)
@@ -610,62 +542,24 @@ fn elvish_completes_cache_by_kinds_then_paths() {
 /// What an interactive zsh (compinit, completions/ on its fpath) shows after
 /// `typed` and a Tab, on a pseudo-terminal.
 fn zsh_after_tab(env: &Env, typed: &str) -> String {
-    let pair = native_pty_system()
-        .openpty(PtySize {
-            rows: 40,
-            cols: 200,
-            pixel_width: 0,
-            pixel_height: 0,
-        })
-        .expect("openpty");
-    let mut cmd = CommandBuilder::new("zsh");
-    cmd.args(["-f", "-i"]);
-    cmd.cwd(env.dir.path());
-    cmd.env("HOME", env.dir.path());
-    cmd.env("TERM", "dumb");
-    let mut child = pair
-        .slave
-        .spawn_command(cmd)
-        .expect("zsh (the zsh package) is needed by this test");
-    drop(pair.slave);
-    let mut reader = pair.master.try_clone_reader().expect("reader");
-    let mut writer = pair.master.take_writer().expect("writer");
-    let output = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&output);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n @ 1..) = reader.read(&mut buf) {
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    let text = || String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
-    let wait_for = |needle: &str| {
-        let start = Instant::now();
-        while !text().contains(needle) {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "zsh never showed {needle:?}:\n{}",
-                text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let home = format!("HOME={}", env.dir.path().display());
+    let mut term = Term::spawn(env, &["env", &home, "TERM=dumb", "zsh", "-f", "-i"]);
     let setup = format!(
         "PS1='READY> '; fpath=('{}' $fpath); autoload -U compinit; compinit -u; echo SET''UP\r",
         script("").display()
     );
-    writer.write_all(setup.as_bytes()).unwrap();
-    wait_for("SETUP");
-    wait_for("READY> ");
-    let before = text().len();
-    writer.write_all(format!("{typed}\t").as_bytes()).unwrap();
+    term.send(setup.as_bytes());
+    term.expect("SETUP", Duration::from_secs(20));
+    term.expect("READY> ", Duration::from_secs(20));
+    let before = term.text().len();
+    term.send(format!("{typed}\t").as_bytes());
     // The line as zsh redraws it after the Tab, once it has settled.
     let start = Instant::now();
     let mut last = String::new();
     let mut stable_since = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(100));
-        let now = text()[before..].to_owned();
+        let now = term.text()[before..].to_owned();
         if now != last {
             last = now;
             stable_since = Instant::now();
@@ -673,9 +567,9 @@ fn zsh_after_tab(env: &Env, typed: &str) -> String {
             break;
         }
     }
-    let _ = writer.write_all(b"\x03exit\r");
-    let _ = child.kill();
-    let _ = child.wait();
+    term.send(b"\x03exit\r");
+    let _ = term.child.kill();
+    let _ = term.child.wait();
     last
 }
 
