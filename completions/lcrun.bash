@@ -98,7 +98,7 @@ _lcrun() {
 
     case "${cmd}" in
         lcrun)
-            opts="-c -o -e -q -h -V --shell --cache-by --output --ignore-arg --no-cwd --scope --expire --refresh --cache-mode --no-cache --cache-failures --cache-dir --no-wait --quiet --progress --interval --progress-regex --timeout --kill-after --help --version progress explain cache help"
+            opts="-c -o -e -q -v -h -V --shell --cache-by --output --ignore-arg --no-cwd --scope --expire --refresh --cache-mode --no-cache --cache-failures --cache-dir --no-wait --quiet --verbose --report --progress --interval --progress-regex --timeout --kill-after --help --version progress explain cache help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -109,11 +109,11 @@ _lcrun() {
                     return 0
                     ;;
                 --cache-by)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "hash: mtime: git git: env: cmd: value: stdin" -- "${cur}"))
                     return 0
                     ;;
                 -c)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "hash: mtime: git git: env: cmd: value: stdin" -- "${cur}"))
                     return 0
                     ;;
                 --output)
@@ -145,6 +145,10 @@ _lcrun() {
                     return 0
                     ;;
                 --cache-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --report)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -398,7 +402,7 @@ _lcrun() {
             return 0
             ;;
         lcrun__subcmd__explain)
-            opts="-c -o -e -q -h --json --shell --cache-by --output --ignore-arg --no-cwd --scope --expire --refresh --cache-mode --no-cache --cache-failures --cache-dir --no-wait --quiet --progress --interval --progress-regex --timeout --kill-after --help"
+            opts="-c -o -e -q -v -h --json --shell --cache-by --output --ignore-arg --no-cwd --scope --expire --refresh --cache-mode --no-cache --cache-failures --cache-dir --no-wait --quiet --verbose --report --progress --interval --progress-regex --timeout --kill-after --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -409,11 +413,11 @@ _lcrun() {
                     return 0
                     ;;
                 --cache-by)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "hash: mtime: git git: env: cmd: value: stdin" -- "${cur}"))
                     return 0
                     ;;
                 -c)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "hash: mtime: git git: env: cmd: value: stdin" -- "${cur}"))
                     return 0
                     ;;
                 --output)
@@ -445,6 +449,10 @@ _lcrun() {
                     return 0
                     ;;
                 --cache-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --report)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -632,8 +640,51 @@ _lcrun() {
     esac
 }
 
+# -c/--cache-by: the kinds of expression, then paths after hash:, mtime:
+# and git:. bash splits words at ':', so the word is read from the line.
+_lcrun_cache_by() {
+    local line="${COMP_LINE:0:COMP_POINT}" words=() cur="" prev="" kind f
+    read -ra words <<< "$line"
+    if [[ "$line" == *[[:space:]] ]]; then
+        prev="${words[${#words[@]}-1]}"
+    elif [[ ${#words[@]} -ge 2 ]]; then
+        cur="${words[${#words[@]}-1]}"
+        prev="${words[${#words[@]}-2]}"
+    fi
+    [[ "$prev" == -c || "$prev" == --cache-by ]] || return 1
+    local candidates=()
+    case "$cur" in
+        hash:*|mtime:*|git:*)
+            kind="${cur%%:*}"
+            while IFS= read -r f; do
+                [[ -d "$f" ]] && f="$f/"
+                candidates+=("$kind:$f")
+            done < <(compgen -f -- "${cur#*:}")
+            ;;
+        *)
+            while IFS= read -r f; do
+                candidates+=("$f")
+            done < <(compgen -W "hash: mtime: git git: env: cmd: value: stdin" -- "$cur")
+            ;;
+    esac
+    # bash replaces only what follows the word's last ':'.
+    if [[ "$COMP_WORDBREAKS" == *:* && "$cur" == *:* ]]; then
+        local typed="${cur%"${cur##*:}"}"
+        candidates=("${candidates[@]#"$typed"}")
+    fi
+    COMPREPLY=("${candidates[@]}")
+    for f in "${COMPREPLY[@]}"; do
+        [[ "$f" == *[:/] ]] && compopt -o nospace 2>/dev/null
+    done
+    return 0
+}
+
+_lcrun_cache_by_or_clap() {
+    _lcrun_cache_by || _lcrun "$@"
+}
+
 if [[ "${BASH_VERSINFO[0]}" -eq 4 && "${BASH_VERSINFO[1]}" -ge 4 || "${BASH_VERSINFO[0]}" -gt 4 ]]; then
-    complete -F _lcrun -o nosort -o bashdefault -o default lcrun
+    complete -F _lcrun_cache_by_or_clap -o nosort -o bashdefault -o default lcrun
 else
-    complete -F _lcrun -o bashdefault -o default lcrun
+    complete -F _lcrun_cache_by_or_clap -o bashdefault -o default lcrun
 fi

@@ -29,8 +29,9 @@ set edit:completion:arg-completer[lcrun] = {|@words|
             cand --expire 'Entries older than this are misses (90s, 10m, 2h, 7d)'
             cand --cache-mode 'What the cache may do: rw, ro (never store), wo (never replay), off'
             cand --cache-dir 'Where the cache lives [default: the platform cache dir /lcrun]'
-            cand --progress 'How to show progress'
-            cand --interval 'Print a plain heartbeat line this often when stderr is not a terminal'
+            cand --report 'Append one JSON line per run to FILE: key, command, hit and where from, status, duration, time saved, bytes out, cancelled, timed out'
+            cand --progress 'How to show progress: auto, bar, plain or none'
+            cand --interval 'Print a plain heartbeat line this often when stderr is not a terminal (the command, elapsed time, progress, last output line); also makes a hit say what it replayed'
             cand --progress-regex 'Read progress from output lines; named groups pos, total, pct, msg'
             cand --timeout 'Cancel the command after this long and exit 124'
             cand --kill-after 'After cancelling, wait this long before SIGKILL [default: 5s]'
@@ -41,6 +42,8 @@ set edit:completion:arg-completer[lcrun] = {|@words|
             cand --no-wait 'Don''t wait for an identical run in progress: run the command now'
             cand -q 'Print only errors'
             cand --quiet 'Print only errors'
+            cand -v 'Print lcrun''s own lines even when stderr is not a terminal: a hit says what it replayed (-q wins)'
+            cand --verbose 'Print lcrun''s own lines even when stderr is not a terminal: a hit says what it replayed (-q wins)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
@@ -66,8 +69,9 @@ set edit:completion:arg-completer[lcrun] = {|@words|
             cand --expire 'Entries older than this are misses (90s, 10m, 2h, 7d)'
             cand --cache-mode 'What the cache may do: rw, ro (never store), wo (never replay), off'
             cand --cache-dir 'Where the cache lives [default: the platform cache dir /lcrun]'
-            cand --progress 'How to show progress'
-            cand --interval 'Print a plain heartbeat line this often when stderr is not a terminal'
+            cand --report 'Append one JSON line per run to FILE: key, command, hit and where from, status, duration, time saved, bytes out, cancelled, timed out'
+            cand --progress 'How to show progress: auto, bar, plain or none'
+            cand --interval 'Print a plain heartbeat line this often when stderr is not a terminal (the command, elapsed time, progress, last output line); also makes a hit say what it replayed'
             cand --progress-regex 'Read progress from output lines; named groups pos, total, pct, msg'
             cand --timeout 'Cancel the command after this long and exit 124'
             cand --kill-after 'After cancelling, wait this long before SIGKILL [default: 5s]'
@@ -79,6 +83,8 @@ set edit:completion:arg-completer[lcrun] = {|@words|
             cand --no-wait 'Don''t wait for an identical run in progress: run the command now'
             cand -q 'Print only errors'
             cand --quiet 'Print only errors'
+            cand -v 'Print lcrun''s own lines even when stderr is not a terminal: a hit says what it replayed (-q wins)'
+            cand --verbose 'Print lcrun''s own lines even when stderr is not a terminal: a hit says what it replayed (-q wins)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
         }
@@ -181,4 +187,25 @@ set edit:completion:arg-completer[lcrun] = {|@words|
         }
     ]
     $completions[$command]
+}
+
+# -c/--cache-by: the kinds of expression, then paths after hash:, mtime:
+# and git:.
+use re
+var lcrun-clap~ = $edit:completion:arg-completer[lcrun]
+set edit:completion:arg-completer[lcrun] = {|@words|
+    if (and (> (count $words) 2) (has-value [-c --cache-by] $words[-2])) {
+        var cur = $words[-1]
+        var found = [(re:find '^(hash|mtime|git):(.*)$' $cur)]
+        if (> (count $found) 0) {
+            var kind = $found[0][groups][1][text]
+            edit:complete-filename $found[0][groups][2][text] | each {|c|
+                edit:complex-candidate $kind':'$c[stem] &code-suffix=$c[code-suffix]
+            }
+        } else {
+            put hash: mtime: git git: env: cmd: value: stdin
+        }
+    } else {
+        lcrun-clap $@words
+    }
 }

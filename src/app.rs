@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::claim::{self, Claim, Waiting};
-use crate::cli::{CacheMode, Cli, RunArgs, Sub};
+use crate::cli::{CacheMode, Cli, ProgressMode, RunArgs, Sub};
 use crate::deadline::Deadline;
 use crate::display::{Display, Style};
 use crate::duration;
@@ -25,6 +25,7 @@ use crate::output::{reader_gone, RawOut, Stream};
 use crate::outputs::RestoreCause;
 use crate::progress::{self, LineMatcher, ProgressFile};
 use crate::recorder::{Keep, Recorder};
+use crate::report::{self, Report};
 use crate::runner::{self, Delivery, Ending, Job, Observer, RunError};
 use crate::scratch;
 use crate::store::chain::Tiers;
@@ -66,11 +67,29 @@ fn report_progress(position: Option<&OsStr>, message: &[OsString]) -> anyhow::Re
     Ok(Exit::Command(0))
 }
 
+/// Runs the command, and appends its line to `--report` when asked.
 fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
+    let Some(path) = &args.report else {
+        return run_reported(args, None);
+    };
+    let report = Report::new(path);
+    let result = run_reported(args, Some(&report));
+    let exit = match &result {
+        Ok(exit) => *exit,
+        Err(_) => Exit::Usage,
+    };
+    report.write(exit, Messages::new(args.quiet));
+    result
+}
+
+fn run_reported(args: &RunArgs, report: Option<&Report>) -> anyhow::Result<Exit> {
     // `--timeout` bounds the whole call, from here.
     let deadline = Deadline::after(args.timeout);
     let messages = Messages::new(args.quiet);
     let invocation = Invocation::new(args)?;
+    if let Some(report) = report {
+        report.command(&invocation.label());
+    }
     let matcher = args
         .progress_regex
         .as_deref()
@@ -100,6 +119,7 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
         messages,
         style,
         matcher,
+        report,
         deadline,
     };
     if mode == CacheMode::Off {
@@ -115,6 +135,9 @@ fn run_command(args: &RunArgs) -> anyhow::Result<Exit> {
         }
         Err(err) => return Err(err.into()),
     };
+    if let Some(report) = report {
+        report.key(&key.hex);
+    }
     let mut cache = Cache::open(args.cache_dir.clone(), messages);
 
     if mode.reads() && !args.refresh {
@@ -185,6 +208,7 @@ struct Run<'a> {
     messages: Messages,
     style: Style,
     matcher: Option<LineMatcher>,
+    report: Option<&'a Report>,
     /// `--timeout`, counted from the start of the call.
     deadline: Deadline,
 }
@@ -215,6 +239,16 @@ impl Run<'_> {
             && self.args.timeout.is_none()
             && self.args.kill_after.is_none()
             && self.matcher.is_none()
+            && self.report.is_none()
+    }
+
+    /// Whether stderr is a terminal. `--progress auto` has asked already
+    /// (its bar is for terminals), and a hit makes no second syscall.
+    fn on_terminal(&self) -> bool {
+        match self.args.progress {
+            ProgressMode::Auto if !self.args.quiet => self.style == Style::Bar,
+            _ => std::io::stderr().is_terminal(),
+        }
     }
 
     /// Replaces lcrun with the command; returns only if that fails.
@@ -326,13 +360,17 @@ impl Run<'_> {
             }
         }
         let _ = store.record_hit(&entry.key);
-        if self.style == Style::Bar && std::io::stderr().is_terminal() {
-            let saved = entry.duration().saturating_sub(started.elapsed());
-            self.messages.warn(format!(
-                "replayed from cache ({} old, saved {})",
-                duration::short(entry.age()),
-                duration::short(saved)
-            ));
+        let saved = entry.duration().saturating_sub(started.elapsed());
+        if let Some(report) = self.report {
+            let bytes = entry.record.stdout.size + entry.record.stderr.size;
+            report.hit(report::Source::Local, saved, bytes);
+        }
+        // Wherever lcrun's own lines go: a terminal, or a log that asked
+        // for them. Never with -q.
+        let args = self.args;
+        if !self.messages.quiet() && (args.verbose || args.interval.is_some() || self.on_terminal()) {
+            self.messages
+                .warn(report::hit_line(&self.invocation.label(), entry.age(), saved));
         }
         Some(Exit::Command(entry.record.status))
     }
@@ -370,6 +408,7 @@ impl Run<'_> {
                 .as_ref()
                 .and_then(|file| ProgressFile::open(file.path()).ok()),
             job: job.as_ref().map(|(jobs, id)| Publisher::new(jobs, id)),
+            bytes_out: 0,
         };
         let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = progress_file
             .iter()
@@ -392,6 +431,9 @@ impl Run<'_> {
         observer.tick();
         observer.display.finish();
         let duration = started.elapsed();
+        if let Some(report) = self.report {
+            report.ran(observer.bytes_out);
+        }
         let ending = match result {
             Ok(ending) => ending,
             Err(RunError::Spawn(err)) => {
@@ -574,6 +616,8 @@ struct RunObserver<'s> {
     recording: Option<Recorder>,
     progress: Option<ProgressFile>,
     job: Option<Publisher<'s>>,
+    /// Bytes delivered to stdout and stderr, for `--report`.
+    bytes_out: u64,
 }
 
 impl Observer for RunObserver<'_> {
@@ -587,6 +631,7 @@ impl Observer for RunObserver<'_> {
             }
             return Delivery::Refused;
         }
+        self.bytes_out += bytes.len() as u64;
         // Never blocks on the store: see `Recorder`. Why a recording was
         // dropped is said once, at the end.
         if let Some(recording) = &mut self.recording {

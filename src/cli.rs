@@ -6,10 +6,76 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::builder::FalseyValueParser;
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::builder::{FalseyValueParser, PossibleValue, TypedValueParser};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum, ValueHint};
 
 use crate::duration;
+
+/// Help headings: the run options grouped by purpose.
+const CACHING: &str = "Caching";
+const STORAGE: &str = "Storage";
+const PROGRESS: &str = "Progress and reports";
+const CANCELLATION: &str = "Cancellation";
+
+/// The example block at the end of `lcrun --help` and in the man page.
+const EXAMPLES: &str = "Examples:
+  lcrun -c hash:src -- make test             # again only when src/ changes
+  lcrun -e 1h -c git -- ./slow-report.sh     # at most hourly, per commit
+  lcrun -e 1h -- bash -o pipefail -c 'curl -fsS https://example.org | wc -l'
+  lcrun -q -c hash:data.csv -- ./report.sh > report.txt   # in a Makefile
+  lcrun --interval 1m --report runs.jsonl -- cargo test   # in CI";
+
+/// The kinds of cache-by expression, as completions offer them.
+pub const CACHE_BY_KINDS: [&str; 8] = [
+    "hash:", "mtime:", "git", "git:", "env:", "cmd:", "value:", "stdin",
+];
+
+/// Sections of the manual beyond the options, as (title, text): the same
+/// text as the README's sections of those names (a test keeps them in
+/// step). Paragraphs are separated by blank lines; a paragraph indented by
+/// four spaces is an example; `code` is set in bold in the man page.
+pub const MANUAL: &[(&str, &str)] = &[
+    (
+        "Pipes, terminals, signals and daemons",
+        "Under lcrun a command behaves as it would bare. It runs in its caller's
+process group and job: Ctrl-C, Ctrl-Z, `fg` and `bg` act on it directly,
+and it can read the terminal from a pipeline (`lcrun ... | tee log`), a
+redirection, or with lcrun as the session leader (`ssh -t`, `docker run
+-it`, `script`). A signal sent to lcrun alone is passed on: INT, TERM and
+HUP cancel the command's whole tree, daemons it started included (SIGKILL
+after `--kill-after`, or at once on a second signal); QUIT, USR1 and USR2
+go to the command. Signals lcrun was started with ignored (`nohup`, `&` in
+a script) stay ignored, for lcrun and for the command.
+
+When lcrun's output reader goes away (`lcrun -- cmd | head -1`), the
+command's next write fails as it would bare (SIGPIPE), quietly, and nothing
+is cached. A write error on lcrun's stdout or stderr (a full disk,
+`/dev/full`) gives one `lcrun:` line, a failed status (the command's, else
+1), and nothing is cached; the same on a replay. If lcrun is killed, its
+command dies with it, and the next identical run first ends whatever is
+left of it (the processes carrying `LCRUN_JOB=<id>` in their environment).
+
+lcrun ends when the command ends: it reads what is left in the pipes for at
+most 150 ms and stops. A daemon the command starts keeps running, but what
+it writes afterwards is not captured, and its writes to the closed pipes
+fail. Start one with its output redirected:
+
+    lcrun --shell 'setsid my-server >/dev/null 2>&1 & echo started'",
+    ),
+    (
+        "A busy cache",
+        "A busy cache never delays the command or holds up its output: the result is
+written by a thread of its own, and when another process (a `sqlite3` shell
+left in a transaction, a stuck lcrun) still holds the database locked 3 s
+after the command ended, the result is dropped with one warning. A run that
+waits for an identical one stops waiting when that run shows no sign of life
+for 10 s (stopped, hung, or a process that is not lcrun holding its lock):
+it warns and runs the command uncached. `--timeout` bounds the whole call:
+evaluating the cache-by expressions (a `cmd:` still running is ended with its
+children), waiting for an identical run, and the command, which gets what is
+left; when it expires lcrun exits 124 and nothing is cached.",
+    ),
+];
 
 /// Run a command as a long callback: live output, progress, clean
 /// cancellation, and a cache that replays identical runs instantly.
@@ -20,10 +86,7 @@ use crate::duration;
     args_conflicts_with_subcommands = true,
     subcommand_value_name = "SUBCOMMAND",
     subcommand_help_heading = "Subcommands",
-    after_help = "Examples:\n  \
-        lcrun -c hash:src -- make test\n  \
-        lcrun -e 1h -c git -- ./slow-report.sh\n  \
-        lcrun --shell 'curl -s https://example.org | wc -l'"
+    after_help = EXAMPLES
 )]
 pub struct Cli {
     /// A helper subcommand instead of running a command.
@@ -150,13 +213,16 @@ impl CacheMode {
 /// How progress is shown while the command runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProgressMode {
-    /// A bar on a terminal, plain heartbeat lines otherwise.
+    /// The bar on a terminal; elsewhere plain lines, as `plain`.
     Auto,
-    /// Always draw the bar.
+    /// A spinner naming the command, its elapsed time and last output line;
+    /// a bar (pos/total, percent, rate, ETA, message) once progress is
+    /// reported. Drawn even when stderr is not a terminal.
     Bar,
-    /// Plain lines, no escape codes.
+    /// No escape codes: with --interval, one heartbeat line per interval
+    /// naming the command, its elapsed time, progress and last output line.
     Plain,
-    /// Nothing.
+    /// No progress at all; lcrun's messages still print unless -q.
     None,
 }
 
@@ -169,7 +235,7 @@ pub struct RunArgs {
 
     /// Add EXPR to the cache key (repeatable): mtime:PATH, hash:PATH_OR_GLOB,
     /// git, git:DIR, env:NAME, cmd:SHELL_COMMAND, value:STRING, stdin.
-    #[arg(short = 'c', long = "cache-by", value_name = "EXPR")]
+    #[arg(short = 'c', long = "cache-by", value_name = "EXPR", value_parser = CacheByParser, value_hint = ValueHint::AnyPath, hide_possible_values = true, help_heading = CACHING)]
     pub cache_by: Vec<OsString>,
 
     /// Store PATH (a file, or a directory with everything in it) with the
@@ -177,71 +243,83 @@ pub struct RunArgs {
     /// the working directory; a path outside it must be absolute. The paths
     /// are part of the key. A declared output the command did not create:
     /// a warning, and nothing is stored.
-    #[arg(short = 'o', long = "output", value_name = "PATH")]
+    #[arg(short = 'o', long = "output", value_name = "PATH", value_hint = ValueHint::AnyPath, help_heading = CACHING)]
     pub output: Vec<OsString>,
 
     /// Leave argument N of the command out of the key (the command is 0).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = CACHING)]
     pub ignore_arg: Vec<usize>,
 
     /// Leave the working directory out of the key.
-    #[arg(long)]
+    #[arg(long, help_heading = CACHING)]
     pub no_cwd: bool,
 
     /// Add a namespace to the key.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help_heading = CACHING)]
     pub scope: Option<OsString>,
 
     /// Entries older than this are misses (90s, 10m, 2h, 7d).
-    #[arg(short, long, env = "LCRUN_EXPIRE", value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true)]
+    #[arg(short, long, env = "LCRUN_EXPIRE", value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true, help_heading = CACHING)]
     pub expire: Option<Duration>,
 
     /// Run even on a hit and replace the entry.
-    #[arg(long)]
+    #[arg(long, help_heading = CACHING)]
     pub refresh: bool,
 
     /// What the cache may do: rw, ro (never store), wo (never replay), off.
-    #[arg(long, env = "LCRUN_CACHE_MODE", value_name = "MODE", default_value = "rw")]
+    #[arg(long, env = "LCRUN_CACHE_MODE", value_name = "MODE", default_value = "rw", help_heading = STORAGE)]
     pub cache_mode: CacheMode,
 
     /// Same as --cache-mode off.
-    #[arg(long)]
+    #[arg(long, help_heading = STORAGE)]
     pub no_cache: bool,
 
     /// Store results with a non-zero exit status too.
-    #[arg(long)]
+    #[arg(long, help_heading = CACHING)]
     pub cache_failures: bool,
 
     /// Where the cache lives [default: the platform cache dir /lcrun].
-    #[arg(long, env = "LCRUN_CACHE_DIR", value_name = "DIR")]
+    #[arg(long, env = "LCRUN_CACHE_DIR", value_name = "DIR", help_heading = STORAGE)]
     pub cache_dir: Option<PathBuf>,
 
     /// Don't wait for an identical run in progress: run the command now.
-    #[arg(long)]
+    #[arg(long, help_heading = CACHING)]
     pub no_wait: bool,
 
     /// Print only errors.
-    #[arg(short, long, env = "LCRUN_QUIET", value_parser = FalseyValueParser::new())]
+    #[arg(short, long, env = "LCRUN_QUIET", value_parser = FalseyValueParser::new(), help_heading = PROGRESS)]
     pub quiet: bool,
 
-    /// How to show progress.
-    #[arg(long, value_name = "MODE", default_value = "auto")]
+    /// Print lcrun's own lines even when stderr is not a terminal: a hit
+    /// says what it replayed (-q wins).
+    #[arg(short, long, help_heading = PROGRESS)]
+    pub verbose: bool,
+
+    /// Append one JSON line per run to FILE: key, command, hit and where
+    /// from, status, duration, time saved, bytes out, cancelled, timed out.
+    #[arg(long, env = "LCRUN_REPORT", value_name = "FILE", help_heading = PROGRESS)]
+    pub report: Option<PathBuf>,
+
+    /// How to show progress: auto, bar, plain or none.
+    #[arg(long, value_name = "MODE", default_value = "auto", help_heading = PROGRESS)]
     pub progress: ProgressMode,
 
-    /// Print a plain heartbeat line this often when stderr is not a terminal.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true)]
+    /// Print a plain heartbeat line this often when stderr is not a terminal
+    /// (the command, elapsed time, progress, last output line); also makes
+    /// a hit say what it replayed.
+    #[arg(long, env = "LCRUN_INTERVAL", value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true, help_heading = PROGRESS)]
     pub interval: Option<Duration>,
 
     /// Read progress from output lines; named groups pos, total, pct, msg.
-    #[arg(long, value_name = "REGEX")]
+    #[arg(long, value_name = "REGEX", help_heading = PROGRESS)]
     pub progress_regex: Option<String>,
 
     /// Cancel the command after this long and exit 124.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true, help_heading = CANCELLATION)]
     pub timeout: Option<Duration>,
 
     /// After cancelling, wait this long before SIGKILL [default: 5s].
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true, help_heading = CANCELLATION)]
     pub kill_after: Option<Duration>,
 
     /// The command and its arguments.
@@ -270,6 +348,29 @@ impl Cli {
         }
         let mut matches = command.try_get_matches_from_mut(args)?;
         Cli::from_arg_matches_mut(&mut matches).map_err(|err| err.format(&mut command))
+    }
+}
+
+/// Takes any cache-by expression as given (they are checked later, with a
+/// message that names the expression), and names the kinds, so shell
+/// completions offer them.
+#[derive(Debug, Clone, Copy)]
+struct CacheByParser;
+
+impl TypedValueParser for CacheByParser {
+    type Value = OsString;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<OsString, clap::Error> {
+        Ok(value.to_owned())
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(CACHE_BY_KINDS.iter().map(PossibleValue::new)))
     }
 }
 

@@ -55,6 +55,8 @@ pub struct Display {
     out: RawOut,
     style: Style,
     label: String,
+    /// The command, as heartbeats name it.
+    name: String,
     started: Instant,
     state: State,
     bar: Option<ProgressBar>,
@@ -127,6 +129,7 @@ impl Display {
             out: RawOut::new(),
             style,
             label: truncate(label, 40),
+            name: truncate(&one_line(label), 60),
             started,
             state: State::default(),
             bar: None,
@@ -151,7 +154,7 @@ impl Display {
 
     /// The command's output: written out now, progress read from its lines.
     pub fn output(&mut self, stream: Stream, bytes: &[u8]) {
-        if self.matcher.is_some() || self.bar.is_some() || self.exposed {
+        if self.matcher.is_some() || self.bar.is_some() || self.exposed || self.beats() {
             self.scan_lines(stream, bytes);
         }
         let Some(bar) = self.bar.clone() else {
@@ -209,10 +212,19 @@ impl Display {
         }
     }
 
-    /// Makes heartbeats say `waiting` rather than `running`.
+    /// Makes heartbeats say `waiting on` rather than `running`; the bar
+    /// keeps the label it was given.
     pub fn waiting(mut self) -> Display {
-        self.verb = "waiting";
+        self.verb = "waiting on";
+        if let Some(name) = self.name.strip_prefix("waiting: ") {
+            self.name = name.to_owned();
+        }
         self
+    }
+
+    /// Whether plain heartbeat lines are printed, which carry the last line.
+    fn beats(&self) -> bool {
+        self.style == Style::Plain && self.interval.is_some()
     }
 
     /// Replaces the progress shown (a waiter showing another run's progress).
@@ -260,14 +272,21 @@ impl Display {
         }
     }
 
+    /// `lcrun: running make -j4 for 5m00s, 3/10 compiling; last line: cc a.c`:
+    /// the command, how long, its progress, and the last line it printed.
     fn heartbeat(&mut self) {
-        let summary = self.state.summary();
         let elapsed = duration::short(self.started.elapsed());
-        let line = if summary.is_empty() {
-            format!("lcrun: {} {elapsed}\n", self.verb)
-        } else {
-            format!("lcrun: {} {elapsed}, {summary}\n", self.verb)
-        };
+        let mut line = format!("lcrun: {} {} for {elapsed}", self.verb, self.name);
+        let summary = self.state.summary();
+        if !summary.is_empty() {
+            line.push_str(", ");
+            line.push_str(&truncate(&one_line(&summary), 80));
+        }
+        if !self.last_line.is_empty() {
+            line.push_str("; last line: ");
+            line.push_str(&truncate(&one_line(&self.last_line), 80));
+        }
+        line.push('\n');
         self.write(Stream::Stderr, line.as_bytes());
     }
 
@@ -378,7 +397,18 @@ fn spinner_style(with_pos: bool) -> ProgressStyle {
     ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner())
 }
 
-fn truncate(text: &str, max: usize) -> String {
+/// `text` on one line, as a log line carries it: each run of white space
+/// and control characters (the newlines of a script, the escape byte of a
+/// colour code) becomes one space.
+pub fn one_line(text: &str) -> String {
+    text.split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|word| !word.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `text` cut to `max` characters, with an ellipsis when cut.
+pub fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &text[..i]),
         None => text.to_owned(),

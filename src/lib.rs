@@ -26,6 +26,7 @@ pub mod output;
 pub mod outputs;
 pub mod progress;
 pub mod recorder;
+pub mod report;
 pub mod runner;
 pub mod scratch;
 pub mod store;

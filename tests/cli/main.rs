@@ -15,6 +15,7 @@ mod outputs;
 mod packaging;
 mod port;
 mod pty;
+mod report;
 mod review;
 mod runner;
 mod store;
