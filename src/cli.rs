@@ -127,7 +127,7 @@ pub enum Sub {
         json: bool,
         /// The options of the run to explain, and its command.
         #[command(flatten)]
-        run: RunArgs,
+        run: Box<RunArgs>,
     },
     /// Look into the cache: list, show, stats, clear, prune.
     Cache {

@@ -98,7 +98,11 @@ impl Invocation {
             Some(script) => builder.field("shell", script.as_bytes()),
             None => builder.field("argv", &key::encode_argv(&self.argv, &args.ignore_arg)),
         }
-        builder.field("program", &key::program_identity(program));
+        let (identity, detail) = key::program_identity(program);
+        builder.field("program", &identity);
+        if let Some(detail) = detail {
+            builder.detail(detail);
+        }
         if self.shell.is_none() {
             if let Some(script) = key::interpreter_script(&self.argv) {
                 builder.field("script", &key::script_identity(&self.cwd.join(script)));

@@ -13,7 +13,7 @@ use crate::cli::RunArgs;
 use crate::duration::short;
 use crate::exit::Exit;
 use crate::invocation::Invocation;
-use crate::key::{interpreter_script, KeyInput, Resolved, Secret};
+use crate::key::{interpreter_script, Detail, KeyInput, Resolved, Secret};
 use crate::store::Entry;
 
 /// Whether the run would replay.
@@ -241,13 +241,37 @@ impl Context<'_> {
     fn changed(&self, input: &KeyInput, old: &KeyInput, entry: &Entry) -> String {
         match input.label.as_str() {
             "argv" | "shell" => "command differs (--ignore-arg)".to_owned(),
-            "program" => format!("program {} changed", self.program.display()),
+            "program" => match (&old.detail, &input.detail) {
+                (
+                    Some(Detail::Program {
+                        size: s0,
+                        mtime: m0,
+                        nsec: n0,
+                    }),
+                    Some(Detail::Program { size, mtime, nsec }),
+                ) => {
+                    let mut what = Vec::new();
+                    if s0 != size {
+                        what.push("size");
+                    }
+                    if (m0, n0) != (mtime, nsec) {
+                        what.push("mtime");
+                    }
+                    format!("program {} changed ({})", self.program.display(), what.join(", "))
+                }
+                _ => format!("program {} changed", self.program.display()),
+            },
             "script" => format!("script {} changed", self.script()),
             "cwd" => format!("cwd differs (was {})", entry.record.cwd),
             "scope" => "scope differs".to_owned(),
             "outputs" => "declared outputs differ".to_owned(),
             label => {
                 let expr = name(label);
+                if let (Some(before), Some(now)) = (&old.detail, &input.detail) {
+                    if let Some(words) = detail_change(before, now) {
+                        return format!("{expr}: {words}");
+                    }
+                }
                 if input.secret && (input.digest.is_empty() || old.digest.is_empty()) {
                     format!("{expr} may have changed (no cache secret to compare with)")
                 } else {
@@ -255,6 +279,70 @@ impl Context<'_> {
                 }
             }
         }
+    }
+}
+
+/// How a `git` or `hash:` input changed, from its details.
+fn detail_change(before: &Detail, now: &Detail) -> Option<String> {
+    match (before, now) {
+        (Detail::Git { head: h0, dirty: d0 }, Detail::Git { head, dirty }) => {
+            let mut words = Vec::new();
+            if h0 != head {
+                let short = |h: &Option<String>| {
+                    h.as_deref()
+                        .map_or("(no commit)".to_owned(), |h| h[..h.len().min(6)].to_owned())
+                };
+                words.push(format!("HEAD moved {} → {}", short(h0), short(head)));
+            }
+            if *dirty {
+                words.push("uncommitted changes".to_owned());
+            } else if *d0 {
+                words.push("uncommitted changes gone".to_owned());
+            }
+            (!words.is_empty()).then(|| words.join(", "))
+        }
+        (Detail::Files(f0), Detail::Files(files)) => {
+            let old: std::collections::HashMap<&str, &str> =
+                f0.iter().map(|(p, d)| (p.as_str(), d.as_str())).collect();
+            let new: std::collections::HashMap<&str, &str> =
+                files.iter().map(|(p, d)| (p.as_str(), d.as_str())).collect();
+            let changed: Vec<&str> = files
+                .iter()
+                .filter(|(p, d)| old.get(p.as_str()).is_some_and(|o| o != d))
+                .map(|(p, _)| p.as_str())
+                .collect();
+            let added: Vec<&str> = files
+                .iter()
+                .map(|(p, _)| p.as_str())
+                .filter(|p| !old.contains_key(p))
+                .collect();
+            let removed: Vec<&str> = f0
+                .iter()
+                .map(|(p, _)| p.as_str())
+                .filter(|p| !new.contains_key(p))
+                .collect();
+            let mut words = Vec::new();
+            if !changed.is_empty() {
+                words.push(format!("{} changed", some_of(&changed)));
+            }
+            for (list, what) in [(&added, "added"), (&removed, "removed")] {
+                if !list.is_empty() {
+                    let files = if list.len() == 1 { "file" } else { "files" };
+                    words.push(format!("{} {files} {what} ({})", list.len(), some_of(list)));
+                }
+            }
+            (!words.is_empty()).then(|| words.join(", "))
+        }
+        _ => None,
+    }
+}
+
+/// Up to five names, and how many more.
+fn some_of(names: &[&str]) -> String {
+    let shown = names.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+    match names.len() {
+        n if n > 5 => format!("{shown} and {} more", n - 5),
+        _ => shown,
     }
 }
 

@@ -101,11 +101,17 @@ impl CacheBy {
         match self {
             CacheBy::Mtime(path) => key.field(&label, &files::mtime(path).map_err(|e| eval(e.to_string()))?),
             CacheBy::Hash(path) => {
-                key.digest_field(&label, files::hash(path).map_err(|e| eval(e.to_string()))?)
+                let (digest, seen) = files::hash(path).map_err(|e| eval(e.to_string()))?;
+                key.digest_field(&label, digest);
+                if let Some(seen) = seen {
+                    key.detail(super::Detail::Files(seen));
+                }
             }
             CacheBy::Git(dir) => {
                 let dir = dir.clone().unwrap_or_else(|| PathBuf::from("."));
-                key.digest_field(&label, git::state(&dir).map_err(eval)?)
+                let (digest, detail) = git::state(&dir).map_err(eval)?;
+                key.digest_field(&label, digest);
+                key.detail(detail);
             }
             CacheBy::Env(name) => {
                 let value = match std::env::var_os(name) {

@@ -92,7 +92,9 @@ pub(super) enum Links {
 /// characters it has (`report[2024].csv`); only otherwise is it a glob. Each
 /// named or matched path counts by what it leads to; directories recurse,
 /// without following the links inside. No match is a value too.
-pub(super) fn hash(path: &Path) -> Result<[u8; 32], FsError> {
+/// With the digest, each path covered and its entry's digest (see
+/// [`super::Detail::Files`]), unless there were too many to list.
+pub(super) fn hash(path: &Path) -> Result<([u8; 32], Option<Seen>), FsError> {
     let mut roots = match fs::symlink_metadata(path) {
         Ok(_) => vec![path.to_owned()],
         Err(err) if is_absent(&err) => glob_matches(path)?,
@@ -100,14 +102,30 @@ pub(super) fn hash(path: &Path) -> Result<[u8; 32], FsError> {
     };
     roots.sort();
     let mut hasher = Sha256::new();
+    let mut seen = Vec::new();
     for root in &roots {
-        hash_root(root, &mut hasher).map_err(|err| match err.path.as_deref() {
+        hash_root(root, &mut hasher, &mut seen).map_err(|err| match err.path.as_deref() {
             Some(at) if at == path => FsError { path: None, ..err },
             _ => err,
         })?;
     }
-    Ok(hasher.finalize().into())
+    let seen = (seen.len() <= super::detail::MAX_FILES).then_some(seen);
+    Ok((hasher.finalize().into(), seen))
 }
+
+/// Hashes one path's entry and notes it for the input's detail.
+fn add(hasher: &mut Sha256, seen: &mut Seen, name: &[u8], item: &[u8]) {
+    hasher.update(item);
+    if seen.len() <= super::detail::MAX_FILES {
+        seen.push((
+            String::from_utf8_lossy(name).into_owned(),
+            super::detail::file_digest(item),
+        ));
+    }
+}
+
+/// Each path a `hash:` input covered, with its entry's short digest.
+pub(super) type Seen = Vec<(String, String)>;
 
 /// The paths a glob matches. A path that neither exists nor is a valid glob
 /// is most likely a mistyped pattern: an error, not a value that never
@@ -132,7 +150,7 @@ fn glob_matches(path: &Path) -> Result<Vec<PathBuf>, FsError> {
 }
 
 /// One named or matched path, followed to what it leads to.
-fn hash_root(root: &Path, hasher: &mut Sha256) -> Result<(), FsError> {
+fn hash_root(root: &Path, hasher: &mut Sha256, seen: &mut Seen) -> Result<(), FsError> {
     let meta = match fs::metadata(root) {
         Ok(meta) => meta,
         // A dangling link or a loop of links: counted as a link.
@@ -140,7 +158,7 @@ fn hash_root(root: &Path, hasher: &mut Sha256) -> Result<(), FsError> {
             let mut item = Vec::new();
             entry(&mut item, root.as_os_str().as_bytes(), root, Links::AsLinks)
                 .map_err(|e| FsError::at(root, e))?;
-            hasher.update(&item);
+            add(hasher, seen, root.as_os_str().as_bytes(), &item);
             return Ok(());
         }
         Err(err) => return Err(FsError::at(root, err)),
@@ -153,7 +171,7 @@ fn hash_root(root: &Path, hasher: &mut Sha256) -> Result<(), FsError> {
         } else {
             item.extend_from_slice(special(meta.file_type()));
         }
-        hasher.update(&item);
+        add(hasher, seen, root.as_os_str().as_bytes(), &item);
         return Ok(());
     }
     let walk = walkdir::WalkDir::new(root)
@@ -182,7 +200,7 @@ fn hash_root(root: &Path, hasher: &mut Sha256) -> Result<(), FsError> {
             Links::WithFileContents,
         )
         .map_err(|e| FsError::at(path, e))?;
-        hasher.update(&item);
+        add(hasher, seen, path.as_os_str().as_bytes(), &item);
     }
     Ok(())
 }

@@ -43,17 +43,20 @@ fn git(dir: &Path, nested: bool, args: &[&str]) -> Command {
     command
 }
 
-/// Runs `git` in `dir`, streaming stdout into `hasher`; fails on a non-zero exit.
-fn git_into(dir: &Path, nested: bool, args: &[&str], hasher: &mut Sha256) -> Result<(), String> {
+/// Runs `git` in `dir`, streaming stdout into `hasher`; fails on a non-zero
+/// exit. Returns whether it printed anything.
+fn git_into(dir: &Path, nested: bool, args: &[&str], hasher: &mut Sha256) -> Result<bool, String> {
     let mut child = git(dir, nested, args)
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|err| format!("cannot run git: {}", describe(&err)))?;
     let stdout = child.stdout.take().ok_or("git: no stdout")?;
+    let before = hasher.clone().finalize();
     hash_reader(stdout, hasher).map_err(|err| format!("reading git output: {}", describe(&err)))?;
+    let printed = hasher.clone().finalize() != before;
     let status = child.wait().map_err(|err| describe(&err))?;
     if status.success() {
-        Ok(())
+        Ok(printed)
     } else {
         Err(format!("'git {}' failed in {}", args.join(" "), dir.display()))
     }
@@ -80,21 +83,30 @@ fn git_output(dir: &Path, nested: bool, args: &[&str]) -> Result<Vec<u8>, String
 }
 
 /// The state of the work tree at `dir`.
-pub(super) fn state(dir: &Path) -> Result<[u8; 32], String> {
-    tree_state(dir, false)
+pub(super) fn state(dir: &Path) -> Result<([u8; 32], super::Detail), String> {
+    let mut detail = super::Detail::Git {
+        head: None,
+        dirty: false,
+    };
+    let digest = tree_state(dir, false, Some(&mut detail))?;
+    Ok((digest, detail))
 }
 
-fn tree_state(dir: &Path, nested: bool) -> Result<[u8; 32], String> {
+fn tree_state(dir: &Path, nested: bool, detail: Option<&mut super::Detail>) -> Result<[u8; 32], String> {
     let mut probe = Sha256::new();
     git_into(dir, nested, &["rev-parse", "--git-dir"], &mut probe)
         .map_err(|_| format!("{} is not in a git repository", dir.display()))?;
     let mut hasher = Sha256::new();
-    let born = git_into(dir, nested, &["rev-parse", "--verify", "-q", "HEAD"], &mut hasher).is_ok();
+    let head = git_output(dir, nested, &["rev-parse", "--verify", "-q", "HEAD"]).ok();
+    let born = head.is_some();
+    if let Some(head) = &head {
+        hasher.update(head);
+    }
     let diff_base = if born { "HEAD" } else { "--cached" };
     hasher.update(b"\0diff\0");
     // Submodules are left to the recursion below, which sees more than the
     // `-dirty` this would print for any number of edits inside one.
-    git_into(
+    let changed = git_into(
         dir,
         nested,
         &[
@@ -109,6 +121,10 @@ fn tree_state(dir: &Path, nested: bool) -> Result<[u8; 32], String> {
     )?;
     hasher.update(b"\0untracked\0");
     let list = git_output(dir, nested, &["ls-files", "-z", "--others", "--exclude-standard"])?;
+    if let Some(super::Detail::Git { head: at, dirty }) = detail {
+        *at = head.map(|h| String::from_utf8_lossy(h.trim_ascii()).into_owned());
+        *dirty = changed || !list.is_empty();
+    }
     for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         // A link counts by its target, never followed: one to a directory or
         // to /dev/zero is a name, not something to read.
@@ -134,7 +150,7 @@ fn tree_state(dir: &Path, nested: bool) -> Result<[u8; 32], String> {
         // Without its own `.git`, `git -C` there would find this repository.
         if sub.join(".git").symlink_metadata().is_ok() {
             item.extend_from_slice(b"checked-out");
-            item.extend_from_slice(&tree_state(&sub, true)?);
+            item.extend_from_slice(&tree_state(&sub, true, None)?);
         } else {
             item.extend_from_slice(b"absent");
         }

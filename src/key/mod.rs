@@ -15,12 +15,14 @@ use std::os::unix::ffi::OsStrExt;
 use sha2::{Digest, Sha256};
 
 mod command;
+pub mod detail;
 pub mod expr;
 mod files;
 mod git;
 pub mod program;
 pub mod secret;
 
+pub use detail::Detail;
 pub use expr::CacheBy;
 pub use program::{interpreter_script, program_identity, resolve_program, script_identity, Resolved};
 pub use secret::Secret;
@@ -82,6 +84,9 @@ pub struct KeyInput {
     /// is part of the key but never stored (see [`Key::sealed`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub secret: bool,
+    /// What the input was, for `lcrun explain` (see [`Detail`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Detail>,
 }
 
 /// A derived cache key with the inputs it came from.
@@ -174,7 +179,15 @@ impl KeyBuilder {
             label: String::from_utf8_lossy(label).into_owned(),
             digest: hex(&digest),
             secret,
+            detail: None,
         });
+    }
+
+    /// Attaches what the last input added was (never to a secret one).
+    pub fn detail(&mut self, detail: Detail) {
+        if let Some(input) = self.inputs.last_mut().filter(|i| !i.secret) {
+            input.detail = Some(detail);
+        }
     }
 
     /// The finished key.

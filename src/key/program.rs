@@ -56,7 +56,7 @@ pub fn resolve_program(name: &OsStr, cwd: &Path) -> Resolved {
 
 /// The identity of the program that runs: its path, size and mtime, so an
 /// edited script or an upgraded tool is a miss.
-pub fn program_identity(path: &Path) -> Vec<u8> {
+pub fn program_identity(path: &Path) -> (Vec<u8>, Option<super::Detail>) {
     let mut buf = Vec::new();
     push_item(&mut buf, path.as_os_str().as_bytes());
     match fs::metadata(path) {
@@ -65,10 +65,18 @@ pub fn program_identity(path: &Path) -> Vec<u8> {
             buf.extend_from_slice(&meta.size().to_be_bytes());
             buf.extend_from_slice(&meta.mtime().to_be_bytes());
             buf.extend_from_slice(&meta.mtime_nsec().to_be_bytes());
+            let detail = super::Detail::Program {
+                size: meta.size(),
+                mtime: meta.mtime(),
+                nsec: meta.mtime_nsec(),
+            };
+            (buf, Some(detail))
         }
-        Err(_) => buf.extend_from_slice(b"missing"),
+        Err(_) => {
+            buf.extend_from_slice(b"missing");
+            (buf, None)
+        }
     }
-    buf
 }
 
 /// How an interpreter reads its command line, as far as finding its script

@@ -90,10 +90,18 @@ fn explain_names_a_changed_mtime_and_env_without_its_value() {
 fn explain_names_hash_git_cwd_program_and_script() {
     let env = Env::new();
     env.write("src/a.c", "a");
-    let hash = ["-c", "hash:src", "--", "echo", "hi"];
-    assert_code(&env.run(hash), 0);
     env.write("src/b.c", "b");
-    assert!(explain(&env, &hash, 1).contains("hash:src changed"));
+    env.write("src/gone.c", "g");
+    let hash = ["-c", "hash:src/*.c", "--", "echo", "hi"];
+    assert_code(&env.run(hash), 0);
+    env.write("src/b.c", "b, changed");
+    env.write("src/new.c", "n");
+    fs::remove_file(env.path("src/gone.c")).unwrap();
+    let text = explain(&env, &hash, 1);
+    assert!(
+        text.contains("hash:src/*.c: src/b.c changed, 1 file added (src/new.c), 1 file removed (src/gone.c)"),
+        "{text}"
+    );
 
     let repo = env.path("repo");
     fs::create_dir(&repo).unwrap();
@@ -103,8 +111,24 @@ fn explain_names_hash_git_cwd_program_and_script() {
     git(&repo, &["commit", "-qm", "one"]);
     let git_args = ["-c", "git:repo", "--", "echo", "hi"];
     assert_code(&env.run(git_args), 0);
+    let head = |env: &Env| {
+        let out = std::process::Command::new("git")
+            .args(["-C", env.path("repo").to_str().unwrap(), "rev-parse", "HEAD"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()[..6].to_owned()
+    };
+    let first = head(&env);
     env.write("repo/f", "2");
-    assert!(explain(&env, &git_args, 1).contains("git:repo changed"));
+    let text = explain(&env, &git_args, 1);
+    assert!(text.contains("git:repo: uncommitted changes"), "{text}");
+    assert!(!text.contains("HEAD moved"), "{text}");
+    git(&repo, &["commit", "-qam", "two"]);
+    let text = explain(&env, &git_args, 1);
+    assert!(
+        text.contains(&format!("git:repo: HEAD moved {first} → {}", head(&env))),
+        "{text}"
+    );
 
     // The same command in another directory.
     fs::create_dir(env.path("elsewhere")).unwrap();
@@ -131,7 +155,7 @@ fn explain_names_hash_git_cwd_program_and_script() {
     env.script("tool", "#!/bin/sh\necho two, longer\n");
     let text = explain(&env, &["--", "./tool"], 1);
     assert!(
-        text.contains("program ") && text.contains("tool changed"),
+        text.contains("program ") && text.contains("tool changed (size"),
         "{text}"
     );
     env.write("job.sh", "echo one\n");

@@ -461,7 +461,7 @@ fn zsh_completion_parses_and_completes_cache_by() {
         .expect("zsh (the zsh package) is needed by this test");
     assert!(out.status.success(), "{}", stderr(&out));
     let text = std::fs::read_to_string(&file).unwrap();
-    assert_eq!(text.matches(":EXPR:_lcrun_cache_by'").count(), 2, "{text}");
+    assert_eq!(text.matches(":EXPR:_lcrun_cache_by'").count(), 4, "{text}"); // lcrun and lcrun explain
     assert!(text.contains("compset -P '(hash|mtime|git):'"), "{text}");
 }
 
