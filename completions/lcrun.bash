@@ -98,7 +98,7 @@ _lcrun() {
 
     case "${cmd}" in
         lcrun)
-            opts="-c -o -e -q -v -h -V --shell --cache-by --output --ignore-arg --no-cwd --scope --expire --refresh --cache-mode --no-cache --cache-failures --cache-dir --no-wait --quiet --verbose --report --progress --interval --progress-regex --timeout --kill-after --help --version progress explain cache help"
+            opts="-c -o -e -q -v -h -V --shell --cache-by --output --ignore-arg --no-cwd --scope --expire --refresh --cache-mode --no-cache --cache-failures --cache-dir --max-size --no-wait --quiet --verbose --report --progress --interval --progress-regex --timeout --kill-after --help --version progress explain cache help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -145,6 +145,10 @@ _lcrun() {
                     return 0
                     ;;
                 --cache-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-size)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -402,7 +406,7 @@ _lcrun() {
             return 0
             ;;
         lcrun__subcmd__explain)
-            opts="-c -o -e -q -v -h --json --shell --cache-by --output --ignore-arg --no-cwd --scope --expire --refresh --cache-mode --no-cache --cache-failures --cache-dir --no-wait --quiet --verbose --report --progress --interval --progress-regex --timeout --kill-after --help"
+            opts="-c -o -e -q -v -h --json --shell --cache-by --output --ignore-arg --no-cwd --scope --expire --refresh --cache-mode --no-cache --cache-failures --cache-dir --max-size --no-wait --quiet --verbose --report --progress --interval --progress-regex --timeout --kill-after --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -449,6 +453,10 @@ _lcrun() {
                     return 0
                     ;;
                 --cache-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-size)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

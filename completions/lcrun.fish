@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_lcrun_global_optspecs
-    string join \n shell= c/cache-by= o/output= ignore-arg= no-cwd scope= e/expire= refresh cache-mode= no-cache cache-failures cache-dir= no-wait q/quiet v/verbose report= progress= interval= progress-regex= timeout= kill-after= h/help V/version
+    string join \n shell= c/cache-by= o/output= ignore-arg= no-cwd scope= e/expire= refresh cache-mode= no-cache cache-failures cache-dir= max-size= no-wait q/quiet v/verbose report= progress= interval= progress-regex= timeout= kill-after= h/help V/version
 end
 
 function __fish_lcrun_needs_command
@@ -35,6 +35,7 @@ ro\t'Replay hits, never store (for untrusted builds)'
 wo\t'Always run, store the result'
 off\t'No cache at all'"
 complete -c lcrun -n "__fish_lcrun_needs_command" -l cache-dir -d 'Where the cache lives [default: the platform cache dir /lcrun]' -r -F
+complete -c lcrun -n "__fish_lcrun_needs_command" -l max-size -d 'Keep the cache under SIZE (500M, 2G): after a result is stored, the least recently used entries go. Checked now and then, not on every write, so the cache may pass SIZE by about 1/32 of it for a while' -r
 complete -c lcrun -n "__fish_lcrun_needs_command" -l report -d 'Append one JSON line per run to FILE: key, command, hit and where from, status, duration, time saved, bytes out, cancelled, timed out' -r -F
 complete -c lcrun -n "__fish_lcrun_needs_command" -l progress -d 'How to show progress: auto, bar, plain or none' -r -f -a "auto\t'The bar on a terminal; elsewhere plain lines, as `plain`'
 bar\t'A spinner naming the command, its elapsed time and last output line; a bar (pos/total, percent, rate, ETA, message) once progress is reported. Drawn even when stderr is not a terminal'
@@ -69,6 +70,7 @@ ro\t'Replay hits, never store (for untrusted builds)'
 wo\t'Always run, store the result'
 off\t'No cache at all'"
 complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l cache-dir -d 'Where the cache lives [default: the platform cache dir /lcrun]' -r -F
+complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l max-size -d 'Keep the cache under SIZE (500M, 2G): after a result is stored, the least recently used entries go. Checked now and then, not on every write, so the cache may pass SIZE by about 1/32 of it for a while' -r
 complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l report -d 'Append one JSON line per run to FILE: key, command, hit and where from, status, duration, time saved, bytes out, cancelled, timed out' -r -F
 complete -c lcrun -n "__fish_lcrun_using_subcommand explain" -l progress -d 'How to show progress: auto, bar, plain or none' -r -f -a "auto\t'The bar on a terminal; elsewhere plain lines, as `plain`'
 bar\t'A spinner naming the command, its elapsed time and last output line; a bar (pos/total, percent, rate, ETA, message) once progress is reported. Drawn even when stderr is not a terminal'

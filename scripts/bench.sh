@@ -145,6 +145,10 @@ row "cache list --json, 100,000 entries (ms)" "$(pair_ms inspect 1)" "<= 1500"
 row "cache list --json, 100,000 entries, peak KiB" "$(peak_kib env LCRUN_CACHE_DIR="$big_cache" "$lcrun" cache list --json)" "bounded"
 time_pairs 'explainbig!' "$runs" "env LCRUN_CACHE_DIR=$big_cache $lcrun explain -- echo not-stored" -- "env LCRUN_CACHE_DIR=$big_cache $lcrun explain -- echo hi"
 row "explain of a miss vs a hit, 100,000 entries" "$(pair_ratio explainbig 0 1)" "<= 3"
+# A write (--refresh: run and store again) with and without a size cap; the
+# cap measures the cache on about one write in 32 * written / cap.
+time_pairs 'maxsize!' "$runs" "env LCRUN_CACHE_DIR=$big_cache LCRUN_MAX_SIZE=10G $lcrun --refresh -- echo hi" -- "env LCRUN_CACHE_DIR=$big_cache $lcrun --refresh -- echo hi"
+row "auto-prune (LCRUN_MAX_SIZE): a miss vs without" "$(pair_ratio maxsize 0 1)" "<= 1.1"
 
 # --- 100 MB stdout, miss and hit, vs bkt -------------------------------------------
 gen100="head -c 100000000 $work/log.txt"

@@ -192,7 +192,7 @@ fn run_reported(args: &RunArgs, report: Option<&Report>) -> anyhow::Result<Exit>
         // recorder is done with its recording (stored or dropped): the
         // recorder holds a share of the lock of its own.
         let lock = Arc::new(lock);
-        let recorder = cache.record(&key, &invocation, &lock);
+        let recorder = cache.record(&key, &invocation, &lock, args.max_size);
         let exit = run.execute(stdin, recorder, Some(&cache), job);
         drop(lock);
         return exit;
@@ -810,9 +810,16 @@ impl Cache {
 
     /// Starts recording on a thread of its own, which takes the store and
     /// a share of the key's `lock`.
-    fn record(&mut self, key: &Key, invocation: &Invocation, lock: &Arc<KeyLock>) -> Option<Recorder> {
+    fn record(
+        &mut self,
+        key: &Key,
+        invocation: &Invocation,
+        lock: &Arc<KeyLock>,
+        max_size: Option<u64>,
+    ) -> Option<Recorder> {
         // The local tier goes to the recorder's thread; lookups are done.
         let (store, _) = self.tiers.take()?.into_parts();
+        store.set_max_size(max_size);
         self.lent = Some(store.dir().to_owned());
         // Only a miss reads the secret, to key the stored digests of secret inputs.
         let key = key.sealed(Secret::load_or_create(store.dir()).ok().as_ref());

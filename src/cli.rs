@@ -177,7 +177,7 @@ pub enum CacheAction {
     /// Remove the least recently used entries until the cache fits SIZE.
     Prune {
         /// The size to bring the cache under (bytes, or with K, M, G).
-        #[arg(long, value_name = "SIZE", value_parser = crate::inspect::parse_size)]
+        #[arg(long, env = "LCRUN_MAX_SIZE", value_name = "SIZE", value_parser = crate::inspect::parse_size)]
         max_size: u64,
         /// Also remove every entry stored longer ago than this.
         #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
@@ -281,6 +281,12 @@ pub struct RunArgs {
     /// Where the cache lives [default: the platform cache dir /lcrun].
     #[arg(long, env = "LCRUN_CACHE_DIR", value_name = "DIR", help_heading = STORAGE)]
     pub cache_dir: Option<PathBuf>,
+
+    /// Keep the cache under SIZE (500M, 2G): after a result is stored, the
+    /// least recently used entries go. Checked now and then, not on every
+    /// write, so the cache may pass SIZE by about 1/32 of it for a while.
+    #[arg(long, env = "LCRUN_MAX_SIZE", value_name = "SIZE", value_parser = crate::inspect::parse_size, help_heading = STORAGE)]
+    pub max_size: Option<u64>,
 
     /// Don't wait for an identical run in progress: run the command now.
     #[arg(long, help_heading = CACHING)]

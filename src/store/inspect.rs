@@ -115,6 +115,29 @@ pub struct Filter {
 }
 
 impl Store {
+    /// Has writes keep the cache under `max` bytes (`--max-size`).
+    pub fn set_max_size(&self, max: Option<u64>) {
+        self.max_size.set(max);
+    }
+
+    /// After a write of `written` bytes: with `--max-size`, prunes the
+    /// least recently used entries if the cache is over it. Measuring the
+    /// cache reads every row, so it is done on a write with a chance of
+    /// `written` in 1/32 of the limit: about once per 1/32 of the limit
+    /// written, so the cache overshoots by about that much, and a write
+    /// costs no scan on average whatever the cache holds.
+    pub(super) fn prune_now_and_then(&self, written: u64) {
+        let Some(max) = self.max_size.get() else {
+            return;
+        };
+        // Each write adds a record too, even when its bytes were all shared.
+        let weight = written.saturating_add(1024).saturating_mul(32);
+        let roll = u64::from_str_radix(&super::recording::new_token()[..16], 16).unwrap_or(0);
+        if max == 0 || roll % max < weight {
+            let _ = self.prune(max, None);
+        }
+    }
+
     /// Notes that `key` was stored for its record's command.
     pub(super) fn note_command(&self, key: &str, inputs: &[KeyInput]) {
         if key.starts_with(OUTCOME_PREFIX) {

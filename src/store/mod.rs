@@ -206,6 +206,9 @@ pub struct Store {
     /// The database file's device and inode when it was opened: the file
     /// that is moved aside if it proves damaged, and not a newer one.
     db_id: FileId,
+    /// `--max-size`: the size writes keep the cache under (see
+    /// [`inspect`]).
+    max_size: std::cell::Cell<Option<u64>>,
 }
 
 /// Creates `dir` (0700) if needed.
@@ -275,6 +278,7 @@ impl Store {
             dir,
             db_id,
             reading: Default::default(),
+            max_size: Default::default(),
         };
         store.migrate().map_err(fail)?;
         Ok(store)

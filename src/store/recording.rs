@@ -311,6 +311,7 @@ impl Recording<'_> {
             Ok(()) => {
                 self.store.tidy_wal();
                 self.store.sweep_now_and_then();
+                self.store.prune_now_and_then(self.stored);
                 Ok(())
             }
             Err(err) => {

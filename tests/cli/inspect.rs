@@ -292,21 +292,35 @@ fn cache_clear_by_key_prefix_by_age_and_by_scope() {
     assert!(commands(&env).is_empty());
 }
 
+/// Writes 200 KB that no codec shrinks to `name`.
+fn noise(env: &Env, name: &str) {
+    let mut x = u64::from(name.as_bytes()[0]).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let bytes: Vec<u8> = (0..200_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    env.write(name, bytes);
+}
+
+fn listed_commands(env: &Env) -> Vec<String> {
+    json(&env.run(["cache", "list", "--json"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["command"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[test]
 fn prune_removes_the_least_recently_used_until_the_cache_fits() {
     let env = Env::new();
-    // Noise that no codec shrinks: each entry stores about 200 KB.
+    // Each entry stores about 200 KB.
     for name in ["a", "b", "c"] {
-        let mut x = u64::from(name.as_bytes()[0]).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let bytes: Vec<u8> = (0..200_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        env.write(name, bytes);
+        noise(&env, name);
         assert_code(&env.run(["--", "cat", name]), 0);
     }
     // `a` is used again: `b` is now the least recently used.
@@ -377,4 +391,24 @@ fn stats_count_a_scripted_sequence_and_parallel_runs_exactly() {
         "{stats}"
     );
     assert_eq!(stats["misses"], 4, "{stats}");
+}
+
+#[test]
+fn max_size_keeps_the_cache_under_it_after_writes() {
+    let env = Env::new();
+    for name in ["a", "b", "c", "d", "e"] {
+        noise(&env, name);
+        let out = env
+            .lcrun()
+            .env("LCRUN_MAX_SIZE", "450K")
+            .args(["--", "cat", name])
+            .output()
+            .unwrap();
+        assert_code(&out, 0);
+    }
+    // A write of a fifth of the limit measures the cache every time.
+    assert_eq!(listed_commands(&env), ["cat e", "cat d"]);
+    let pruned = json(&env.run(["cache", "prune", "--json", "--max-size", "450K"]));
+    assert_eq!(pruned["removed"], 0, "{pruned}");
+    assert_code(&env.run(["--max-size", "1x", "--", "true"]), 125);
 }
