@@ -53,8 +53,8 @@ Register-ArgumentCompleter -Native -CommandName 'lcrun' -ScriptBlock {
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('progress', 'progress', [CompletionResultType]::ParameterValue, 'Report progress from inside a command that lcrun runs (a no-op outside lcrun)')
-            [CompletionResult]::new('explain', 'explain', [CompletionResultType]::ParameterValue, 'Say whether a run would hit the cache, and for a miss which input changed since the closest earlier entry of the same command. Runs nothing (cmd: expressions are evaluated: the key needs them)')
-            [CompletionResult]::new('cache', 'cache', [CompletionResultType]::ParameterValue, 'Look into the cache: list, show, stats, clear, prune')
+            [CompletionResult]::new('explain', 'explain', [CompletionResultType]::ParameterValue, 'Say whether a run would hit the cache, and for a miss which input changed since the closest earlier entry of the same command. Runs nothing (cmd: expressions are evaluated: the key needs them; stdin is read only for -c stdin)')
+            [CompletionResult]::new('cache', 'cache', [CompletionResultType]::ParameterValue, 'Look into the cache: list its entries, show one, count hits and misses, remove entries')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -99,8 +99,8 @@ Register-ArgumentCompleter -Native -CommandName 'lcrun' -ScriptBlock {
         'lcrun;cache' {
             [CompletionResult]::new('--cache-dir', '--cache-dir', [CompletionResultType]::ParameterName, 'Where the cache lives [default: the platform cache dir /lcrun]')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON instead of text')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'The entries, newest first: key (a short unique prefix), command, age, stored size, exit status, hits')
             [CompletionResult]::new('show', 'show', [CompletionResultType]::ParameterValue, 'One entry: its key inputs, timings, sizes and outputs')
             [CompletionResult]::new('stats', 'stats', [CompletionResultType]::ParameterValue, 'Entries, bytes on disk, hits, misses, hit rate, time saved')
@@ -179,8 +179,8 @@ Register-ArgumentCompleter -Native -CommandName 'lcrun' -ScriptBlock {
         }
         'lcrun;help' {
             [CompletionResult]::new('progress', 'progress', [CompletionResultType]::ParameterValue, 'Report progress from inside a command that lcrun runs (a no-op outside lcrun)')
-            [CompletionResult]::new('explain', 'explain', [CompletionResultType]::ParameterValue, 'Say whether a run would hit the cache, and for a miss which input changed since the closest earlier entry of the same command. Runs nothing (cmd: expressions are evaluated: the key needs them)')
-            [CompletionResult]::new('cache', 'cache', [CompletionResultType]::ParameterValue, 'Look into the cache: list, show, stats, clear, prune')
+            [CompletionResult]::new('explain', 'explain', [CompletionResultType]::ParameterValue, 'Say whether a run would hit the cache, and for a miss which input changed since the closest earlier entry of the same command. Runs nothing (cmd: expressions are evaluated: the key needs them; stdin is read only for -c stdin)')
+            [CompletionResult]::new('cache', 'cache', [CompletionResultType]::ParameterValue, 'Look into the cache: list its entries, show one, count hits and misses, remove entries')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }

@@ -50,8 +50,8 @@ set edit:completion:arg-completer[lcrun] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
             cand progress 'Report progress from inside a command that lcrun runs (a no-op outside lcrun)'
-            cand explain 'Say whether a run would hit the cache, and for a miss which input changed since the closest earlier entry of the same command. Runs nothing (cmd: expressions are evaluated: the key needs them)'
-            cand cache 'Look into the cache: list, show, stats, clear, prune'
+            cand explain 'Say whether a run would hit the cache, and for a miss which input changed since the closest earlier entry of the same command. Runs nothing (cmd: expressions are evaluated: the key needs them; stdin is read only for -c stdin)'
+            cand cache 'Look into the cache: list its entries, show one, count hits and misses, remove entries'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'lcrun;progress'= {
@@ -93,8 +93,8 @@ set edit:completion:arg-completer[lcrun] = {|@words|
         &'lcrun;cache'= {
             cand --cache-dir 'Where the cache lives [default: the platform cache dir /lcrun]'
             cand --json 'Print JSON instead of text'
-            cand -h 'Print help'
-            cand --help 'Print help'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
             cand list 'The entries, newest first: key (a short unique prefix), command, age, stored size, exit status, hits'
             cand show 'One entry: its key inputs, timings, sizes and outputs'
             cand stats 'Entries, bytes on disk, hits, misses, hit rate, time saved'
@@ -160,8 +160,8 @@ set edit:completion:arg-completer[lcrun] = {|@words|
         }
         &'lcrun;help'= {
             cand progress 'Report progress from inside a command that lcrun runs (a no-op outside lcrun)'
-            cand explain 'Say whether a run would hit the cache, and for a miss which input changed since the closest earlier entry of the same command. Runs nothing (cmd: expressions are evaluated: the key needs them)'
-            cand cache 'Look into the cache: list, show, stats, clear, prune'
+            cand explain 'Say whether a run would hit the cache, and for a miss which input changed since the closest earlier entry of the same command. Runs nothing (cmd: expressions are evaluated: the key needs them; stdin is read only for -c stdin)'
+            cand cache 'Look into the cache: list its entries, show one, count hits and misses, remove entries'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'lcrun;help;progress'= {

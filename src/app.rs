@@ -35,12 +35,12 @@ use crate::store::{now_ms, Entry, Store, StoreError};
 pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.subcommand {
         Some(Sub::Progress { position, message }) => report_progress(position.as_deref(), &message),
-        Some(Sub::Explain { json, run }) => crate::inspect::explain::run(&run, json),
-        Some(Sub::Cache {
-            action,
-            cache_dir,
-            json,
-        }) => crate::inspect::cache::run(action, cache_dir, json),
+        Some(Sub::Explain { .. }) => crate::inspect::parse_own_args::<crate::cli::ExplainCli>()
+            .map_or_else(Ok, |cli| crate::inspect::explain::run(&cli.run, cli.json)),
+        Some(Sub::Cache { .. }) => crate::inspect::parse_own_args::<crate::cli::CacheCli>()
+            .map_or_else(Ok, |cli| {
+                crate::inspect::cache::run(cli.action, cli.cache_dir, cli.json)
+            }),
         None => run_command(&cli.run),
     }
 }

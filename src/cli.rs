@@ -116,31 +116,94 @@ pub enum Sub {
         message: Vec<OsString>,
     },
     /// Say whether a run would hit the cache, and for a miss which input
-    /// changed since the closest earlier entry of the same command. Runs
-    /// nothing (cmd: expressions are evaluated: the key needs them).
+    /// changed since the closest earlier entry of the same command.
     ///
-    /// Exit status: 0 when the run would hit, 1 when it would miss, 125 on
-    /// error.
+    /// Takes exactly the options of a run. Exit status: 0 when the run would
+    /// hit, 1 when it would miss, 125 on error.
+    #[command(
+        disable_help_flag = true,
+        override_usage = "lcrun explain [--json] [RUN OPTIONS] -- COMMAND [ARGS...]"
+    )]
     Explain {
-        /// Print a JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-        /// The options of the run to explain, and its command.
-        #[command(flatten)]
-        run: Box<RunArgs>,
+        /// Parsed by `lcrun explain` itself (see [`ExplainCli`]).
+        #[arg(value_name = "ARGS", trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
     },
     /// Look into the cache: list, show, stats, clear, prune.
+    #[command(
+        disable_help_flag = true,
+        override_usage = "lcrun cache [--json] [--cache-dir DIR] list|show|stats|clear|prune"
+    )]
     Cache {
-        /// What to do.
-        #[command(subcommand)]
-        action: CacheAction,
-        /// Where the cache lives [default: the platform cache dir /lcrun].
-        #[arg(long, env = "LCRUN_CACHE_DIR", value_name = "DIR", global = true)]
-        cache_dir: Option<PathBuf>,
-        /// Print JSON instead of text.
-        #[arg(long, global = true)]
-        json: bool,
+        /// Parsed by `lcrun cache` itself (see [`CacheCli`]).
+        #[arg(value_name = "ARGS", trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
     },
+}
+
+// The options of `explain` and `cache` are parsed by those subcommands
+// themselves: clap builds the definitions of every option of the command
+// tree on each call, and declaring them in `Sub` (a second copy of the run
+// options for `explain`, the tree of `cache`) cost every cache hit 75k
+// instructions (516k to 591k, callgrind). [`full_command`] has them all, for
+// help pages and completions.
+
+/// Say whether a run would hit the cache, and for a miss which input
+/// changed since the closest earlier entry of the same command. Runs
+/// nothing (cmd: expressions are evaluated: the key needs them; stdin is
+/// read only for -c stdin).
+///
+/// For a miss it names each input that differs from the closest earlier
+/// entry of the same command (same argv or shell string), down to the
+/// files of a hash: input and the commits of a git one. Secret inputs
+/// (env:, cmd:, stdin) are shown only sealed, never in clear.
+///
+/// Exit status: 0 when the run would hit, 1 when it would miss or the entry
+/// expired, 125 on error.
+#[derive(Debug, Parser)]
+#[command(name = "explain", bin_name = "lcrun explain")]
+pub struct ExplainCli {
+    /// Print a JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The options of the run to explain, and its command.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Look into the cache: list its entries, show one, count hits and misses,
+/// remove entries.
+///
+/// A cache directory that does not exist yet is an empty cache. One that is
+/// not the user's own is refused (status 125): its records could have been
+/// planted to mislead.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cache",
+    bin_name = "lcrun cache",
+    subcommand_value_name = "SUBCOMMAND"
+)]
+pub struct CacheCli {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: CacheAction,
+
+    /// Where the cache lives [default: the platform cache dir /lcrun].
+    #[arg(long, env = "LCRUN_CACHE_DIR", value_name = "DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// lcrun's whole command line, the options of `explain` and `cache`
+/// included: for help pages and completions, not for parsing a run.
+pub fn full_command() -> clap::Command {
+    Cli::command()
+        .mut_subcommand("explain", |_| ExplainCli::command())
+        .mut_subcommand("cache", |_| CacheCli::command())
 }
 
 /// `lcrun cache` subcommands.
@@ -343,18 +406,28 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let is_empty = |arg: &clap::Arg| {
-            arg.get_env()
-                .is_some_and(|name| std::env::var_os(name).is_some_and(|v| v.is_empty()))
-        };
-        let mut command = Cli::command();
-        // Rebuilt only when needed: a cache hit is measured in instructions.
-        if command.get_arguments().any(is_empty) {
-            command = command.mut_args(|arg| if is_empty(&arg) { arg.env(None) } else { arg });
-        }
-        let mut matches = command.try_get_matches_from_mut(args)?;
-        Cli::from_arg_matches_mut(&mut matches).map_err(|err| err.format(&mut command))
+        parse_with(Cli::command(), args)
     }
+}
+
+/// Parses `args` with `command`, an empty environment fallback counting as
+/// unset (see [`Cli::parse_args`]).
+pub fn parse_with<P, I, T>(mut command: clap::Command, args: I) -> Result<P, clap::Error>
+where
+    P: FromArgMatches,
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let is_empty = |arg: &clap::Arg| {
+        arg.get_env()
+            .is_some_and(|name| std::env::var_os(name).is_some_and(|v| v.is_empty()))
+    };
+    // Rebuilt only when needed: a cache hit is measured in instructions.
+    if command.get_arguments().any(is_empty) {
+        command = command.mut_args(|arg| if is_empty(&arg) { arg.env(None) } else { arg });
+    }
+    let mut matches = command.try_get_matches_from_mut(args)?;
+    P::from_arg_matches_mut(&mut matches).map_err(|err| err.format(&mut command))
 }
 
 /// Takes any cache-by expression as given (they are checked later, with a

@@ -12,10 +12,32 @@ use crate::duration::short;
 use crate::exit::Exit;
 use crate::output::Stream;
 use crate::store::inspect::{Filter, Stats};
-use crate::store::{now_ms, Store};
+use crate::store::{now_ms, Store, StoreError};
 
-/// Runs one `lcrun cache` subcommand.
+/// Runs one `lcrun cache` subcommand. A reader that stops reading
+/// (`lcrun cache list | head`) ends it quietly, with status 0: what was
+/// asked for was given as far as it was wanted.
 pub fn run(action: CacheAction, dir: Option<PathBuf>, json: bool) -> anyhow::Result<Exit> {
+    match run_action(action, dir, json) {
+        Err(err) if reader_went_away(&err) => Ok(Exit::Command(0)),
+        result => result,
+    }
+}
+
+fn reader_went_away(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        let io =
+            cause
+                .downcast_ref::<std::io::Error>()
+                .or_else(|| match cause.downcast_ref::<StoreError>() {
+                    Some(StoreError::Io { source, .. }) => Some(source),
+                    _ => None,
+                });
+        io.is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn run_action(action: CacheAction, dir: Option<PathBuf>, json: bool) -> anyhow::Result<Exit> {
     let dir = cache_dir(dir)?;
     let store = open_existing(&dir)?;
     let mut out = std::io::stdout().lock();

@@ -46,7 +46,7 @@ struct Explained {
     reasons: Vec<String>,
 }
 
-/// Runs `lcrun explain`.
+/// Explains a run of `args`.
 pub fn run(args: &RunArgs, json: bool) -> anyhow::Result<Exit> {
     let invocation = Invocation::new(args)?;
     let program = match &invocation.program {

@@ -11,11 +11,34 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 
+use crate::exit::Exit;
 use crate::key::{hex, KeyInput};
 use crate::store::{Store, StoreError};
 
 pub mod cache;
 pub mod explain;
+
+/// Parses the arguments after lcrun's subcommand (always its first
+/// argument) with the subcommand's own parser `P`. `Err` is the exit status
+/// when there is nothing to run: help was printed (0), or the usage error
+/// (125).
+pub fn parse_own_args<P: clap::Parser>() -> Result<P, Exit> {
+    let all: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args = all.iter().skip(1).cloned();
+    match crate::cli::parse_with::<P, _, _>(P::command(), args) {
+        Ok(parsed) => Ok(parsed),
+        Err(err) => match err.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                let _ = err.print();
+                Err(Exit::Command(0))
+            }
+            _ => {
+                crate::messages::error(crate::usage::one_line(&err, &[]));
+                Err(Exit::Usage)
+            }
+        },
+    }
+}
 
 /// The cache directory asked for, or the platform's.
 pub fn cache_dir(dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {

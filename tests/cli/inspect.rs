@@ -235,6 +235,20 @@ fn cache_list_and_show_give_entries_newest_first_and_exact_bytes() {
         "{text}"
     );
 
+    // A reader that stops reading (70 KB do not fit a pipe) ends it quietly.
+    let out = std::process::Command::new("bash")
+        .args([
+            "-c",
+            "set -o pipefail; \"$0\" cache show --stdout \"$1\" | head -c 1 >/dev/null",
+        ])
+        .arg(env!("CARGO_BIN_EXE_lcrun"))
+        .arg(key)
+        .env("LCRUN_CACHE_DIR", &env.cache)
+        .output()
+        .unwrap();
+    assert_code(&out, 0);
+    assert_eq!(crate::util::stderr(&out), "");
+
     // Unknown and ambiguous prefixes.
     let out = env.run(["cache", "show", "zz"]);
     assert_code(&out, 125);

@@ -5,11 +5,10 @@
 
 use std::path::Path;
 
-use clap::CommandFactory;
 use clap_complete::Shell;
 use clap_mangen::roff::{bold, roman, Inline, Roff};
 use clap_mangen::Man;
-use lcrun::cli::{Cli, CACHE_BY_KINDS, MANUAL};
+use lcrun::cli::{CACHE_BY_KINDS, MANUAL};
 
 fn check(path: &str, fresh: Vec<u8>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
@@ -48,7 +47,7 @@ fn completions_are_current() {
 /// fish and elvish scripts get a small function of their own for it.
 pub fn completion(shell: Shell) -> String {
     let mut buf = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "lcrun", &mut buf);
+    clap_complete::generate(shell, &mut lcrun::cli::full_command(), "lcrun", &mut buf);
     let script = String::from_utf8(buf).unwrap();
     let kinds = CACHE_BY_KINDS.join(" ");
     match shell {
@@ -208,7 +207,7 @@ set edit:completion:arg-completer[lcrun] = {|@words|
 
 /// Every man page: `lcrun.1` and `lcrun-SUBCOMMAND.1` for each subcommand.
 pub fn man_pages() -> Vec<(String, Vec<u8>)> {
-    let cli = Cli::command();
+    let cli = lcrun::cli::full_command();
     let mut pages = vec![("man/lcrun.1".to_owned(), main_page(&cli))];
     for sub in cli.get_subcommands().filter(|s| s.get_name() != "help") {
         let name = format!("lcrun-{}", sub.get_name());
