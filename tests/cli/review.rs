@@ -250,3 +250,24 @@ fn the_jobs_database_stays_small() {
         .unwrap();
     assert_eq!(left, 1, "ended jobs older than a week are kept");
 }
+
+/// Outside lcrun the progress helper exits 0 whatever its arguments; a bad
+/// run option's variable made it exit 125.
+#[test]
+fn the_progress_helper_ignores_bad_run_variables_outside_lcrun() {
+    let env = Env::new();
+    for (name, value) in [
+        ("LCRUN_EXPIRE", "bogus"),
+        ("LCRUN_INTERVAL", "1e30"),
+        ("LCRUN_CACHE_MODE", "x"),
+    ] {
+        let out = env
+            .lcrun()
+            .env(name, value)
+            .args(["progress", "1/2", "step"])
+            .output()
+            .unwrap();
+        assert_code(&out, 0);
+        assert!(out.stderr.is_empty(), "{name}: {}", stderr(&out));
+    }
+}
