@@ -69,7 +69,10 @@ pub fn claim(dir: &Path, key: &str, no_wait: bool, deadline: Deadline, how: &Wai
     let mut mark: Option<WaitMark> = None;
     let claim = loop {
         match KeyLock::try_acquire(dir, key) {
-            Ok(Some(lock)) => break Claim::Owner(lock),
+            Ok(Some(mut lock)) => {
+                lock.keep_alive();
+                break Claim::Owner(lock);
+            }
             Ok(None) if no_wait => break Claim::Busy,
             Ok(None) => {}
             Err(err) => break Claim::Failed(err),
@@ -101,6 +104,18 @@ pub fn claim(dir: &Path, key: &str, no_wait: bool, deadline: Deadline, how: &Wai
                     alive_at = Instant::now();
                 }
                 display.set_state(job.progress);
+            }
+        }
+        // The owner's heartbeat on its lock file: set by a thread of its
+        // own, so it goes on while the owner is blocked writing output or
+        // jobs.db is locked.
+        if let Some(beat) = KeyLock::last_beat(dir, key) {
+            let beat_ms = beat
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            if beat_ms > alive_ms {
+                alive_ms = beat_ms;
+                alive_at = Instant::now();
             }
         }
         if alive_at.elapsed() >= STUCK_AFTER {

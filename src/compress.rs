@@ -109,13 +109,16 @@ fn room(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
 }
 
 /// Compresses one chunk with `codec` ([`Codec::Zstd`] or [`Codec::Lz4`])
-/// on the calling thread; it is stored raw if that is no smaller.
+/// on the calling thread; it is stored raw if that is no smaller. Its
+/// digest is computed here unless the caller already has it (`known`): a
+/// SHA-256 of every byte is a quarter of a large store's CPU time.
 pub fn pack(
     compressor: &mut zstd::bulk::Compressor<'static>,
     codec: Codec,
     stream: Stream,
     raw: Vec<u8>,
     mut compressed: Vec<u8>,
+    known: Option<crate::blob::Digest>,
 ) -> std::io::Result<Packed> {
     let compressed_len = match codec {
         Codec::Lz4 => {
@@ -136,7 +139,7 @@ pub fn pack(
         stream,
         codec,
         sum: checksum(&raw),
-        digest: crate::blob::Digest::of(&raw),
+        digest: known.unwrap_or_else(|| crate::blob::Digest::of(&raw)),
         raw,
         compressed,
         compressed_len,
@@ -289,7 +292,7 @@ pub fn packer() -> std::io::Result<Packer> {
     Ordered::new(
         new_compressor,
         |compressor: &mut zstd::bulk::Compressor<'static>, (codec, stream, raw, out): PackJob| {
-            pack(compressor, codec, stream, raw, out)
+            pack(compressor, codec, stream, raw, out, None)
         },
     )
 }

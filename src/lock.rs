@@ -13,7 +13,12 @@ use crate::trust;
 pub struct KeyLock {
     file: File,
     path: PathBuf,
+    /// Stops the heartbeat thread (see [`KeyLock::keep_alive`]) when dropped.
+    _beat: Option<std::sync::mpsc::Sender<()>>,
 }
+
+/// How often an owner's lock file shows that its owner is alive.
+pub const BEAT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl KeyLock {
     /// Tries to take the lock on `key` in `dir` without waiting. `Ok(None)`
@@ -39,7 +44,11 @@ impl KeyLock {
             // and must lock the current file instead.
             match fs::symlink_metadata(&path) {
                 Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
-                    return Ok(Some(KeyLock { file, path }));
+                    return Ok(Some(KeyLock {
+                        file,
+                        path,
+                        _beat: None,
+                    }));
                 }
                 _ => continue,
             }
@@ -64,7 +73,10 @@ impl WaitMark {
         // inode would be seen by no one, so it is made again on the new one.
         for _ in 0..10 {
             let file = open_lock_file(&path).ok()?;
-            file.lock_shared().ok()?;
+            // Never blocks: a mark file someone holds exclusively (an owner
+            // tidying it, for a moment, or anyone at all for longer) is tried
+            // again on the claim's next poll.
+            file.try_lock_shared().ok()?;
             let held = file.metadata().ok()?;
             if fs::metadata(&path).is_ok_and(|now| now.ino() == held.ino() && now.dev() == held.dev()) {
                 return Some(WaitMark { _file: file });
@@ -110,8 +122,51 @@ fn open_existing(path: &Path) -> io::Result<File> {
         .map_err(io::Error::other)
 }
 
+impl KeyLock {
+    /// Shows waiters that the owner lives: a thread of its own sets the lock
+    /// file's mtime every [`BEAT`], whatever the rest of lcrun is doing
+    /// (blocked writing to a reader that paused, or waiting for a locked
+    /// jobs.db), so a live owner is never taken for a stuck one. A stopped
+    /// owner (Ctrl-Z) stops beating.
+    pub fn keep_alive(&mut self) {
+        use std::sync::mpsc;
+        let Ok(file) = self.file.try_clone() else { return };
+        let _ = file.set_modified(std::time::SystemTime::now());
+        let (tx, rx) = mpsc::channel::<()>();
+        let beat = move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(BEAT) {
+                let _ = file.set_modified(std::time::SystemTime::now());
+            }
+        };
+        if std::thread::Builder::new()
+            .name("lcrun-beat".into())
+            .spawn(beat)
+            .is_ok()
+        {
+            self._beat = Some(tx);
+        }
+    }
+
+    /// When the owner of `key` in `dir` last showed it was alive, if a lock
+    /// file is there.
+    pub fn last_beat(dir: &Path, key: &str) -> Option<std::time::SystemTime> {
+        fs::symlink_metadata(dir.join("locks").join(key))
+            .ok()?
+            .modified()
+            .ok()
+    }
+}
+
 impl Drop for KeyLock {
     fn drop(&mut self) {
+        // Waiters cancelled while they waited leave their mark file behind;
+        // the owner, ending, removes it if no one else holds a mark on it.
+        if let (Some(dir), Some(key)) = (
+            self.path.parent().and_then(Path::parent),
+            self.path.file_name().and_then(|k| k.to_str()),
+        ) {
+            WaitMark::anyone_waiting(dir, key);
+        }
         // Unlink while still holding the lock, so no one can lock this inode
         // and believe they own the key; then the close releases it.
         let _ = fs::remove_file(&self.path);

@@ -76,6 +76,7 @@ fn start_up() {
 fn lcrun() -> Exit {
     let cli = match Cli::parse_args(std::env::args_os()) {
         Ok(cli) => cli,
+        Err(err) if outside_lcrun_progress(&err) => return Exit::Command(0),
         Err(err) => return usage_error(err),
     };
     match lcrun::run(cli) {
@@ -85,6 +86,16 @@ fn lcrun() -> Exit {
             Exit::Usage
         }
     }
+}
+
+/// `lcrun progress` outside lcrun does nothing and exits 0 whatever its
+/// arguments, even when a run option's variable (`LCRUN_EXPIRE=bogus`)
+/// makes the command line as a whole unparsable: scripts that report
+/// progress must run unchanged without lcrun.
+fn outside_lcrun_progress(err: &clap::Error) -> bool {
+    let helper = std::env::args_os().nth(1).is_some_and(|a| a == "progress");
+    let outside = std::env::var_os("LCRUN_PROGRESS").is_none_or(|p| p.is_empty());
+    helper && outside && !matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
 }
 
 /// Help and version print as usual; any other parse error becomes one line

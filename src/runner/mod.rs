@@ -39,11 +39,18 @@ const READ_BYTES: usize = 256 * 1024;
 /// megabyte than the default 64 KiB (Linux lets anyone have 1 MiB).
 const PIPE_BYTES: libc::c_int = 1024 * 1024;
 
-/// After the command has exited, how long lcrun goes on reading what is
-/// still in its pipes or on its way there (a background `echo` of a script
-/// that just ended). A daemon that keeps the pipes open does not hold lcrun
-/// longer; what it writes later is not captured.
+/// After the command has exited, how long lcrun waits for output still on
+/// its way to the pipes (a background `echo` of a script that just ended).
+/// A daemon that keeps the pipes open does not hold lcrun longer; what it
+/// writes later is not captured. What the pipes already hold is always read
+/// to the end, however slowly lcrun's own reader takes it (a paused
+/// `| less`): see [`DRAIN_BYTES`].
 const DRAIN: Duration = Duration::from_millis(150);
+
+/// Past [`DRAIN`], lcrun reads on while the pipes have data, up to this
+/// much after the command's exit: what both pipes can hold, and a read
+/// that was in hand. Only a daemon writing on could bring more.
+const DRAIN_BYTES: usize = 2 * (PIPE_BYTES as usize + READ_BYTES);
 
 /// A cancelling signal repeated within this time is the same request, not a
 /// second one that kills at once: `timeout(1)` and `kill 0` signal lcrun
@@ -129,6 +136,8 @@ pub fn run(mut job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError
     };
     let mut pipes = child.pipes;
     let mut buf = vec![0u8; READ_BYTES];
+    // Bytes read since the command exited.
+    let mut drained = 0usize;
     let mut next_tick = Instant::now() + TICK;
     loop {
         let wake = [
@@ -166,6 +175,9 @@ pub fn run(mut job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError
             match n {
                 0 => pipes[i] = None,
                 n if n > 0 => {
+                    if run.exited_at.is_some() {
+                        drained += n as usize;
+                    }
                     // A reader that stopped reading blocks the write, and
                     // must not keep the loop from a deadline.
                     let act_at = run.act_at();
@@ -194,7 +206,15 @@ pub fn run(mut job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError
                 run.kill_tree();
             }
             let exited_at = *run.exited_at.get_or_insert(now);
-            if pipes.iter().all(Option::is_none) || now >= exited_at + DRAIN {
+            // Time spent blocked writing to a slow reader is no reason to
+            // leave bytes the command wrote behind in the pipes: past the
+            // drain time, stop only once they are empty (or only a daemon
+            // could still be filling them).
+            let settled = || {
+                drained > DRAIN_BYTES
+                    || poll(&signals, &pipes, Instant::now()).is_ok_and(|r| !r.pipes.iter().any(|&p| p))
+            };
+            if pipes.iter().all(Option::is_none) || (now >= exited_at + DRAIN && settled()) {
                 break;
             }
         }

@@ -229,7 +229,7 @@ impl Recording<'_> {
                     .insert(compress::new_compressor().map_err(damaged)?),
             };
             let out = self.spare_compressed.pop().unwrap_or_default();
-            let packed = compress::pack(compressor, Codec::Zstd, stream, raw, out).map_err(damaged)?;
+            let packed = compress::pack(compressor, Codec::Zstd, stream, raw, out, None).map_err(damaged)?;
             return self.store_packed(packed);
         }
         self.store_compressed(false)?;

@@ -250,3 +250,167 @@ fn the_jobs_database_stays_small() {
         .unwrap();
     assert_eq!(left, 1, "ended jobs older than a week are kept");
 }
+
+/// Outside lcrun the progress helper exits 0 whatever its arguments; a bad
+/// run option's variable made it exit 125.
+#[test]
+fn the_progress_helper_ignores_bad_run_variables_outside_lcrun() {
+    let env = Env::new();
+    for (name, value) in [
+        ("LCRUN_EXPIRE", "bogus"),
+        ("LCRUN_INTERVAL", "1e30"),
+        ("LCRUN_CACHE_MODE", "x"),
+    ] {
+        let out = env
+            .lcrun()
+            .env(name, value)
+            .args(["progress", "1/2", "step"])
+            .output()
+            .unwrap();
+        assert_code(&out, 0);
+        assert!(out.stderr.is_empty(), "{name}: {}", stderr(&out));
+    }
+}
+
+/// A reader slower than the command: the end of the output, still in the
+/// pipes when the command exited, was dropped after the 150 ms drain (the
+/// time lcrun spent blocked writing to the reader counted against it), and
+/// the cut output was cached as a success.
+#[test]
+fn a_slow_reader_gets_every_byte_and_so_does_the_cache() {
+    let env = Env::new();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<u8> = (0..3 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    env.write("m3", &data);
+    let slow = r#"import sys, time
+n = 0
+while b := sys.stdin.buffer.read(65536):
+    n += len(b)
+    time.sleep(0.05)
+print(n)"#;
+    for _ in 0..2 {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(r#""$0" -- cat m3 | python3 -c "$1""#)
+            .arg(LCRUN)
+            .arg(slow)
+            .current_dir(env.dir.path())
+            .env("LCRUN_CACHE_DIR", &env.cache)
+            .output()
+            .unwrap();
+        assert_eq!(stdout(&out).trim(), (3 << 20).to_string(), "{}", stderr(&out));
+    }
+    assert_eq!(env.run(["--", "cat", "m3"]).stdout, data);
+}
+
+fn lines_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The lock file of the key the one running lcrun holds.
+fn held_key(env: &Env) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let names: Vec<String> = std::fs::read_dir(env.cache.join("locks"))
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        if let Some(key) = names.into_iter().find(|n| !n.ends_with(".waiting")) {
+            return key;
+        }
+        assert!(Instant::now() < deadline, "no key lock appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An owner whose job row could not be updated (jobs.db write-locked by
+/// another process) was taken for stuck after 10 s, and a waiter ran a
+/// second copy beside it. Its heartbeat is on its lock file now.
+#[test]
+fn a_live_owner_behind_a_locked_jobs_db_is_not_taken_for_stuck() {
+    let env = Env::new();
+    assert_code(&env.run(["--", "true"]), 0);
+    let log = env.path("log");
+    let script = format!(
+        "echo start >> '{0}'; sleep 12; echo end >> '{0}'; echo out",
+        log.display()
+    );
+    let owner = env.start(["--shell", &script]);
+    held_key(&env);
+    let jobs = rusqlite::Connection::open(env.cache.join("jobs.db")).unwrap();
+    jobs.execute_batch("BEGIN IMMEDIATE; UPDATE jobs SET state = state WHERE 0;")
+        .unwrap();
+    let waiter = env.run(["--shell", &script]);
+    let owner = owner.wait_with_output().unwrap();
+    drop(jobs);
+    assert_code(&owner, 0);
+    assert_code(&waiter, 0);
+    assert_eq!(waiter.stdout, b"out\n");
+    assert_eq!(
+        lines_of(&log),
+        ["start", "end"],
+        "two copies ran: {}",
+        stderr(&waiter)
+    );
+}
+
+/// A waiter blocked on an exclusive flock of the key's `.waiting` file,
+/// past its --timeout; and marks of cancelled waiters were left for good.
+#[test]
+fn wait_marks_never_block_and_never_pile_up() {
+    let env = Env::new();
+    let script = "sleep 4; echo owner";
+    let owner = env.start(["--shell", script]);
+    let key = held_key(&env);
+    let mark = env.cache.join("locks").join(format!("{key}.waiting"));
+    std::fs::create_dir_all(mark.parent().unwrap()).unwrap();
+    let holder = std::fs::File::create(&mark).unwrap();
+    holder.lock().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let mut waiter = env.start(["--timeout", "1", "--shell", script]);
+    let status = loop {
+        if let Some(status) = waiter.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(6) {
+            let _ = waiter.kill();
+            let _ = waiter.wait();
+            panic!("a waiter with --timeout 1 still waits after 6 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(124));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(holder);
+    // A waiter cancelled while it waits: its mark goes when the owner ends.
+    let mut waiter = env.start(["--shell", script]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !mark.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: signalling the child we started.
+    unsafe { libc::kill(waiter.id() as i32, libc::SIGTERM) };
+    let _ = waiter.wait();
+    assert_code(&owner.wait_with_output().unwrap(), 0);
+    let left: Vec<_> = std::fs::read_dir(env.cache.join("locks"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .collect();
+    assert!(left.is_empty(), "left in locks/: {left:?}");
+}
