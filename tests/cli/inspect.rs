@@ -426,3 +426,27 @@ fn max_size_keeps_the_cache_under_it_after_writes() {
     assert_eq!(pruned["removed"], 0, "{pruned}");
     assert_code(&env.run(["--max-size", "1x", "--", "true"]), 125);
 }
+
+#[test]
+fn a_cache_others_can_write_is_refused_by_listings_and_explain() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    assert_code(&env.run(["--", "echo", "hi"]), 0);
+    fs::set_permissions(&env.cache, fs::Permissions::from_mode(0o777)).unwrap();
+    for args in [
+        &["cache", "list"][..],
+        &["cache", "stats"],
+        &["cache", "clear"],
+        &["explain", "--", "echo", "hi"],
+    ] {
+        let out = env.run(args);
+        assert_code(&out, 125);
+        assert!(
+            crate::util::stderr(&out).contains("not reading the cache"),
+            "{args:?}: {}",
+            crate::util::stderr(&out)
+        );
+    }
+    fs::set_permissions(&env.cache, fs::Permissions::from_mode(0o700)).unwrap();
+    assert_code(&env.run(["cache", "list"]), 0);
+}
