@@ -299,7 +299,17 @@ impl Recording<'_> {
     /// unchanged but for blobs its record will never name.
     pub fn capture(&mut self, cwd: &std::path::Path, declared: &[DeclaredPath]) -> Result<(), CaptureError> {
         let blobs = LocalBlobs::new(self.store, Some(&self.pending));
+        // One transaction for all of it: a 1 GiB output is 4096 blobs, and a
+        // commit for each of their uses and rows took most of its time.
+        let in_db = |err: rusqlite::Error| CaptureError::Io {
+            path: self.store.dir.join("cache.db"),
+            source: std::io::Error::other(err),
+        };
+        let tx = rusqlite::Transaction::new_unchecked(&self.store.conn, TransactionBehavior::Immediate)
+            .map_err(in_db)?;
+        // Dropped without a commit on an error: rolled back.
         let tree = outputs::capture(cwd, declared, &blobs)?;
+        tx.commit().map_err(in_db)?;
         self.stored += blobs.stored.get();
         self.record.outputs = Some(tree);
         Ok(())
