@@ -703,8 +703,10 @@ fn racing_runs_on_a_garbage_database_recover_it_once() {
         let script = |i: usize| format!("{}; echo run-{i}", env.tally(&format!("r{i}")));
         let children: Vec<_> = (0..32).map(|i| env.start(sh(&[], &script(i)))).collect();
         let mut moved = 0;
+        let mut said = Vec::new();
         for (i, child) in children.into_iter().enumerate() {
             let out = child.wait_with_output().unwrap();
+            said.push(stderr(&out));
             assert_code(&out, 0);
             assert_eq!(stdout(&out), format!("run-{i}\n"));
             let text = stderr(&out);
@@ -721,14 +723,18 @@ fn racing_runs_on_a_garbage_database_recover_it_once() {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
         assert_eq!(check, "ok");
-        // Every result was stored in the new database.
+        // Every result was stored in the new database, but for a run that
+        // said it could not store it: on a loaded machine a run may find
+        // the store held by the others for longer than it waits after its
+        // command (issue 9: the cache never holds up the command's end).
         for i in 0..32 {
             let out = env.run(sh(&[], &script(i)));
             assert_eq!(stdout(&out), format!("run-{i}\n"));
-            assert_eq!(
-                env.count(&format!("r{i}")),
-                1,
-                "trial {trial}: run {i} was not stored"
+            let runs = env.count(&format!("r{i}"));
+            assert!(
+                runs == 1 || (runs == 2 && said[i].contains("not stored")),
+                "trial {trial}: run {i} was not stored: {}",
+                said[i]
             );
         }
     }
