@@ -270,17 +270,22 @@ fn the_command_reads_the_terminal_when_lcrun_leads_its_session() {
     let mut stdin = script.stdin.take().unwrap();
     stdin.write_all(b"hello\n").unwrap();
     let pid = script.id() as i32;
+    // Kills a hung `script`, and only while it is ours: once it has been
+    // waited for, its pid may be another test's process.
+    let (done, finished) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(15));
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        if finished.recv_timeout(Duration::from_secs(15)).is_err() {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     });
     let out = script.wait_with_output().unwrap();
+    let _ = done.send(());
     drop(stdin);
     assert!(
         stdout(&out).contains("got:hello"),
         "{out:?}: the command could not read its terminal"
     );
-    drop(watchdog);
+    let _ = watchdog.join();
 }
 
 #[test]
