@@ -311,16 +311,13 @@ fn cache_clear_by_key_prefix_by_age_and_by_scope() {
 
 /// Writes 200 KB that no codec shrinks to `name`.
 fn noise(env: &Env, name: &str) {
-    let mut x = u64::from(name.as_bytes()[0]).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let bytes: Vec<u8> = (0..200_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    env.write(name, bytes);
+    env.write(
+        name,
+        crate::util::noise(
+            200_000,
+            u64::from(name.as_bytes()[0]).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        ),
+    );
 }
 
 fn listed_commands(env: &Env) -> Vec<String> {

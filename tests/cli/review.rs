@@ -29,15 +29,7 @@ fn sql(db: &Path, statement: &str) {
 fn a_damaged_blob_length_is_a_miss_not_an_abort() {
     let env = Env::new();
     // Noise, so its blobs do not compress and go to a pack file.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let data: Vec<u8> = (0..3_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = noise(3_000_000, 0x9e37_79b9_7f4a_7c15);
     env.write("f", &data);
     let args = ["--", "cat", "f"];
     assert_code(&env.run(args), 0);
@@ -279,15 +271,7 @@ fn the_progress_helper_ignores_bad_run_variables_outside_lcrun() {
 #[test]
 fn a_slow_reader_gets_every_byte_and_so_does_the_cache() {
     let env = Env::new();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let data: Vec<u8> = (0..3 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = noise(3 << 20, 0x2545_f491_4f6c_dd1d);
     env.write("m3", &data);
     let slow = r#"import sys, time
 n = 0

@@ -9,20 +9,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::util::{assert_code, stderr, Env};
-
-/// Bytes no codec shrinks (xorshift), so their blobs are files.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use crate::util::{assert_code, noise, stderr, Env};
 
 /// `lcrun [flags] -o OUT -- sh -c 'tally NAME; cp SRC OUT'`.
 fn copy_args(env: &Env, flags: &[&str], name: &str, src: &str, out: &str) -> Vec<String> {

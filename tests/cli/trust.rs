@@ -35,19 +35,6 @@ fn assert_one_warning(out: &Output) {
     assert_eq!(lines.len(), 1, "expected one warning: {}", stderr(out));
 }
 
-/// Bytes no codec shrinks, the same for a seed on every run.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 fn open_db(path: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(path).unwrap()
 }
