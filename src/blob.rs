@@ -43,13 +43,7 @@ impl Digest {
 
     /// 64 lowercase hex characters.
     pub fn hex(&self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut hex = String::with_capacity(64);
-        for byte in self.0 {
-            hex.push(char::from(HEX[usize::from(byte >> 4)]));
-            hex.push(char::from(HEX[usize::from(byte & 0xf)]));
-        }
-        hex
+        crate::key::hex(&self.0)
     }
 
     /// Parses 64 hex characters (either case); anything else is `None`.
