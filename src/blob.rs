@@ -118,6 +118,23 @@ pub trait BlobStore {
     /// Fills `buf` (cleared first) with the blob's raw bytes, checked against
     /// `digest`: [`BlobError::Missing`] or [`BlobError::Damaged`] otherwise.
     fn get(&self, digest: &Digest, buf: &mut Vec<u8>) -> Result<(), BlobError>;
+
+    /// Stores everything `reader` yields, as [`store_stream`] does; a tier
+    /// may do it faster than blob by blob (the local one hashes and
+    /// compresses a large file's blobs on every core).
+    fn put_stream(&self, reader: &mut dyn Read) -> Result<Contents, BlobError> {
+        store_stream(self, reader)
+    }
+
+    /// Hands the stored stream to `out`, as [`load_stream`] does; a tier
+    /// may decode blobs side by side, in order.
+    fn get_stream(
+        &self,
+        contents: &Contents,
+        out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<(), BlobError> {
+        load_stream(self, contents, out)
+    }
 }
 
 /// A byte stream stored as blobs: `size` bytes in all, in `blobs` in order,
@@ -148,7 +165,7 @@ impl Contents {
 /// Stores everything `reader` yields, [`BLOB_BYTES`] at a time in one reused
 /// buffer, so memory stays bounded whatever the length. A blob the store
 /// already has is not put again.
-pub fn store_stream(store: &dyn BlobStore, mut reader: impl Read) -> Result<Contents, BlobError> {
+pub fn store_stream<S: BlobStore + ?Sized>(store: &S, mut reader: impl Read) -> Result<Contents, BlobError> {
     let mut buf = vec![0u8; BLOB_BYTES];
     let mut contents = Contents {
         size: 0,
@@ -174,7 +191,7 @@ pub fn store_stream(store: &dyn BlobStore, mut reader: impl Read) -> Result<Cont
 
 /// Reads until `buf` is full or the reader ends, so blob boundaries depend
 /// on the bytes alone, not on how reads happened to split them.
-fn fill(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub fn fill(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut len = 0;
     while len < buf.len() {
         match reader.read(&mut buf[len..]) {
@@ -190,8 +207,8 @@ fn fill(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// Hands the stored stream to `out` blob by blob, each verified by the store
 /// and checked against the length `contents` promises. An error of `out`
 /// comes back as [`BlobError::Io`].
-pub fn load_stream(
-    store: &dyn BlobStore,
+pub fn load_stream<S: BlobStore + ?Sized>(
+    store: &S,
     contents: &Contents,
     mut out: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> Result<(), BlobError> {

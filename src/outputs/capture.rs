@@ -15,7 +15,7 @@ use rustix::io::Errno;
 
 use super::beneath::{self, display_path, Step};
 use super::{DeclaredPath, Entry, Kind, Output, OutputTree, PathBytes};
-use crate::blob::{store_stream, BlobError, BlobStore};
+use crate::blob::{BlobError, BlobStore};
 
 /// Why the outputs could not be captured. The caller stores no entry.
 #[derive(Debug, thiserror::Error)]
@@ -146,10 +146,13 @@ impl Walk<'_> {
         if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
             return Err(self.io(&rel, changed()));
         }
-        let contents = store_stream(self.store, File::from(fd)).map_err(|source| CaptureError::Blob {
-            path: display_path(self.declared, &rel),
-            source,
-        })?;
+        let contents = self
+            .store
+            .put_stream(&mut File::from(fd))
+            .map_err(|source| CaptureError::Blob {
+                path: display_path(self.declared, &rel),
+                source,
+            })?;
         self.entries.push(Entry {
             path: PathBytes(rel),
             kind: Kind::File {

@@ -27,7 +27,7 @@ use rustix::io::Errno;
 
 use super::beneath::{self, display_path, Created, Step};
 use super::{DeclaredPath, Entry, Kind, Output, OutputTree};
-use crate::blob::{load_stream, stream_matches, BlobError, BlobStore, Contents};
+use crate::blob::{stream_matches, BlobError, BlobStore, Contents};
 
 /// Why a restore failed, and whether it changed anything on disk first.
 #[derive(Debug, thiserror::Error)]
@@ -304,7 +304,9 @@ impl Restorer<'_> {
         }
         let mode = if executable { 0o777 } else { 0o666 };
         let (temp, mut file) = Temp::file(dir, Mode::from_bits_truncate(mode))?;
-        load_stream(self.store, contents, |bytes| file.write_all(bytes)).map_err(RestoreCause::Blob)?;
+        self.store
+            .get_stream(contents, &mut |bytes| file.write_all(bytes))
+            .map_err(RestoreCause::Blob)?;
         drop(file);
         temp.rename_to(name)?;
         self.written = true;

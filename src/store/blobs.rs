@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::{create_trusted_dir, Store, StoreError, BLOB_DIR};
-use crate::blob::{BlobError, BlobStore, Digest, BLOB_BYTES};
+use crate::blob::{BlobError, BlobStore, Contents, Digest, BLOB_BYTES};
 use crate::compress::{self, Codec, Packed};
 use crate::output::Stream;
 use crate::trust;
@@ -446,7 +446,34 @@ impl<'s> LocalBlobs<'s> {
     }
 }
 
-fn blob_error(digest: &Digest, err: StoreError) -> BlobError {
+impl LocalBlobs<'_> {
+    /// Writes a packed blob that is not stored yet, for this record if it
+    /// has one.
+    pub(super) fn write_packed(&self, packed: &Packed) -> Result<(), StoreError> {
+        let pack = self.pending.map_or(&self.pack, |pending| &pending.pack);
+        self.store.write_blob(
+            pack,
+            &packed.digest,
+            packed.codec,
+            packed.raw.len(),
+            packed.sum,
+            packed.data(),
+        )?;
+        self.stored.set(self.stored.get() + packed.data().len() as u64);
+        Ok(())
+    }
+
+    /// A blob's stored bytes, still to be decoded and checked.
+    pub(super) fn read_stored(
+        &self,
+        digest: &Digest,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<Stored>, StoreError> {
+        self.store.read_blob(digest, buf)
+    }
+}
+
+pub(super) fn blob_error(digest: &Digest, err: StoreError) -> BlobError {
     match err {
         StoreError::Damaged(_) | StoreError::Untrusted(_) => BlobError::Damaged(*digest),
         StoreError::Io { source, .. } => BlobError::Io(source),
@@ -492,13 +519,21 @@ impl BlobStore for LocalBlobs<'_> {
         // The caller named the bytes (store_stream hashes each blob to ask
         // `has` first); hashing them again here doubled the cost of `-o`.
         let packed = compress::pack(compressor, codec, Stream::Stdout, raw, out, Some(*digest))?;
-        let pack = self.pending.map_or(&self.pack, |pending| &pending.pack);
-        self.store
-            .write_blob(pack, digest, packed.codec, bytes.len(), packed.sum, packed.data())
-            .map_err(|e| blob_error(digest, e))?;
-        self.stored.set(self.stored.get() + packed.data().len() as u64);
+        self.write_packed(&packed).map_err(|e| blob_error(digest, e))?;
         *self.spare.borrow_mut() = (packed.raw, packed.compressed);
         Ok(())
+    }
+
+    fn put_stream(&self, reader: &mut dyn std::io::Read) -> Result<Contents, BlobError> {
+        self.put_stream_on_workers(reader)
+    }
+
+    fn get_stream(
+        &self,
+        contents: &Contents,
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), BlobError> {
+        self.get_stream_on_workers(contents, out)
     }
 
     fn get(&self, digest: &Digest, buf: &mut Vec<u8>) -> Result<(), BlobError> {

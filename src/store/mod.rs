@@ -38,6 +38,7 @@ pub mod record;
 mod recording;
 mod recover;
 mod replay;
+mod streams;
 mod sweep;
 pub mod tier;
 
