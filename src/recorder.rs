@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::blob::BLOB_BYTES;
 use crate::key::Key;
 use crate::lock::{KeyLock, WaitMark};
 use crate::messages::Messages;
@@ -25,6 +26,14 @@ use crate::store::{Store, StoreError};
 /// memory bound (a 256 MiB miss peaked at 21 MiB with 4 MiB here, 17 MiB
 /// with 1 MiB, 12 MiB recording on the output path).
 const QUEUE_BYTES: usize = 1 << 20;
+
+/// Blob buffers kept for reuse: as many as the queue and the two blobs
+/// being filled hold.
+const SPARE_BUFFERS: usize = QUEUE_BYTES / BLOB_BYTES + 2;
+
+/// Interleaving runs held before they are sent without a blob: output
+/// that switches streams at every read would otherwise hold them all.
+const MAX_RUNS: usize = 4096;
 
 /// With the queue full, how long the store may stay blocked behind another
 /// process's lock before the recording is dropped rather than the command's
@@ -48,8 +57,10 @@ pub enum Keep {
 }
 
 enum Msg {
-    /// Output, and when it arrived.
-    Write(Stream, Vec<u8>, Instant),
+    /// A blob of output, [`BLOB_BYTES`] long but a stream's last, if one
+    /// is ready; the interleaving since the last message; and when the blob
+    /// was complete.
+    Write(Option<(Stream, Vec<u8>)>, Vec<(Stream, u64)>, Instant),
     /// Status, duration, how to keep it, and the declared output files
     /// (`-o`) to store with it.
     Finish(u8, Duration, Keep, Vec<DeclaredPath>),
@@ -79,6 +90,11 @@ struct State {
 /// A run being recorded by a thread of its own.
 pub struct Recorder {
     tx: Option<mpsc::Sender<Msg>>,
+    /// Per stream, the blob being filled: output is cut into blobs here, as
+    /// it is copied once from the read buffer (see `Recording::write_blob`).
+    gathering: [Vec<u8>; 2],
+    /// The interleaving not yet sent: (stream, bytes) in order.
+    runs: Vec<(Stream, u64)>,
     /// The cache directory and the key, to look for waiters.
     dir: std::path::PathBuf,
     key: String,
@@ -168,6 +184,8 @@ impl Recorder {
             });
         let mut recorder = Recorder {
             tx: Some(tx),
+            gathering: Default::default(),
+            runs: Vec::new(),
             dir,
             key: hex,
             shared,
@@ -180,13 +198,51 @@ impl Recorder {
         recorder
     }
 
-    /// Queues output for the store. It waits only while the queue is full
-    /// and the store is working; a store blocked behind another process's
-    /// lock has the recording dropped instead.
-    pub fn write(&mut self, stream: Stream, bytes: &[u8]) {
+    /// Takes output for the store, sending it on blob by blob. It waits
+    /// only while the queue is full and the store is working; a store
+    /// blocked behind another process's lock has the recording dropped
+    /// instead.
+    pub fn write(&mut self, stream: Stream, mut bytes: &[u8]) {
         if self.dropped.is_some() || bytes.is_empty() {
             return;
         }
+        match self.runs.last_mut() {
+            Some((last, len)) if *last == stream => *len += bytes.len() as u64,
+            _ => self.runs.push((stream, bytes.len() as u64)),
+        }
+        let index = stream as usize - 1;
+        while !bytes.is_empty() {
+            if self.gathering[index].capacity() == 0 {
+                self.gathering[index] = self.spare_buffer();
+            }
+            let gathering = &mut self.gathering[index];
+            let take = bytes.len().min(BLOB_BYTES - gathering.len());
+            gathering.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if gathering.len() == BLOB_BYTES {
+                let blob = std::mem::take(gathering);
+                self.send(Some((stream, blob)));
+                if self.dropped.is_some() {
+                    return;
+                }
+            }
+        }
+        if self.runs.len() >= MAX_RUNS {
+            // Output that switches streams at every read: its interleaving
+            // goes on without waiting for a blob.
+            self.send(None);
+        }
+    }
+
+    /// A buffer for a blob: one the store's thread is done with, if any.
+    fn spare_buffer(&self) -> Vec<u8> {
+        let spare = self.shared.0.lock().ok().and_then(|mut state| state.spare.pop());
+        spare.unwrap_or_else(|| Vec::with_capacity(BLOB_BYTES))
+    }
+
+    /// Queues a blob (if any) and the interleaving for the store's thread.
+    fn send(&mut self, blob: Option<(Stream, Vec<u8>)>) {
+        let len = blob.as_ref().map_or(0, |(_, bytes)| bytes.len());
         let shared = Arc::clone(&self.shared);
         let (lock, cond) = &*shared;
         let Ok(mut state) = lock.lock() else {
@@ -197,7 +253,7 @@ impl Recorder {
                 drop(state);
                 return self.drop_with(why);
             }
-            if state.queued == 0 || state.queued + bytes.len() <= QUEUE_BYTES {
+            if state.queued == 0 || state.queued + len <= QUEUE_BYTES {
                 break;
             }
             if busy_for() >= FULL_STALL {
@@ -209,16 +265,29 @@ impl Recorder {
                 Err(_) => return self.drop_with("the recorder failed".into()),
             };
         }
-        state.queued += bytes.len();
-        let mut copy = state.spare.pop().unwrap_or_default();
+        state.queued += len;
         drop(state);
-        copy.extend_from_slice(bytes);
+        let runs = std::mem::take(&mut self.runs);
         let sent = self
             .tx
             .as_ref()
-            .is_some_and(|tx| tx.send(Msg::Write(stream, copy, Instant::now())).is_ok());
+            .is_some_and(|tx| tx.send(Msg::Write(blob, runs, Instant::now())).is_ok());
         if !sent {
             self.drop_with("the recorder failed".into());
+        }
+    }
+
+    /// Sends what is left of the output: each stream's last, short blob
+    /// and the rest of the interleaving.
+    fn send_rest(&mut self) {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let gathering = std::mem::take(&mut self.gathering[stream as usize - 1]);
+            if !gathering.is_empty() && self.dropped.is_none() {
+                self.send(Some((stream, gathering)));
+            }
+        }
+        if !self.runs.is_empty() && self.dropped.is_none() {
+            self.send(None);
         }
     }
 
@@ -233,6 +302,7 @@ impl Recorder {
         keep: Keep,
         outputs: &[DeclaredPath],
     ) -> Result<(), String> {
+        self.send_rest();
         if let Some(why) = self.dropped.take() {
             return Err(why);
         }
@@ -335,15 +405,25 @@ fn record(
     not_busy();
     while let Ok(msg) = rx.recv() {
         match msg {
-            Msg::Write(stream, mut bytes, arrived) => {
-                let result = recording.write_arrived(stream, &bytes, arrived);
+            Msg::Write(blob, runs, arrived) => {
+                recording.push_runs(&runs);
+                let (result, len) = match blob {
+                    Some((stream, bytes)) => {
+                        let len = bytes.len();
+                        (recording.write_blob(stream, bytes, arrived), len)
+                    }
+                    None => (Ok(()), 0),
+                };
                 not_busy();
                 if let Ok(mut state) = lock.lock() {
-                    state.queued -= bytes.len();
-                    // A few, as many as fill the queue with full reads.
-                    if state.spare.len() < 8 {
-                        bytes.clear();
-                        state.spare.push(bytes);
+                    state.queued -= len;
+                    // As many as the queue and the blobs being filled hold.
+                    while state.spare.len() < SPARE_BUFFERS {
+                        let Some(mut spare) = recording.spare_buffer() else {
+                            break;
+                        };
+                        spare.clear();
+                        state.spare.push(spare);
                     }
                 }
                 cond.notify_all();

@@ -163,7 +163,7 @@ pub struct Recording<'s> {
     /// When the last full blob was handed on: the output's rate.
     last_flush: Instant,
     /// When the bytes being written arrived, if the writer says (see
-    /// [`Recording::write_arrived`]).
+    /// [`Recording::write_blob`]).
     arrived: Option<Instant>,
     /// Digests this recording has put, each used once.
     used: HashSet<Digest>,
@@ -172,19 +172,6 @@ pub struct Recording<'s> {
 }
 
 impl Recording<'_> {
-    /// [`Recording::write`] for a writer that records behind the output,
-    /// on a thread of its own: the output's rate, which picks the codec, is
-    /// measured from when the bytes arrived, not from when they are stored.
-    pub fn write_arrived(
-        &mut self,
-        stream: Stream,
-        bytes: &[u8],
-        arrived: Instant,
-    ) -> Result<(), StoreError> {
-        self.arrived = Some(arrived);
-        self.write(stream, bytes)
-    }
-
     /// Sets when the output began, for such a writer: its recording may
     /// begin after the first bytes arrived.
     pub fn output_began(&mut self, at: Instant) {
@@ -212,6 +199,32 @@ impl Recording<'_> {
         Ok(())
     }
 
+    /// Takes a blob cut by the writer: exactly [`BLOB_BYTES`] of `stream`,
+    /// or its last and shorter one. The interleaving comes apart, through
+    /// [`Recording::push_runs`]. A writer on another thread cuts blobs as
+    /// the output arrives, so the bytes are copied once, not twice.
+    pub fn write_blob(&mut self, stream: Stream, raw: Vec<u8>, arrived: Instant) -> Result<(), StoreError> {
+        debug_assert!(raw.len() <= BLOB_BYTES && self.gathering[stream as usize - 1].is_empty());
+        self.arrived = Some(arrived);
+        if raw.is_empty() {
+            return Ok(());
+        }
+        self.hand_on(stream, raw)
+    }
+
+    /// Appends to the interleaving: `len` bytes of a stream at a time, in
+    /// the order they arrived.
+    pub fn push_runs(&mut self, runs: &[(Stream, u64)]) {
+        for &(stream, len) in runs {
+            self.record.push_run(stream, len);
+        }
+    }
+
+    /// An emptied blob buffer the workers are done with, for the writer.
+    pub fn spare_buffer(&mut self) -> Option<Vec<u8>> {
+        self.spare.pop()
+    }
+
     /// Hands the stream's gathered blob to be compressed and stored.
     fn flush(&mut self, stream: Stream) -> Result<(), StoreError> {
         let index = stream as usize - 1;
@@ -220,6 +233,12 @@ impl Recording<'_> {
         }
         let next = self.spare.pop().unwrap_or_default();
         let raw = std::mem::replace(&mut self.gathering[index], next);
+        self.hand_on(stream, raw)
+    }
+
+    /// Compresses and stores one blob of `stream`: here if it is short and
+    /// nothing is in flight, else on the workers.
+    fn hand_on(&mut self, stream: Stream, raw: Vec<u8>) -> Result<(), StoreError> {
         if self.packer.is_none() && raw.len() < BLOB_BYTES {
             // Small and nothing in flight: compress here, in order.
             let compressor = match &mut self.compressor {
