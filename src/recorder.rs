@@ -403,7 +403,25 @@ fn record(
     };
     recording.output_began(began);
     not_busy();
-    while let Ok(msg) = rx.recv() {
+    loop {
+        let msg = match rx.try_recv() {
+            Ok(msg) => msg,
+            Err(mpsc::TryRecvError::Disconnected) => break,
+            Err(mpsc::TryRecvError::Empty) => {
+                // Nothing more to store for the moment: what is stored is
+                // committed, so no other writer waits on this one.
+                let settled = recording.settle();
+                not_busy();
+                if let Err(err) = settled {
+                    let _ = recording.abandon();
+                    return fail(failure(&store, "cannot store the result", &err));
+                }
+                match rx.recv() {
+                    Ok(msg) => msg,
+                    Err(_) => break,
+                }
+            }
+        };
         match msg {
             Msg::Write(blob, runs, arrived) => {
                 recording.push_runs(&runs);

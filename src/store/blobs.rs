@@ -23,7 +23,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, OptionalExtension};
 
 use super::{create_trusted_dir, Store, StoreError, BLOB_DIR};
 use crate::blob::{BlobError, BlobStore, Contents, Digest, BLOB_BYTES};
@@ -107,13 +107,10 @@ impl Store {
 
     /// Stores a compressed blob for `pending`: its use first, then the
     /// bytes, unless the blob is stored already. Returns the bytes stored.
-    /// One transaction for the three: a 1 GiB miss made 8192 commits
-    /// with two, and spent its time writing WAL frames twice.
+    /// The caller holds a transaction around it (see `Recording`'s batch).
     pub(super) fn put_packed(&self, pending: &Pending, packed: &Packed) -> Result<u64, StoreError> {
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         self.take_use(pending, &packed.digest)?;
         if self.blob_present(&packed.digest)? {
-            tx.commit()?;
             return Ok(0);
         }
         self.write_blob(
@@ -124,7 +121,6 @@ impl Store {
             packed.sum,
             packed.data(),
         )?;
-        tx.commit()?;
         Ok(packed.data().len() as u64)
     }
 
