@@ -1,0 +1,278 @@
+//! Shell completion, computed by lcrun itself for every shell (bash, zsh,
+//! fish, elvish, PowerShell) through clap's dynamic completion: the script
+//! a shell loads (`LCRUN_COMPLETE=bash lcrun`) only registers lcrun as its
+//! own completer, and each Tab runs `lcrun` with the words of the line.
+//!
+//! What clap cannot know is completed here: `-c/--cache-by` offers the kinds
+//! of expression and then, after `hash:`, `mtime:` and `git:`, paths; `cache
+//! show` and `cache clear` offer the keys in the cache (see
+//! [`crate::store::keys`]). Completing never prints an error into the shell
+//! and never creates or writes anything.
+
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use clap::Arg;
+use clap_complete::engine::{ArgValueCompleter, CompletionCandidate, PathCompleter, ValueCompleter};
+use clap_complete::env::{CompleteEnv, Elvish, EnvCompleter, Fish, Powershell, Shells};
+
+use crate::cli::{full_command, CACHE_BY_KINDS};
+use crate::exit::Exit;
+
+/// The variable that asks lcrun for completion instead of a run: set to a
+/// shell's name, lcrun prints that shell's registration script; the script
+/// sets it again on each Tab. lcrun's own prefix, so that an unrelated
+/// `COMPLETE` in a user's environment cannot turn a run into a script.
+pub const VAR: &str = "LCRUN_COMPLETE";
+
+/// The name the registration scripts run lcrun by: found on `PATH`, so
+/// that the committed scripts do not depend on where they were made.
+pub const BIN: &str = "lcrun";
+
+/// Whether lcrun was started to complete: [`VAR`] is set and not empty or
+/// `0` (clap's way to switch it off). One `getenv`, without allocating: this
+/// is on every run's path, a cache hit's included.
+pub fn requested() -> bool {
+    // SAFETY: getenv of a constant name; the pointer is only read at once,
+    // before anything in lcrun could change the environment.
+    let value = unsafe { libc::getenv(c"LCRUN_COMPLETE".as_ptr()) };
+    if value.is_null() {
+        return false;
+    }
+    // SAFETY: a non-null getenv result is a NUL-terminated string.
+    let value = unsafe { std::ffi::CStr::from_ptr(value) }.to_bytes();
+    !value.is_empty() && value != b"0"
+}
+
+/// Prints the registration script (no words after `--`) or the candidates
+/// for the words after `--`. A failure prints nothing but a status: a
+/// shell shows whatever a completer writes, in the middle of the line.
+pub fn run() -> Exit {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    remember_cache_dir(&args);
+    let current_dir = std::env::current_dir().ok();
+    let env = CompleteEnv::with_factory(command)
+        .var(VAR)
+        .completer(BIN)
+        .shells(Shells(&[&Bash, &Elvish, &Fish, &Powershell, &Zsh]));
+    match env.try_complete(args, current_dir.as_deref()) {
+        Ok(_) => Exit::Command(0),
+        Err(_) => Exit::Usage,
+    }
+}
+
+/// lcrun's whole command line with the completers clap cannot derive. Only
+/// for completion: a run parses with [`crate::cli::Cli`] alone.
+pub fn command() -> clap::Command {
+    let cache_by = |arg: Arg| arg.add(ArgValueCompleter::new(cache_by));
+    let keys = |arg: Arg| arg.add(ArgValueCompleter::new(keys));
+    full_command()
+        .mut_arg("cache_by", cache_by)
+        .mut_subcommand("explain", |explain| explain.mut_arg("cache_by", cache_by))
+        .mut_subcommand("cache", |cache| {
+            cache
+                .mut_subcommand("show", |show| show.mut_arg("key", keys))
+                .mut_subcommand("clear", |clear| clear.mut_arg("keys", keys))
+        })
+}
+
+/// `-c/--cache-by`: the kinds of expression that start with what was typed;
+/// after `hash:`, `mtime:` or `git:`, the paths that do.
+fn cache_by(current: &OsStr) -> Vec<CompletionCandidate> {
+    let bytes = current.as_encoded_bytes();
+    for kind in ["hash:", "mtime:", "git:"] {
+        if let Some(path) = bytes.strip_prefix(kind.as_bytes()) {
+            // SAFETY: split after an ASCII prefix of an encoded OsStr.
+            let path = unsafe { OsStr::from_encoded_bytes_unchecked(path) };
+            return PathCompleter::any()
+                .complete(path)
+                .into_iter()
+                .map(|candidate| candidate.add_prefix(kind))
+                .collect();
+        }
+    }
+    CACHE_BY_KINDS
+        .iter()
+        .filter(|kind| kind.as_bytes().starts_with(bytes))
+        .map(CompletionCandidate::new)
+        .collect()
+}
+
+/// `cache show KEY`, `cache clear KEY...`: the keys in the cache starting
+/// with what was typed, each with its command. Nothing when there is no
+/// cache or it cannot be read.
+fn keys(current: &OsStr) -> Vec<CompletionCandidate> {
+    let Some(typed) = current.to_str() else {
+        return Vec::new();
+    };
+    let dir = CACHE_DIR.get().cloned().flatten().or_else(|| {
+        std::env::var_os("LCRUN_CACHE_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+    });
+    let Ok(dir) = crate::inspect::cache_dir(dir) else {
+        return Vec::new();
+    };
+    crate::store::keys::candidates(&dir, typed)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| CompletionCandidate::new(c.text).help(Some(c.command.into())))
+        .collect()
+}
+
+/// The `--cache-dir` given on the line being completed, if any.
+static CACHE_DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+/// Finds `--cache-dir DIR` or `--cache-dir=DIR` among the words being
+/// completed (after lcrun's own `--`), for [`keys`].
+fn remember_cache_dir(args: &[OsString]) {
+    let words = args.iter().skip_while(|a| *a != "--").skip(1);
+    let mut found = None;
+    let mut words = words.peekable();
+    while let Some(word) = words.next() {
+        let bytes = word.as_encoded_bytes();
+        if bytes == b"--cache-dir" {
+            found = words.peek().map(PathBuf::from);
+        } else if let Some(dir) = bytes.strip_prefix(b"--cache-dir=") {
+            // SAFETY: split after an ASCII prefix of an encoded OsStr.
+            found = Some(PathBuf::from(unsafe { OsStr::from_encoded_bytes_unchecked(dir) }));
+        }
+    }
+    let _ = CACHE_DIR.set(found);
+}
+
+/// bash, as clap does it, but given the line as typed. bash splits the
+/// words of a line at `:` and `=` as well as at blanks (`-c hash:src` is
+/// `-c`, `hash`, `:`, `src`), which clap's completer cannot parse; so the
+/// script also passes the line up to the cursor, lcrun splits it at blanks
+/// only, and each candidate is cut to the part after bash's last break, the
+/// part bash replaces.
+struct Bash;
+
+/// The variable bash's script passes the line in.
+const BASH_LINE: &str = "_LCRUN_COMP_LINE";
+
+impl EnvCompleter for Bash {
+    fn name(&self) -> &'static str {
+        clap_complete::env::Bash.name()
+    }
+
+    fn is(&self, name: &str) -> bool {
+        clap_complete::env::Bash.is(name)
+    }
+
+    fn write_registration(
+        &self,
+        var: &str,
+        name: &str,
+        bin: &str,
+        completer: &str,
+        buf: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        let mut script = Vec::new();
+        clap_complete::env::Bash.write_registration(var, name, bin, completer, &mut script)?;
+        let script = String::from_utf8_lossy(&script);
+        let pass = "        _CLAP_IFS=\"$IFS\" \\\n";
+        if !script.contains(pass) {
+            return Err(std::io::Error::other("clap's bash script changed"));
+        }
+        let line = format!("{pass}        {BASH_LINE}=\"${{COMP_LINE:0:COMP_POINT}}\" \\\n");
+        buf.write_all(script.replacen(pass, &line, 1).as_bytes())
+    }
+
+    fn write_complete(
+        &self,
+        cmd: &mut clap::Command,
+        args: Vec<OsString>,
+        current_dir: Option<&std::path::Path>,
+        buf: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        let Some(line) = std::env::var_os(BASH_LINE) else {
+            return clap_complete::env::Bash.write_complete(cmd, args, current_dir, buf);
+        };
+        let index: usize = std::env::var("_CLAP_COMPLETE_INDEX")
+            .ok()
+            .and_then(|i| i.parse().ok())
+            .unwrap_or_default();
+        // bash's own word under the cursor: what it will replace.
+        let bash_word = args.get(index).cloned().unwrap_or_default();
+        let bytes = line.as_encoded_bytes();
+        let mut words: Vec<OsString> = bytes
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|w| !w.is_empty())
+            // SAFETY: split at ASCII bytes of an encoded OsStr.
+            .map(|w| unsafe { OsStr::from_encoded_bytes_unchecked(w) }.to_owned())
+            .collect();
+        if bytes.last().is_none_or(|b| b.is_ascii_whitespace()) {
+            words.push(OsString::new());
+        }
+        let current = words.last().cloned().unwrap_or_default();
+        let typed = current.as_encoded_bytes();
+        let cut = if typed.ends_with(bash_word.as_encoded_bytes()) {
+            typed.len() - bash_word.len()
+        } else {
+            0
+        };
+        let index = words.len() - 1;
+        let candidates = clap_complete::engine::complete(cmd, words, index, current_dir)?;
+        let ifs = std::env::var("_CLAP_IFS").unwrap_or_else(|_| "\n".to_owned());
+        for (i, candidate) in candidates.iter().enumerate() {
+            if i != 0 {
+                buf.write_all(ifs.as_bytes())?;
+            }
+            let value = candidate.get_value().as_encoded_bytes();
+            buf.write_all(value.get(cut..).unwrap_or(value))?;
+        }
+        Ok(())
+    }
+}
+
+/// zsh, as clap does it, but also as a file on `fpath` (`_lcrun`, loaded by
+/// compinit on the first Tab): clap's script only registers its function,
+/// so that first Tab would complete nothing. Run as `_lcrun`, it completes
+/// at once, as clap's static zsh scripts do.
+struct Zsh;
+
+impl EnvCompleter for Zsh {
+    fn name(&self) -> &'static str {
+        clap_complete::env::Zsh.name()
+    }
+
+    fn is(&self, name: &str) -> bool {
+        clap_complete::env::Zsh.is(name)
+    }
+
+    fn write_registration(
+        &self,
+        var: &str,
+        name: &str,
+        bin: &str,
+        completer: &str,
+        buf: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        let mut script = Vec::new();
+        clap_complete::env::Zsh.write_registration(var, name, bin, completer, &mut script)?;
+        let script = String::from_utf8_lossy(&script);
+        let function = format!("_clap_dynamic_completer_{}", name.replace('-', "_"));
+        let register = format!("compdef {function} {bin}\n");
+        if !script.ends_with(&register) {
+            return Err(std::io::Error::other("clap's zsh script changed"));
+        }
+        let body = &script[..script.len() - register.len()];
+        let either = format!(
+            "if [ \"$funcstack[1]\" = \"_{bin}\" ]; then\n    {function} \"$@\"\nelse\n    {register}fi\n"
+        );
+        buf.write_all(format!("{body}{either}").as_bytes())
+    }
+
+    fn write_complete(
+        &self,
+        cmd: &mut clap::Command,
+        args: Vec<OsString>,
+        current_dir: Option<&std::path::Path>,
+        buf: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        clap_complete::env::Zsh.write_complete(cmd, args, current_dir, buf)
+    }
+}
