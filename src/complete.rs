@@ -49,13 +49,25 @@ pub fn requested() -> bool {
 /// for the words after `--`. A failure prints nothing but a status: a
 /// shell shows whatever a completer writes, in the middle of the line.
 pub fn run() -> Exit {
+    let shells = Shells(&[&Bash, &Elvish, &Fish, &Powershell, &Zsh]);
+    // Only a person sets a wrong name (the scripts set a right one): say so.
+    let name = std::env::var_os(VAR).unwrap_or_default();
+    if name.to_str().and_then(|n| shells.completer(n)).is_none() {
+        let names: Vec<&str> = shells.names().collect();
+        crate::messages::error(format!(
+            "{VAR}={}: not a shell lcrun completes for (expected {})",
+            name.to_string_lossy(),
+            names.join(", ")
+        ));
+        return Exit::Usage;
+    }
     let args: Vec<OsString> = std::env::args_os().collect();
     remember_cache_dir(&args);
     let current_dir = std::env::current_dir().ok();
     let env = CompleteEnv::with_factory(command)
         .var(VAR)
         .completer(BIN)
-        .shells(Shells(&[&Bash, &Elvish, &Fish, &Powershell, &Zsh]));
+        .shells(shells);
     match env.try_complete(args, current_dir.as_deref()) {
         Ok(_) => Exit::Command(0),
         Err(_) => Exit::Usage,

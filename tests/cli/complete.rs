@@ -205,13 +205,26 @@ fn bash_offers_no_keys_from_a_missing_damaged_or_foreign_cache() {
         Vec::<String>::new()
     );
     // A damaged database, and a cache others may write in.
-    let (env, _) = cache_with_entries();
+    let (env, keys) = cache_with_entries();
+    assert_eq!(keys_only(bash_completes(&env, "lcrun cache show ")), keys);
     std::fs::set_permissions(&env.cache, std::fs::Permissions::from_mode(0o777)).unwrap();
     assert_eq!(
         keys_only(bash_completes(&env, "lcrun cache show ")),
         Vec::<String>::new()
     );
     std::fs::set_permissions(&env.cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Another user's (the tests run as root in CI; elsewhere chown fails
+    // and this part checks nothing).
+    let cache = std::ffi::CString::new(env.cache.to_str().unwrap()).unwrap();
+    // SAFETY: chown of a path this test made.
+    if unsafe { libc::chown(cache.as_ptr(), 65534, 65534) } == 0 {
+        assert_eq!(
+            keys_only(bash_completes(&env, "lcrun cache show ")),
+            Vec::<String>::new()
+        );
+        // SAFETY: as above, back to ours.
+        unsafe { libc::chown(cache.as_ptr(), libc::geteuid(), libc::getegid()) };
+    }
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", env.db().display()));
     }
@@ -435,4 +448,43 @@ fn zsh_completes_cache_keys() {
     let shown = zsh_after_tab(&empty, "lcrun cache show 0");
     assert!(!shown.contains("lcrun:"), "{shown:?}");
     assert!(!empty.cache.exists());
+}
+
+#[test]
+fn the_completion_variable_asks_for_a_known_shell_and_is_off_when_empty() {
+    let env = Env::new();
+    let out = env
+        .lcrun()
+        .env("LCRUN_COMPLETE", "bogus")
+        .args(["--", "echo", "ran"])
+        .output()
+        .unwrap();
+    assert_code(&out, 125);
+    assert_eq!(stdout(&out), "");
+    assert!(
+        stderr(&out).starts_with("lcrun: LCRUN_COMPLETE=bogus: "),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    // Empty or 0: a run as any other.
+    for off in ["", "0"] {
+        let out = env
+            .lcrun()
+            .env("LCRUN_COMPLETE", off)
+            .args(["--", "echo", "ran"])
+            .output()
+            .unwrap();
+        assert_code(&out, 0);
+        assert_eq!(stdout(&out), "ran\n");
+    }
+    // Clap's generic variable is not lcrun's: a run as any other.
+    let out = env
+        .lcrun()
+        .env("COMPLETE", "bash")
+        .args(["--", "echo", "ran"])
+        .output()
+        .unwrap();
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "ran\n");
 }
