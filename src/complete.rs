@@ -17,7 +17,7 @@ use clap::Arg;
 use clap_complete::engine::{ArgValueCompleter, CompletionCandidate, PathCompleter, ValueCompleter};
 use clap_complete::env::{CompleteEnv, Elvish, EnvCompleter, Fish, Powershell, Shells};
 
-use crate::cli::{full_command, CACHE_BY_KINDS};
+use crate::cli::{full_command, RunArgs, CACHE_BY_KINDS};
 use crate::exit::Exit;
 
 /// The variable that asks lcrun for completion instead of a run: set to a
@@ -62,9 +62,16 @@ pub fn run() -> Exit {
         return Exit::Usage;
     }
     let args: Vec<OsString> = std::env::args_os().collect();
-    remember_cache_dir(&args);
+    let line = LINE.get_or_init(|| Line::read(&args));
+    let factory = || {
+        if line.in_command {
+            command_only()
+        } else {
+            command()
+        }
+    };
     let current_dir = std::env::current_dir().ok();
-    let env = CompleteEnv::with_factory(command)
+    let env = CompleteEnv::with_factory(factory)
         .var(VAR)
         .completer(BIN)
         .shells(shells);
@@ -77,16 +84,27 @@ pub fn run() -> Exit {
 /// lcrun's whole command line with the completers clap cannot derive. Only
 /// for completion: a run parses with [`crate::cli::Cli`] alone.
 pub fn command() -> clap::Command {
-    let cache_by = |arg: Arg| arg.add(ArgValueCompleter::new(cache_by));
     let keys = |arg: Arg| arg.add(ArgValueCompleter::new(keys));
-    full_command()
-        .mut_arg("cache_by", cache_by)
-        .mut_subcommand("explain", |explain| explain.mut_arg("cache_by", cache_by))
+    with_run_completers(full_command())
+        .mut_subcommand("explain", with_run_completers)
         .mut_subcommand("cache", |cache| {
             cache
                 .mut_subcommand("show", |show| show.mut_arg("key", keys))
                 .mut_subcommand("clear", |clear| clear.mut_arg("keys", keys))
         })
+}
+
+/// lcrun's options without its subcommands: after `lcrun ... --`, where
+/// `cache` or `progress` is a command's name, not lcrun's subcommand.
+fn command_only() -> clap::Command {
+    with_run_completers(<RunArgs as clap::Args>::augment_args(clap::Command::new("lcrun")))
+}
+
+/// `command` with the completers of a run's `-c` and of its command.
+fn with_run_completers(command: clap::Command) -> clap::Command {
+    command
+        .mut_arg("cache_by", |arg| arg.add(ArgValueCompleter::new(cache_by)))
+        .mut_arg("command", |arg| arg.add(ArgValueCompleter::new(command_words)))
 }
 
 /// `-c/--cache-by`: the kinds of expression that start with what was typed;
@@ -111,6 +129,35 @@ fn cache_by(current: &OsStr) -> Vec<CompletionCandidate> {
         .collect()
 }
 
+/// The command after `--`: its name first (a program on `PATH`, or a
+/// path when it has a `/`), then its arguments (paths).
+fn command_words(current: &OsStr) -> Vec<CompletionCandidate> {
+    let typed = current.as_encoded_bytes();
+    let Some(line) = LINE.get().filter(|line| line.escaped) else {
+        // Before `--` the command cannot start.
+        return Vec::new();
+    };
+    if !line.command_name || typed.contains(&b'/') {
+        return PathCompleter::any().complete(current);
+    }
+    let dirs = std::env::var_os("PATH").map_or_else(Vec::new, |path| std::env::split_paths(&path).collect());
+    let mut names: Vec<OsString> = dirs
+        .into_iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().as_encoded_bytes().starts_with(typed))
+        .filter(|entry| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .map(|entry| entry.file_name())
+        .collect();
+    names.sort();
+    names.dedup();
+    names.into_iter().map(CompletionCandidate::new).collect()
+}
+
 /// `cache show KEY`, `cache clear KEY...`: the keys in the cache starting
 /// with what was typed, each with its command. Nothing when there is no
 /// cache or it cannot be read.
@@ -118,7 +165,7 @@ fn keys(current: &OsStr) -> Vec<CompletionCandidate> {
     let Some(typed) = current.to_str() else {
         return Vec::new();
     };
-    let dir = CACHE_DIR.get().cloned().flatten().or_else(|| {
+    let dir = LINE.get().and_then(|line| line.cache_dir.clone()).or_else(|| {
         std::env::var_os("LCRUN_CACHE_DIR")
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
@@ -133,25 +180,62 @@ fn keys(current: &OsStr) -> Vec<CompletionCandidate> {
         .collect()
 }
 
-/// The `--cache-dir` given on the line being completed, if any.
-static CACHE_DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+/// What the completers need to know of the line beyond the word itself.
+static LINE: OnceLock<Line> = OnceLock::new();
 
-/// Finds `--cache-dir DIR` or `--cache-dir=DIR` among the words being
-/// completed (after lcrun's own `--`), for [`keys`].
-fn remember_cache_dir(args: &[OsString]) {
-    let words = args.iter().skip_while(|a| *a != "--").skip(1);
-    let mut found = None;
-    let mut words = words.peekable();
-    while let Some(word) = words.next() {
-        let bytes = word.as_encoded_bytes();
-        if bytes == b"--cache-dir" {
-            found = words.peek().map(PathBuf::from);
-        } else if let Some(dir) = bytes.strip_prefix(b"--cache-dir=") {
-            // SAFETY: split after an ASCII prefix of an encoded OsStr.
-            found = Some(PathBuf::from(unsafe { OsStr::from_encoded_bytes_unchecked(dir) }));
+/// The line being completed, up to the cursor.
+#[derive(Debug, Default)]
+struct Line {
+    /// The word is after lcrun's `--`.
+    escaped: bool,
+    /// The word is part of the command to run: after `--`, in a run (not
+    /// after `lcrun cache` or `lcrun explain`'s own words).
+    in_command: bool,
+    /// The word is the command's name: right after `--`.
+    command_name: bool,
+    /// `--cache-dir DIR` or `--cache-dir=DIR`, if given.
+    cache_dir: Option<PathBuf>,
+}
+
+impl Line {
+    /// Reads lcrun's arguments as the registration scripts give them:
+    /// `lcrun -- lcrun WORD... CURRENT [WORDS AFTER THE CURSOR]`, with the
+    /// index of the current word in `_CLAP_COMPLETE_INDEX` where the shell
+    /// passes words after the cursor (bash, zsh).
+    fn read(args: &[OsString]) -> Line {
+        let mut words: Vec<&OsString> = args.iter().skip_while(|a| *a != "--").skip(1).collect();
+        let index = std::env::var("_CLAP_COMPLETE_INDEX")
+            .ok()
+            .and_then(|i| i.parse::<usize>().ok());
+        if let Some(index) = index {
+            words.truncate(index + 1);
+        }
+        let Some((_current, before)) = words.split_last() else {
+            return Line::default();
+        };
+        let escape = before.iter().position(|w| *w == "--");
+        let subcommand = before
+            .get(1)
+            .and_then(|w| w.to_str())
+            .is_some_and(|w| full_command().find_subcommand(w).is_some());
+        let mut cache_dir = None;
+        let mut rest = before.iter().skip(1).peekable();
+        while let Some(word) = rest.next() {
+            let bytes = word.as_encoded_bytes();
+            if bytes == b"--cache-dir" {
+                cache_dir = rest.peek().map(PathBuf::from);
+            } else if let Some(dir) = bytes.strip_prefix(b"--cache-dir=") {
+                // SAFETY: split after an ASCII prefix of an encoded OsStr.
+                cache_dir = Some(PathBuf::from(unsafe { OsStr::from_encoded_bytes_unchecked(dir) }));
+            }
+        }
+        Line {
+            escaped: escape.is_some(),
+            in_command: escape.is_some() && !subcommand,
+            command_name: escape.is_some_and(|e| e + 1 == before.len()),
+            cache_dir,
         }
     }
-    let _ = CACHE_DIR.set(found);
 }
 
 /// bash, as clap does it, but given the line as typed. bash splits the

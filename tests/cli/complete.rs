@@ -488,3 +488,31 @@ fn the_completion_variable_asks_for_a_known_shell_and_is_off_when_empty() {
     assert_code(&out, 0);
     assert_eq!(stdout(&out), "ran\n");
 }
+
+#[test]
+fn after_the_double_dash_the_command_name_then_paths() {
+    let env = completion_tree();
+    for (shell, complete) in [
+        ("bash", bash_completes as fn(&Env, &str) -> Vec<String>),
+        ("fish", fish_completes),
+    ] {
+        assert_eq!(complete(&env, "lcrun -- make sr"), ["src/", "srv.txt"], "{shell}");
+        assert_eq!(
+            complete(&env, "lcrun -c git -- ./sr"),
+            ["./src/", "./srv.txt"],
+            "{shell}"
+        );
+        assert_eq!(
+            complete(&env, "lcrun explain -- cat sr"),
+            ["src/", "srv.txt"],
+            "{shell}"
+        );
+        // The name: programs on PATH, not lcrun's subcommands.
+        let names = complete(&env, "lcrun -- ech");
+        assert!(names.contains(&"echo".to_owned()), "{shell}: {names:?}");
+        let names = complete(&env, "lcrun -- cach");
+        assert!(!names.contains(&"cache".to_owned()), "{shell}: {names:?}");
+        // Before `--`, no command yet: the subcommand.
+        assert_eq!(complete(&env, "lcrun cach"), ["cache"], "{shell}");
+    }
+}
