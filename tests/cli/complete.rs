@@ -186,6 +186,8 @@ fn bash_completes_cache_keys() {
     let empty = Env::new();
     let line = format!("lcrun cache show --cache-dir {} ", env.cache.display());
     assert_eq!(keys_only(bash_completes(&empty, &line)), keys);
+    let line = format!("lcrun cache clear --cache-dir={} {typed}", env.cache.display());
+    assert_eq!(bash_completes(&empty, &line), some);
 }
 
 #[test]
