@@ -145,6 +145,9 @@ time_pairs 'inspect!' 5 "env LCRUN_CACHE_DIR=$big_cache $lcrun cache stats --jso
 row "cache stats --json, 100,000 entries (ms)" "$(pair_ms inspect 0)" "<= 150"
 row "cache list --json, 100,000 entries (ms)" "$(pair_ms inspect 1)" "<= 1500"
 row "cache list --json, 100,000 entries, peak KiB" "$(peak_kib env LCRUN_CACHE_DIR="$big_cache" "$lcrun" cache list --json)" "bounded"
+# A shell's Tab after `lcrun cache show 0` (6,000 keys match; 100 offered).
+time_pairs 'complete!' 5 "env LCRUN_CACHE_DIR=$big_cache LCRUN_COMPLETE=fish $lcrun -- lcrun cache show 0"
+row "completing cache keys, 100,000 entries (ms)" "$(pair_ms complete 0)" "fast"
 PAIRS_ANY_STATUS=1 time_pairs 'explainbig!' "$runs" "env LCRUN_CACHE_DIR=$big_cache $lcrun explain -- echo not-stored" -- "env LCRUN_CACHE_DIR=$big_cache $lcrun explain -- echo hi"
 row "explain of a miss vs a hit, 100,000 entries" "$(pair_ratio explainbig 0 1)" "<= 3"
 # A write (--refresh: run and store again) with and without a size cap; the

@@ -54,6 +54,19 @@ pub fn open(path: &Path) -> Result<Db, StoreError> {
     Ok(Db { conn, id })
 }
 
+/// Opens `path` for reading only, after the same ownership checks as
+/// [`open`]; `None` when there is no database. Nothing is created or
+/// written: for shell completion, which runs on every Tab.
+pub fn open_read_only(path: &Path) -> Result<Option<Connection>, StoreError> {
+    if check_files(path)?.is_none() {
+        return Ok(None);
+    }
+    configure_sqlite();
+    let flags =
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    Ok(Some(Connection::open_with_flags(path, flags)?))
+}
+
 /// Makes a database being created a WAL database. It holds nothing to lose
 /// yet: a power cut while it is created leaves at worst a damaged file,
 /// which is moved aside; so no fsyncs (creating `cache.db` took 7 with

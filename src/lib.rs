@@ -10,6 +10,7 @@ pub mod app;
 pub mod blob;
 pub mod claim;
 pub mod cli;
+pub mod complete;
 pub mod compress;
 pub mod db;
 pub mod deadline;

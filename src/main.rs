@@ -74,6 +74,10 @@ fn start_up() {
 
 /// Parses the command line and runs it.
 fn lcrun() -> Exit {
+    // A shell asking for completions (one getenv on every other run).
+    if lcrun::complete::requested() {
+        return lcrun::complete::run();
+    }
     let cli = match Cli::parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(err) if outside_lcrun_progress(&err) => return Exit::Command(0),

@@ -34,6 +34,7 @@ pub mod blobs;
 pub mod chain;
 mod hits;
 pub mod inspect;
+pub mod keys;
 pub mod record;
 mod recording;
 mod recover;

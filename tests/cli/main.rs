@@ -6,6 +6,7 @@
 
 mod util;
 
+mod complete;
 mod concurrency;
 mod foundation;
 mod inputs;

@@ -1,14 +1,16 @@
-//! The shell completions in `completions/` and the man pages in `man/` (one
-//! for lcrun, one per subcommand) are generated from the clap definition and
-//! the manual text in `lcrun::cli::MANUAL`; this fails when they are stale.
+//! The shell completions in `completions/` (what `LCRUN_COMPLETE=<shell>
+//! lcrun` prints) and the man pages in `man/` (one for lcrun, one per
+//! subcommand, from the clap definition and the manual text in
+//! `lcrun::cli::MANUAL`) are generated; this fails when they are stale.
 //! Regenerate with `LCRUN_BLESS=1 cargo test --test cli packaging`.
 
 use std::path::Path;
 
-use clap_complete::Shell;
 use clap_mangen::roff::{bold, roman, Inline, Roff};
 use clap_mangen::Man;
-use lcrun::cli::{CACHE_BY_KINDS, MANUAL};
+use lcrun::cli::MANUAL;
+
+use crate::util::*;
 
 fn check(path: &str, fresh: Vec<u8>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
@@ -25,185 +27,32 @@ fn check(path: &str, fresh: Vec<u8>) {
     );
 }
 
-/// Each shell, and where its completion script is kept.
-pub const COMPLETIONS: [(Shell, &str); 5] = [
-    (Shell::Bash, "completions/lcrun.bash"),
-    (Shell::Zsh, "completions/_lcrun"),
-    (Shell::Fish, "completions/lcrun.fish"),
-    (Shell::Elvish, "completions/lcrun.elv"),
-    (Shell::PowerShell, "completions/_lcrun.ps1"),
+/// Each shell, by the name lcrun takes in `LCRUN_COMPLETE`, and where its
+/// completion script is kept.
+pub const COMPLETIONS: [(&str, &str); 5] = [
+    ("bash", "completions/lcrun.bash"),
+    ("zsh", "completions/_lcrun"),
+    ("fish", "completions/lcrun.fish"),
+    ("elvish", "completions/lcrun.elv"),
+    ("powershell", "completions/_lcrun.ps1"),
 ];
 
 #[test]
 fn completions_are_current() {
     for (shell, file) in COMPLETIONS {
-        check(file, completion(shell).into_bytes());
+        check(file, completion(shell));
     }
 }
 
-/// clap's script for `shell`, with `-c/--cache-by` completing the kinds of
-/// expression and then, after `hash:`, `mtime:` and `git:`, paths. clap
-/// completes either a list of values or paths, not both; the bash, zsh and
-/// fish and elvish scripts get a small function of their own for it.
-pub fn completion(shell: Shell) -> String {
-    let mut buf = Vec::new();
-    clap_complete::generate(shell, &mut lcrun::cli::full_command(), "lcrun", &mut buf);
-    let script = String::from_utf8(buf).unwrap();
-    let kinds = CACHE_BY_KINDS.join(" ");
-    match shell {
-        Shell::Bash => {
-            let script = replace(
-                &script,
-                "complete -F _lcrun ",
-                "complete -F _lcrun_cache_by_or_clap ",
-                2,
-            );
-            let hook = "if [[ \"${BASH_VERSINFO[0]}\" -eq 4 &&";
-            replace(
-                &script,
-                hook,
-                &format!("{}\n{hook}", BASH.replace("KINDS", &kinds)),
-                1,
-            )
-        }
-        Shell::Zsh => {
-            let escaped = CACHE_BY_KINDS.map(|k| k.replace(':', "\\:")).join(" ");
-            let script = replace(
-                &script,
-                &format!(":EXPR:({escaped})'"),
-                ":EXPR:_lcrun_cache_by'",
-                // `lcrun`'s own options, and those of `lcrun explain`.
-                4,
-            );
-            let with_colon: Vec<&str> = CACHE_BY_KINDS.into_iter().filter(|k| k.ends_with(':')).collect();
-            let bare: Vec<&str> = CACHE_BY_KINDS.into_iter().filter(|k| !k.ends_with(':')).collect();
-            let function = ZSH
-                .replace("WITH_COLON", &with_colon.join(" "))
-                .replace("BARE", &bare.join(" "));
-            let hook = "if [ \"$funcstack[1]\" = \"_lcrun\" ]; then";
-            replace(&script, hook, &format!("{function}\n{hook}"), 1)
-        }
-        Shell::Fish => {
-            let listed: Vec<String> = CACHE_BY_KINDS.iter().map(|k| format!("{k}\\t''")).collect();
-            let listed = format!("-a \"{}\"", listed.join("\n"));
-            let script = replace(&script, &listed, "-a \"(__fish_lcrun_cache_by)\"", 2);
-            format!("{script}{}", FISH.replace("KINDS", &kinds))
-        }
-        Shell::Elvish => format!("{script}{}", ELVISH.replace("KINDS", &kinds)),
-        _ => script,
-    }
+/// What `LCRUN_COMPLETE=<shell> lcrun` prints: the script that makes the
+/// shell ask lcrun for its completions.
+pub fn completion(shell: &str) -> Vec<u8> {
+    let out = Env::new().lcrun().env("LCRUN_COMPLETE", shell).output().unwrap();
+    assert_code(&out, 0);
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+    assert!(!out.stdout.is_empty(), "no script for {shell}");
+    out.stdout
 }
-
-/// `text` with `from` replaced; it must occur `times` times, so a change in
-/// clap's output fails here rather than leaving a script without the patch.
-fn replace(text: &str, from: &str, to: &str, times: usize) -> String {
-    assert_eq!(text.matches(from).count(), times, "{from:?} in:\n{text}");
-    text.replace(from, to)
-}
-
-const BASH: &str = r#"# -c/--cache-by: the kinds of expression, then paths after hash:, mtime:
-# and git:. bash splits words at ':', so the word is read from the line.
-_lcrun_cache_by() {
-    local line="${COMP_LINE:0:COMP_POINT}" words=() cur="" prev="" kind f
-    read -ra words <<< "$line"
-    if [[ "$line" == *[[:space:]] ]]; then
-        prev="${words[${#words[@]}-1]}"
-    elif [[ ${#words[@]} -ge 2 ]]; then
-        cur="${words[${#words[@]}-1]}"
-        prev="${words[${#words[@]}-2]}"
-    fi
-    [[ "$prev" == -c || "$prev" == --cache-by ]] || return 1
-    local candidates=()
-    case "$cur" in
-        hash:*|mtime:*|git:*)
-            kind="${cur%%:*}"
-            while IFS= read -r f; do
-                [[ -d "$f" ]] && f="$f/"
-                candidates+=("$kind:$f")
-            done < <(compgen -f -- "${cur#*:}")
-            ;;
-        *)
-            while IFS= read -r f; do
-                candidates+=("$f")
-            done < <(compgen -W "KINDS" -- "$cur")
-            ;;
-    esac
-    # bash replaces only what follows the word's last ':'.
-    if [[ "$COMP_WORDBREAKS" == *:* && "$cur" == *:* ]]; then
-        local typed="${cur%"${cur##*:}"}"
-        candidates=("${candidates[@]#"$typed"}")
-    fi
-    COMPREPLY=("${candidates[@]}")
-    for f in "${COMPREPLY[@]}"; do
-        [[ "$f" == *[:/] ]] && compopt -o nospace 2>/dev/null
-    done
-    return 0
-}
-
-_lcrun_cache_by_or_clap() {
-    _lcrun_cache_by || _lcrun "$@"
-}
-"#;
-
-const ZSH: &str = r#"# -c/--cache-by: the kinds of expression, then paths after hash:, mtime:
-# and git:.
-(( $+functions[_lcrun_cache_by] )) ||
-_lcrun_cache_by() {
-    if compset -P '(hash|mtime|git):'; then
-        _files
-    else
-        compadd -S '' -- WITH_COLON
-        compadd -- BARE
-    fi
-}
-"#;
-
-const FISH: &str = r#"
-# -c/--cache-by: the kinds of expression, then paths after hash:, mtime:
-# and git:.
-# (clap's lines complete an option's value only in the --opt=value form.)
-function __fish_lcrun_after_cache_by
-    set -l words (commandline -opc)
-    contains -- $words[-1] -c --cache-by
-end
-
-function __fish_lcrun_cache_by
-    set -l cur (string replace -r '^--cache-by=' '' -- (commandline -ct))
-    if string match -qr '^(hash|mtime|git):' -- $cur
-        set -l kind (string split -m1 : -- $cur)[1]
-        for path in (__fish_complete_path (string replace -r '^[^:]*:' '' -- $cur))
-            printf '%s:%s\n' $kind $path
-        end
-    else
-        printf '%s\n' KINDS
-    end
-end
-
-complete -c lcrun -n __fish_lcrun_after_cache_by -f -a "(__fish_lcrun_cache_by)"
-"#;
-
-const ELVISH: &str = r#"
-# -c/--cache-by: the kinds of expression, then paths after hash:, mtime:
-# and git:.
-use re
-var lcrun-clap~ = $edit:completion:arg-completer[lcrun]
-set edit:completion:arg-completer[lcrun] = {|@words|
-    if (and (> (count $words) 2) (has-value [-c --cache-by] $words[-2])) {
-        var cur = $words[-1]
-        var found = [(re:find '^(hash|mtime|git):(.*)$' $cur)]
-        if (> (count $found) 0) {
-            var kind = $found[0][groups][1][text]
-            edit:complete-filename $found[0][groups][2][text] | each {|c|
-                edit:complex-candidate $kind':'$c[stem] &code-suffix=$c[code-suffix]
-            }
-        } else {
-            put KINDS
-        }
-    } else {
-        lcrun-clap $@words
-    }
-}
-"#;
 
 /// Every man page: `lcrun.1` and `lcrun-SUBCOMMAND.1` for each subcommand.
 pub fn man_pages() -> Vec<(String, Vec<u8>)> {
