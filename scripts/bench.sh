@@ -301,7 +301,7 @@ echo
 printf '%-48s %20s %8s\n' "metric" "median (spread)" "goal"
 printf '%s\n' "${rows[@]}"
 echo
-printf 'medians (ms): hit %s, bkt hit %s, echo %s; 1 GiB miss %s, cat|cat %s; replay %s, cat %s\n' \
-    "$(pair_ms hit 0)" "$(pair_ms hit 1)" "$(pair_ms hit 2)" "$(pair_ms bigmiss 0)" "$(pair_ms bigmiss 1)" \
+printf 'medians (ms): hit %s, bkt hit %s, echo %s; %s MiB miss %s, cat|cat %s; replay %s, cat %s\n' \
+    "$(pair_ms hit 0)" "$(pair_ms hit 1)" "$(pair_ms hit 2)" "$big_mib" "$(pair_ms bigmiss 0)" "$(pair_ms bigmiss 1)" \
     "$(pair_ms bighit 0)" "$(pair_ms bighit 1)"
 echo "machine: $(nproc) cores, $(uname -m), $(date -u +%F)"
