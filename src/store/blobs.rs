@@ -113,8 +113,14 @@ impl Store {
         if self.blob_present(&packed.digest)? {
             return Ok(0);
         }
+        self.write_packed(&pending.pack, packed)
+    }
+
+    /// Writes a packed blob that is not stored yet (see [`Store::write_blob`]);
+    /// returns the bytes stored.
+    fn write_packed(&self, pack: &RefCell<Option<Pack>>, packed: &Packed) -> Result<u64, StoreError> {
         self.write_blob(
-            &pending.pack,
+            pack,
             &packed.digest,
             packed.codec,
             packed.raw.len(),
@@ -447,15 +453,8 @@ impl LocalBlobs<'_> {
     /// has one.
     pub(super) fn write_packed(&self, packed: &Packed) -> Result<(), StoreError> {
         let pack = self.pending.map_or(&self.pack, |pending| &pending.pack);
-        self.store.write_blob(
-            pack,
-            &packed.digest,
-            packed.codec,
-            packed.raw.len(),
-            packed.sum,
-            packed.data(),
-        )?;
-        self.stored.set(self.stored.get() + packed.data().len() as u64);
+        let stored = self.store.write_packed(pack, packed)?;
+        self.stored.set(self.stored.get() + stored);
         Ok(())
     }
 
