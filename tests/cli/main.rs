@@ -6,6 +6,7 @@
 
 mod util;
 
+mod attack;
 mod concurrency;
 mod foundation;
 mod inputs;
