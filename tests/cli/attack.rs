@@ -123,3 +123,26 @@ fn a_multi_blob_output_is_stored_when_workers_cannot_start() {
     );
     assert_eq!(stderr(&hit), "", "a hit: the command did not run");
 }
+
+/// A replay of stdout longer than one blob decodes on the calling thread
+/// when no worker can start, as a one-blob replay does: threads that cannot
+/// start are not damage, and must not drop a good entry. (Older than the
+/// commits under attack: cb0ba67 fails this too.)
+#[test]
+fn a_multi_blob_stdout_is_replayed_when_no_thread_can_start() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run lcrun as nobody under RLIMIT_NPROC");
+        return;
+    }
+    let env = nobody_env();
+    let args = ["--", "cat", "src.bin"];
+    let first = run_as_nobody(&env, 1 << 16, &args);
+    assert_code(&first, 0);
+    let hit = run_as_nobody(&env, 1, &args);
+    assert_code(&hit, 0);
+    assert_eq!(stderr(&hit), "", "a hit says nothing");
+    assert!(
+        hit.stdout == fs::read(env.path("src.bin")).unwrap(),
+        "replayed byte for byte"
+    );
+}
