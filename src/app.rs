@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::blob::BlobError;
 use crate::claim::{self, Claim, Waiting};
 use crate::cli::{CacheMode, Cli, ProgressMode, RunArgs, Sub};
 use crate::deadline::Deadline;
@@ -285,11 +286,18 @@ impl Run<'_> {
         let store = cache.store()?;
         // Output files first: while none is written, a failure is a miss.
         if let Err(err) = store.restore(entry, Path::new("."), &self.invocation.outputs) {
-            // A blob missing or damaged, found before any output changed:
-            // the command makes them afresh. A record or a tree lcrun must
-            // not obey (a planted symlink, a `..`) is refused.
+            // Found before any output changed: the command makes them
+            // afresh. A blob missing or damaged drops the entry; outputs
+            // that could not be written (their disk full) leave it for a
+            // later run. A record or a tree lcrun must not obey (a planted
+            // symlink, a `..`) is refused.
             if err.nothing_written() && matches!(err.cause, RestoreCause::Blob(_)) {
-                let _ = store.forget(entry);
+                if matches!(
+                    err.cause,
+                    RestoreCause::Blob(BlobError::Missing(_) | BlobError::Damaged(_))
+                ) {
+                    let _ = store.forget(entry);
+                }
                 self.messages.warn(format!(
                     "cannot restore cached outputs ({err}); running the command"
                 ));

@@ -14,6 +14,7 @@
 //! out-runs zstd on this machine (every worker still busy), so lcrun never
 //! slows the command down.
 
+use std::collections::VecDeque;
 use std::sync::mpsc;
 use std::thread;
 
@@ -194,17 +195,25 @@ impl Decoder {
 /// Chunks in flight per worker: bounds memory whatever the output's size.
 const IN_FLIGHT_PER_WORKER: usize = 4;
 
+/// A worker's function, run on the calling thread.
+type Here<J, R> = Box<dyn FnMut(J) -> R>;
+
 /// Worker threads applying one function to jobs, results returned in
 /// submission order: job `i` goes to worker `i % n`, so reading the workers
-/// round-robin restores the order.
+/// round-robin restores the order. Where no thread can start (a container's
+/// pids limit, `ulimit -u`), the jobs run on the calling thread as they are
+/// queued: slower, never an error.
 pub struct Ordered<J, R> {
     workers: Vec<(mpsc::Sender<J>, mpsc::Receiver<R>)>,
+    /// The work done here when no worker started, and its results in order.
+    here: Option<(Here<J, R>, VecDeque<R>)>,
     sent: usize,
     received: usize,
 }
 
 impl<J: Send + 'static, R: Send + 'static> Ordered<J, R> {
-    /// One worker per available core, each with its own state from `init`.
+    /// One worker per available core, each with its own state from `init`;
+    /// as many as can start.
     pub fn new<S, F>(init: impl Fn() -> std::io::Result<S>, work: F) -> std::io::Result<Ordered<J, R>>
     where
         S: Send + 'static,
@@ -216,32 +225,53 @@ impl<J: Send + 'static, R: Send + 'static> Ordered<J, R> {
             let (jobs, inbox) = mpsc::channel::<J>();
             let (outbox, done) = mpsc::channel();
             let mut state = init()?;
-            thread::Builder::new().name("lcrun-zstd".into()).spawn(move || {
+            let spawned = thread::Builder::new().name("lcrun-zstd".into()).spawn(move || {
                 for job in inbox {
                     if outbox.send(work(&mut state, job)).is_err() {
                         return;
                     }
                 }
-            })?;
+            });
+            if spawned.is_err() {
+                // EAGAIN under a limit of tasks: fewer workers, or none.
+                break;
+            }
             workers.push((jobs, done));
         }
+        let here = if workers.is_empty() {
+            let mut state = init()?;
+            let run: Here<J, R> = Box::new(move |job| work(&mut state, job));
+            Some((run, VecDeque::new()))
+        } else {
+            None
+        };
         Ok(Ordered {
             workers,
+            here,
             sent: 0,
             received: 0,
         })
     }
 
+    /// How many jobs may be in flight before `push` waits for the oldest.
+    fn room(&self) -> usize {
+        self.workers.len().max(1) * IN_FLIGHT_PER_WORKER
+    }
+
     /// Queues a job. When as many are in flight as memory allows, first waits
     /// for the oldest result and returns it.
     pub fn push(&mut self, job: J) -> std::io::Result<Option<R>> {
-        let oldest = if self.sent - self.received >= self.workers.len() * IN_FLIGHT_PER_WORKER {
+        let oldest = if self.sent - self.received >= self.room() {
             self.oldest()?
         } else {
             None
         };
-        let (jobs, _) = &self.workers[self.sent % self.workers.len()];
-        jobs.send(job).map_err(|_| worker_gone())?;
+        if let Some((run, done)) = &mut self.here {
+            done.push_back(run(job));
+        } else {
+            let (jobs, _) = &self.workers[self.sent % self.workers.len()];
+            jobs.send(job).map_err(|_| worker_gone())?;
+        }
         self.sent += 1;
         Ok(oldest)
     }
@@ -250,6 +280,10 @@ impl<J: Send + 'static, R: Send + 'static> Ordered<J, R> {
     pub fn ready(&mut self) -> std::io::Result<Option<R>> {
         if self.received == self.sent {
             return Ok(None);
+        }
+        if let Some((_, done)) = &mut self.here {
+            self.received += 1;
+            return Ok(done.pop_front());
         }
         let (_, done) = &self.workers[self.received % self.workers.len()];
         match done.try_recv() {
@@ -263,14 +297,19 @@ impl<J: Send + 'static, R: Send + 'static> Ordered<J, R> {
     }
 
     /// Whether every worker has work: a job queued now would wait for one.
+    /// Never, when the jobs run here.
     pub fn busy(&self) -> bool {
-        self.sent - self.received >= self.workers.len()
+        !self.workers.is_empty() && self.sent - self.received >= self.workers.len()
     }
 
     /// The oldest result, waiting for it; `None` when nothing is in flight.
     pub fn oldest(&mut self) -> std::io::Result<Option<R>> {
         if self.received == self.sent {
             return Ok(None);
+        }
+        if let Some((_, done)) = &mut self.here {
+            self.received += 1;
+            return Ok(done.pop_front());
         }
         let (_, done) = &self.workers[self.received % self.workers.len()];
         let result = done.recv().map_err(|_| worker_gone())?;

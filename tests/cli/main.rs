@@ -21,5 +21,6 @@ mod review;
 mod runner;
 mod store;
 mod terminal;
+mod threads;
 mod trust;
 mod waits;

@@ -279,3 +279,35 @@ fn sigkill_during_a_store_of_outputs_leaves_no_entry_with_a_missing_blob() {
     }
     assert_no_entry_misses_a_blob(&env);
 }
+
+/// A restore that cannot write the outputs (their disk is full) is not
+/// damage: the entry stays, the command runs (and meets the full disk
+/// itself), and once there is room the next run restores without running.
+#[test]
+fn a_full_disk_at_the_outputs_keeps_the_entry() {
+    let env = Env::new();
+    let disk = crate::trust::Tmpfs::mount(&env.path("t"), "8m");
+    let content = noise(4 << 20, 6);
+    env.write("src.bin", &content);
+    let args = copy_args(&env, &[], "c", "src.bin", "t/out.bin");
+    assert_code(&env.run(&args), 0);
+    fs::remove_file(env.path("t/out.bin")).unwrap();
+    fs::write(env.path("t/filler"), vec![0u8; 6 << 20]).unwrap();
+
+    let full = env.run(&args);
+    assert_eq!(env.count("c"), 2, "the command ran");
+    assert!(
+        stderr(&full).contains("No space left on device"),
+        "{}",
+        stderr(&full)
+    );
+    assert_eq!(full.status.code(), Some(1), "cp's own failure");
+
+    fs::remove_file(env.path("t/filler")).unwrap();
+    let _ = fs::remove_file(env.path("t/out.bin"));
+    let hit = env.run(&args);
+    assert_code(&hit, 0);
+    assert_eq!(env.count("c"), 2, "restored from the entry, not run");
+    assert!(fs::read(env.path("t/out.bin")).unwrap() == content);
+    drop(disk);
+}

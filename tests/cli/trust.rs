@@ -452,10 +452,10 @@ fn a_cache_dir_given_as_a_symlink_is_judged_by_where_it_leads() {
 // 4. A full disk ------------------------------------------------------------------------------
 
 /// A small tmpfs, unmounted at the end.
-struct Tmpfs(PathBuf);
+pub struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
         fs::create_dir_all(dir).unwrap();
         let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
