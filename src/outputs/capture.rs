@@ -44,8 +44,8 @@ pub enum CaptureError {
         /// What the system said.
         source: io::Error,
     },
-    /// Storing its bytes failed.
-    #[error("{}: {source}", path.display())]
+    /// Storing its bytes failed (reading them, or the cache's disk).
+    #[error("{}: cannot store it in the cache: {source}", path.display())]
     Blob {
         /// The file being stored.
         path: PathBuf,

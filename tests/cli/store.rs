@@ -311,3 +311,19 @@ fn a_full_disk_at_the_outputs_keeps_the_entry() {
     assert!(fs::read(env.path("t/out.bin")).unwrap() == content);
     drop(disk);
 }
+
+/// A cache whose disk fills while an output is stored says so: the
+/// output is fine, the cache is not.
+#[test]
+fn a_full_cache_disk_while_storing_an_output_names_the_cache() {
+    let env = Env::new();
+    let _disk = crate::trust::Tmpfs::mount(&env.cache, "2m");
+    env.write("src.bin", noise(8 << 20, 8));
+    let out = env.run(copy_args(&env, &[], "c", "src.bin", "out.bin"));
+    assert_code(&out, 0);
+    let text = stderr(&out);
+    let said: Vec<&str> = text.lines().filter(|l| l.starts_with("lcrun:")).collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains("cannot store it in the cache"), "{said:?}");
+    assert!(said[0].contains("No space left on device"), "{said:?}");
+}
