@@ -200,3 +200,39 @@ fn a_command_runs_under_a_limit_of_three_tasks() {
     assert_code(&out, 0);
     assert_eq!(stdout(&out), "ran\n");
 }
+
+/// The README's line for elvish's rc.elv, as written, compiles without a
+/// word on stderr: `E:LCRUN_COMPLETE=elvish lcrun` is elvish's legacy
+/// temporary assignment, which elvish 0.19 answers with a `Deprecation:`
+/// warning on every start (and later versions removed).
+/// (`env LCRUN_COMPLETE=elvish lcrun | slurp` says nothing.)
+#[test]
+fn the_readme_elvish_line_compiles_without_a_warning() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let flat = readme.replace('\n', " ");
+    let start = flat.find("`eval (").expect("README's elvish line") + 1;
+    let line = &flat[start..start + flat[start..].find('`').unwrap()];
+    let env = Env::new();
+    let out = Command::new("elvish")
+        .args(["-norc", "-compileonly", "-c", line])
+        .env("PATH", path_with_lcrun())
+        .current_dir(env.dir.path())
+        .output()
+        .expect("elvish");
+    assert_code(&out, 0);
+    assert_eq!(stderr(&out), "", "{line}");
+}
+
+/// After a run's option, lcrun takes no subcommand (`lcrun -q cache list`
+/// is an error, 125: "to run a command, put it after '--'"), so a Tab does
+/// not offer `cache`, `explain`, `progress` or `help` there.
+#[test]
+fn after_a_run_option_no_subcommand_is_offered() {
+    let env = Env::new();
+    let parsed = env.run(["-q", "cache", "list"]);
+    assert_code(&parsed, 125);
+    let offered = candidates(&bash_tab(&env, "lcrun -q ", |_| {}));
+    for sub in ["cache", "explain", "progress", "help"] {
+        assert!(!offered.iter().any(|c| c == sub), "{sub} in {offered:?}");
+    }
+}
