@@ -7,6 +7,7 @@
 mod util;
 
 mod complete;
+mod completion_edges;
 mod concurrency;
 mod foundation;
 mod inputs;
