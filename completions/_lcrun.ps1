@@ -4,6 +4,7 @@ Register-ArgumentCompleter -Native -CommandName lcrun -ScriptBlock {
 
     $prev = $env:LCRUN_COMPLETE;
     $env:LCRUN_COMPLETE = "powershell";
+    $env:_LCRUN_TAB = "1";
 
     $args = $commandAst.Extent.Text
     $args = $args.Substring(0, [math]::Min($cursorPosition, $args.Length));
@@ -14,6 +15,7 @@ Register-ArgumentCompleter -Native -CommandName lcrun -ScriptBlock {
     $results = Invoke-Expression @"
 & lcrun -- $args
 "@;
+    Remove-Item Env:\_LCRUN_TAB;
     if ($null -eq $prev) {
         Remove-Item Env:\LCRUN_COMPLETE;
     } else {

@@ -14,10 +14,11 @@ _clap_complete_lcrun() {
     fi
     COMPREPLY=( $( \
         _CLAP_IFS="$IFS" \
-        _LCRUN_COMP_LINE="${COMP_LINE:0:COMP_POINT}" \
+        _LCRUN_COMP_LINE="${COMP_LINE:0:COMP_POINT < 100000 ? COMP_POINT : 0}" \
         _CLAP_COMPLETE_INDEX="$_CLAP_COMPLETE_INDEX" \
         _CLAP_COMPLETE_COMP_TYPE="$_CLAP_COMPLETE_COMP_TYPE" \
         _CLAP_COMPLETE_SPACE="$_CLAP_COMPLETE_SPACE" \
+        _LCRUN_TAB=1 \
         LCRUN_COMPLETE="bash" \
         "lcrun" -- "${words[@]}" \
     ) )

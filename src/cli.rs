@@ -189,7 +189,7 @@ pub struct CacheCli {
     #[command(subcommand)]
     pub action: CacheAction,
 
-    /// Where the cache lives [default: the platform cache dir /lcrun].
+    /// Where the cache lives [default: $XDG_CACHE_HOME/lcrun, else ~/.cache/lcrun].
     #[arg(long, env = "LCRUN_CACHE_DIR", value_name = "DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
 
@@ -341,7 +341,7 @@ pub struct RunArgs {
     #[arg(long, help_heading = CACHING)]
     pub cache_failures: bool,
 
-    /// Where the cache lives [default: the platform cache dir /lcrun].
+    /// Where the cache lives [default: $XDG_CACHE_HOME/lcrun, else ~/.cache/lcrun].
     #[arg(long, env = "LCRUN_CACHE_DIR", value_name = "DIR", help_heading = STORAGE)]
     pub cache_dir: Option<PathBuf>,
 

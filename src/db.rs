@@ -64,7 +64,33 @@ pub fn open_read_only(path: &Path) -> Result<Option<Connection>, StoreError> {
     configure_sqlite();
     let flags =
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
-    Ok(Some(Connection::open_with_flags(path, flags)?))
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    if Path::new(&wal).exists() {
+        return Ok(Some(Connection::open_with_flags(path, flags)?));
+    }
+    // No WAL: everything is in the file. Read as immutable, or SQLite
+    // would create the -wal and -shm files to read it. A writer that starts
+    // meanwhile may make this read stale or fail: a completion offers less.
+    let uri = format!("file:{}?immutable=1", uri_path(path));
+    Ok(Some(Connection::open_with_flags(
+        uri,
+        flags | OpenFlags::SQLITE_OPEN_URI,
+    )?))
+}
+
+/// `path` for a `file:` URI: every byte but the unreserved ones and `/`
+/// percent-encoded.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for &b in path.as_os_str().as_encoded_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Makes a database being created a WAL database. It holds nothing to lose

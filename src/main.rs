@@ -76,7 +76,9 @@ fn start_up() {
 fn lcrun() -> Exit {
     // A shell asking for completions (one getenv on every other run).
     if lcrun::complete::requested() {
-        return lcrun::complete::run();
+        if let Some(exit) = lcrun::complete::run() {
+            return exit;
+        }
     }
     let cli = match Cli::parse_args(std::env::args_os()) {
         Ok(cli) => cli,

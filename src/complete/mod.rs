@@ -10,6 +10,7 @@
 //! and never creates or writes anything.
 
 mod shells;
+mod words;
 
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use clap::Arg;
 use clap_complete::engine::{ArgValueCompleter, CompletionCandidate, PathCompleter, ValueCompleter};
 use clap_complete::env::{CompleteEnv, Elvish, Fish, Powershell, Shells};
 
-use shells::{Bash, Zsh};
+use shells::{Bash, Marked, Zsh};
 
 use crate::cli::{full_command, RunArgs, CACHE_BY_KINDS};
 use crate::exit::Exit;
@@ -49,11 +50,26 @@ pub fn requested() -> bool {
     !value.is_empty() && value != b"0"
 }
 
-/// Prints the registration script (no words after `--`) or the candidates
-/// for the words after `--`. A failure prints nothing but a status: a
-/// shell shows whatever a completer writes, in the middle of the line.
-pub fn run() -> Exit {
-    let shells = Shells(&[&Bash, &Elvish, &Fish, &Powershell, &Zsh]);
+/// Prints the registration script (`LCRUN_COMPLETE=SHELL lcrun`, no
+/// arguments) or, for a Tab (the scripts also set [`shells::TAB`]), the
+/// candidates for the words after `--`. `None` for anything else: the
+/// variable was left in the environment, and this is a run. A failure
+/// prints nothing but a status: a shell shows whatever a completer writes,
+/// in the middle of the line.
+pub fn run() -> Option<Exit> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.len() > 1 && std::env::var_os(shells::TAB).is_none_or(|mark| mark != "1") {
+        return None;
+    }
+    Some(complete(args))
+}
+
+static ELVISH: Marked<Elvish> = Marked(Elvish);
+static FISH: Marked<Fish> = Marked(Fish);
+static POWERSHELL: Marked<Powershell> = Marked(Powershell);
+
+fn complete(args: Vec<OsString>) -> Exit {
+    let shells = Shells(&[&Bash, &ELVISH, &FISH, &POWERSHELL, &Zsh]);
     // Only a person sets a wrong name (the scripts set a right one): say so.
     let name = std::env::var_os(VAR).unwrap_or_default();
     if name.to_str().and_then(|n| shells.completer(n)).is_none() {
@@ -65,10 +81,9 @@ pub fn run() -> Exit {
         ));
         return Exit::Usage;
     }
-    let args: Vec<OsString> = std::env::args_os().collect();
     let line = LINE.get_or_init(|| Line::read(&args));
     let factory = || {
-        if line.in_command {
+        if line.in_command || line.is_run {
             command_only()
         } else {
             command()
@@ -206,6 +221,8 @@ struct Line {
     in_command: bool,
     /// The word is the command's name: right after `--`.
     command_name: bool,
+    /// lcrun's first word is not a subcommand: this line is a run.
+    is_run: bool,
     /// `--cache-dir DIR` or `--cache-dir=DIR`, if given.
     cache_dir: Option<PathBuf>,
 }
@@ -218,13 +235,15 @@ impl Line {
     /// [`shells::bash_words`]).
     fn read(args: &[OsString]) -> Line {
         let mut words: Vec<OsString> = match shells::bash_words() {
-            Some(words) => words,
+            Some(words) => words.iter().map(shells::value).collect(),
             None => args.iter().skip_while(|a| *a != "--").skip(1).cloned().collect(),
         };
         let index = std::env::var("_CLAP_COMPLETE_INDEX")
             .ok()
             .and_then(|i| i.parse::<usize>().ok());
-        if let Some(index) = index.filter(|_| std::env::var_os(shells::BASH_LINE).is_none()) {
+        if let Some(index) =
+            index.filter(|_| std::env::var_os(shells::BASH_LINE).is_none_or(|l| l.is_empty()))
+        {
             words.truncate(index + 1);
         }
         let Some((_current, before)) = words.split_last() else {
@@ -240,18 +259,40 @@ impl Line {
         while let Some(word) = rest.next() {
             let bytes = word.as_encoded_bytes();
             if bytes == b"--cache-dir" {
-                cache_dir = rest.peek().map(PathBuf::from);
+                // The shell expands a `~` that starts a word.
+                cache_dir = rest.peek().map(|dir| home_expanded(dir));
             } else if let Some(dir) = bytes.strip_prefix(b"--cache-dir=") {
                 // SAFETY: split after an ASCII prefix of an encoded OsStr.
                 cache_dir = Some(PathBuf::from(unsafe { OsStr::from_encoded_bytes_unchecked(dir) }));
             }
         }
+        // A run's options come before its command: no subcommand after them.
+        let is_run = before.len() > 1 && !subcommand;
         Line {
             escaped: escape.is_some(),
             words: words.clone(),
             in_command: escape.is_some() && !subcommand,
+            is_run,
             command_name: escape.is_some_and(|e| e + 1 == before.len()),
             cache_dir,
         }
+    }
+}
+
+/// `dir` with a leading `~` or `~/` made the home directory, as the shell
+/// does for a word it passes.
+fn home_expanded(dir: &OsStr) -> PathBuf {
+    let bytes = dir.as_encoded_bytes();
+    let rest = match bytes {
+        [b'~'] => Some(&b""[..]),
+        [b'~', b'/', rest @ ..] => Some(rest),
+        _ => None,
+    };
+    match (rest, std::env::var_os("HOME")) {
+        // SAFETY: split after an ASCII prefix of an encoded OsStr.
+        (Some(rest), Some(home)) => {
+            PathBuf::from(home).join(unsafe { OsStr::from_encoded_bytes_unchecked(rest) })
+        }
+        _ => PathBuf::from(dir),
     }
 }

@@ -1,9 +1,11 @@
-//! The registration scripts of bash and zsh: clap's, each with one change
-//! (the rest of the shells take clap's as they are).
+//! The registration scripts: clap's, each marking the runs it makes as a
+//! Tab's ([`TAB`]), and those of bash and zsh with one change more.
 
 use std::ffi::{OsStr, OsString};
 
 use clap_complete::env::EnvCompleter;
+
+use super::words::{self, Word};
 
 /// bash, as clap does it, but given the line as typed. bash splits the
 /// words of a line at `:` and `=` as well as at blanks (`-c hash:src` is
@@ -17,21 +19,18 @@ pub struct Bash;
 pub const BASH_LINE: &str = "_LCRUN_COMP_LINE";
 
 /// The words of the line bash passed, up to the cursor, split at blanks
-/// (with an empty word last when the cursor follows a blank); `None` when
-/// not completing for bash.
-pub fn bash_words() -> Option<Vec<OsString>> {
-    let line = std::env::var_os(BASH_LINE)?;
-    let bytes = line.as_encoded_bytes();
-    let mut words: Vec<OsString> = bytes
-        .split(|b| b.is_ascii_whitespace())
-        .filter(|w| !w.is_empty())
-        // SAFETY: split at ASCII bytes of an encoded OsStr.
-        .map(|w| unsafe { OsStr::from_encoded_bytes_unchecked(w) }.to_owned())
-        .collect();
-    if bytes.last().is_none_or(|b| b.is_ascii_whitespace()) {
-        words.push(OsString::new());
-    }
-    Some(words)
+/// that are not quoted or escaped (with an empty word last when the cursor
+/// follows a blank); `None` when not completing for bash.
+pub fn bash_words() -> Option<Vec<Word>> {
+    let line = std::env::var_os(BASH_LINE).filter(|line| !line.is_empty())?;
+    Some(words::split(line.as_encoded_bytes()))
+}
+
+/// A word's value as lcrun receives it.
+pub fn value(word: &Word) -> OsString {
+    // SAFETY: the bytes of an encoded OsStr, less ASCII quotes and
+    // backslashes only.
+    unsafe { OsStr::from_encoded_bytes_unchecked(&word.value) }.to_owned()
 }
 
 impl EnvCompleter for Bash {
@@ -53,12 +52,17 @@ impl EnvCompleter for Bash {
     ) -> std::io::Result<()> {
         let mut script = Vec::new();
         clap_complete::env::Bash.write_registration(var, name, bin, completer, &mut script)?;
-        let script = String::from_utf8_lossy(&script);
+        let script = marked(self.name(), var, &String::from_utf8_lossy(&script))?;
         let pass = "        _CLAP_IFS=\"$IFS\" \\\n";
         if !script.contains(pass) {
             return Err(std::io::Error::other("clap's bash script changed"));
         }
-        let line = format!("{pass}        {BASH_LINE}=\"${{COMP_LINE:0:COMP_POINT}}\" \\\n");
+        // Not past 100,000 bytes: one variable may not hold more than 128
+        // KiB, and the run of lcrun would fail in the shell. lcrun then
+        // takes clap's words.
+        let line = format!(
+            "{pass}        {BASH_LINE}=\"${{COMP_LINE:0:COMP_POINT < 100000 ? COMP_POINT : 0}}\" \\\n"
+        );
         buf.write_all(script.replacen(pass, &line, 1).as_bytes())
     }
 
@@ -76,24 +80,25 @@ impl EnvCompleter for Bash {
             .ok()
             .and_then(|i| i.parse().ok())
             .unwrap_or_default();
-        // bash's own word under the cursor: what it will replace.
+        // bash's own word under the cursor, as typed: what it will replace.
+        // The word as lcrun splits it may begin before it (at a `:`).
         let bash_word = args.get(index).cloned().unwrap_or_default();
-        let current = words.last().cloned().unwrap_or_default();
-        let typed = current.as_encoded_bytes();
-        let cut = if typed.ends_with(bash_word.as_encoded_bytes()) {
-            typed.len() - bash_word.len()
-        } else {
-            0
+        let typed = words.last().map(|w| w.typed.clone()).unwrap_or_default();
+        let before = match typed.strip_suffix(bash_word.as_encoded_bytes()) {
+            Some(before) => before.to_vec(),
+            None => Vec::new(),
         };
         let index = words.len() - 1;
-        let candidates = clap_complete::engine::complete(cmd, words, index, current_dir)?;
+        let values: Vec<OsString> = words.iter().map(value).collect();
+        let candidates = clap_complete::engine::complete(cmd, values, index, current_dir)?;
         let ifs = std::env::var("_CLAP_IFS").unwrap_or_else(|_| "\n".to_owned());
         for (i, candidate) in candidates.iter().enumerate() {
             if i != 0 {
                 buf.write_all(ifs.as_bytes())?;
             }
-            let value = candidate.get_value().as_encoded_bytes();
-            buf.write_all(value.get(cut..).unwrap_or(value))?;
+            // bash inserts the candidate as it is: quoted as it reads it.
+            let quoted = words::escape(candidate.get_value().as_encoded_bytes());
+            buf.write_all(quoted.strip_prefix(&before[..]).unwrap_or(&quoted))?;
         }
         Ok(())
     }
@@ -124,7 +129,7 @@ impl EnvCompleter for Zsh {
     ) -> std::io::Result<()> {
         let mut script = Vec::new();
         clap_complete::env::Zsh.write_registration(var, name, bin, completer, &mut script)?;
-        let script = String::from_utf8_lossy(&script);
+        let script = marked(self.name(), var, &String::from_utf8_lossy(&script))?;
         let function = format!("_clap_dynamic_completer_{}", name.replace('-', "_"));
         let register = format!("compdef {function} {bin}\n");
         if !script.ends_with(&register) {
@@ -145,5 +150,88 @@ impl EnvCompleter for Zsh {
         buf: &mut dyn std::io::Write,
     ) -> std::io::Result<()> {
         clap_complete::env::Zsh.write_complete(cmd, args, current_dir, buf)
+    }
+}
+
+/// The variable each registration script sets, beside `LCRUN_COMPLETE`,
+/// when a Tab runs lcrun. `LCRUN_COMPLETE` alone, left exported in a
+/// user's environment, must not turn `lcrun -- make` into a completion:
+/// without this mark lcrun runs the command (see [`super::run`]).
+pub const TAB: &str = "_LCRUN_TAB";
+
+/// `script` (clap's registration for `shell`, setting `var`) with [`TAB`]
+/// set where `var` is set for the run of lcrun.
+fn marked(shell: &str, var: &str, script: &str) -> std::io::Result<String> {
+    let (find, mark) = match shell {
+        "bash" | "zsh" => (
+            format!("        {var}=\"{shell}\" \\\n"),
+            format!("        {TAB}=1 \\\n"),
+        ),
+        "elvish" => (format!("{var}=\"elvish\" "), format!("{TAB}=1 ")),
+        "fish" => (format!("{var}=fish "), format!("{TAB}=1 ")),
+        "powershell" => (
+            format!("    $env:{var} = \"powershell\";\n"),
+            format!("    $env:{TAB} = \"1\";\n"),
+        ),
+        _ => return Err(std::io::Error::other(format!("no mark for {shell}"))),
+    };
+    if script.matches(&find).count() != 1 {
+        return Err(std::io::Error::other(format!("clap's {shell} script changed")));
+    }
+    let script = match shell {
+        // bash and zsh pass it as a prefix of the command; elvish and fish
+        // after the variable in theirs.
+        "bash" | "zsh" => script.replacen(&find, &format!("{mark}{find}"), 1),
+        "powershell" => {
+            // Set beside the variable, and removed after the run.
+            let ran = "\"@;\n";
+            if script.matches(ran).count() != 1 {
+                return Err(std::io::Error::other("clap's powershell script changed"));
+            }
+            script.replacen(&find, &format!("{find}{mark}"), 1).replacen(
+                ran,
+                &format!("{ran}    Remove-Item Env:\\{TAB};\n"),
+                1,
+            )
+        }
+        _ => script.replacen(&find, &format!("{find}{mark}"), 1),
+    };
+    Ok(script)
+}
+
+/// A shell whose clap script needs only the [`TAB`] mark.
+pub struct Marked<S: 'static>(pub S);
+
+impl<S: EnvCompleter> EnvCompleter for Marked<S> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn is(&self, name: &str) -> bool {
+        self.0.is(name)
+    }
+
+    fn write_registration(
+        &self,
+        var: &str,
+        name: &str,
+        bin: &str,
+        completer: &str,
+        buf: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        let mut script = Vec::new();
+        self.0
+            .write_registration(var, name, bin, completer, &mut script)?;
+        buf.write_all(marked(self.name(), var, &String::from_utf8_lossy(&script))?.as_bytes())
+    }
+
+    fn write_complete(
+        &self,
+        cmd: &mut clap::Command,
+        args: Vec<OsString>,
+        current_dir: Option<&std::path::Path>,
+        buf: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        self.0.write_complete(cmd, args, current_dir, buf)
     }
 }
