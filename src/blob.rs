@@ -167,14 +167,25 @@ impl Contents {
 /// already has is not put again.
 pub fn store_stream<S: BlobStore + ?Sized>(store: &S, mut reader: impl Read) -> Result<Contents, BlobError> {
     let mut buf = vec![0u8; BLOB_BYTES];
-    let mut contents = Contents {
-        size: 0,
-        blobs: Vec::new(),
-    };
-    loop {
-        let len = fill(&mut reader, &mut buf)?;
+    let mut contents = Contents::default();
+    store_blobs(store, &mut reader, &mut buf, &mut contents, usize::MAX)?;
+    Ok(contents)
+}
+
+/// Stores what `reader` yields blob by blob through `buf` (of
+/// [`BLOB_BYTES`]), each once, appending to `contents`: until the reader
+/// ends (`true`) or `contents` holds `max` blobs (`false`).
+pub fn store_blobs<S: BlobStore + ?Sized>(
+    store: &S,
+    reader: &mut impl Read,
+    buf: &mut [u8],
+    contents: &mut Contents,
+    max: usize,
+) -> Result<bool, BlobError> {
+    while contents.blobs.len() < max {
+        let len = fill(reader, buf)?;
         if len == 0 {
-            return Ok(contents);
+            return Ok(true);
         }
         let bytes = &buf[..len];
         let digest = Digest::of(bytes);
@@ -184,9 +195,10 @@ pub fn store_stream<S: BlobStore + ?Sized>(store: &S, mut reader: impl Read) -> 
         contents.size += len as u64;
         contents.blobs.push(digest);
         if len < BLOB_BYTES {
-            return Ok(contents);
+            return Ok(true);
         }
     }
+    Ok(false)
 }
 
 /// Reads until `buf` is full or the reader ends, so blob boundaries depend

@@ -50,9 +50,7 @@ impl EnvCompleter for Bash {
         completer: &str,
         buf: &mut dyn std::io::Write,
     ) -> std::io::Result<()> {
-        let mut script = Vec::new();
-        clap_complete::env::Bash.write_registration(var, name, bin, completer, &mut script)?;
-        let script = marked(self.name(), var, &String::from_utf8_lossy(&script))?;
+        let script = clap_script(&clap_complete::env::Bash, var, name, bin, completer)?;
         let pass = "        _CLAP_IFS=\"$IFS\" \\\n";
         if !script.contains(pass) {
             return Err(std::io::Error::other("clap's bash script changed"));
@@ -127,9 +125,7 @@ impl EnvCompleter for Zsh {
         completer: &str,
         buf: &mut dyn std::io::Write,
     ) -> std::io::Result<()> {
-        let mut script = Vec::new();
-        clap_complete::env::Zsh.write_registration(var, name, bin, completer, &mut script)?;
-        let script = marked(self.name(), var, &String::from_utf8_lossy(&script))?;
+        let script = clap_script(&clap_complete::env::Zsh, var, name, bin, completer)?;
         let function = format!("_clap_dynamic_completer_{}", name.replace('-', "_"));
         let register = format!("compdef {function} {bin}\n");
         if !script.ends_with(&register) {
@@ -158,6 +154,19 @@ impl EnvCompleter for Zsh {
 /// user's environment, must not turn `lcrun -- make` into a completion:
 /// without this mark lcrun runs the command (see [`super::run`]).
 pub const TAB: &str = "_LCRUN_TAB";
+
+/// clap's registration script for `shell`, [`marked`].
+fn clap_script(
+    shell: &dyn EnvCompleter,
+    var: &str,
+    name: &str,
+    bin: &str,
+    completer: &str,
+) -> std::io::Result<String> {
+    let mut script = Vec::new();
+    shell.write_registration(var, name, bin, completer, &mut script)?;
+    marked(shell.name(), var, &String::from_utf8_lossy(&script))
+}
 
 /// `script` (clap's registration for `shell`, setting `var`) with [`TAB`]
 /// set where `var` is set for the run of lcrun.
@@ -219,10 +228,7 @@ impl<S: EnvCompleter> EnvCompleter for Marked<S> {
         completer: &str,
         buf: &mut dyn std::io::Write,
     ) -> std::io::Result<()> {
-        let mut script = Vec::new();
-        self.0
-            .write_registration(var, name, bin, completer, &mut script)?;
-        buf.write_all(marked(self.name(), var, &String::from_utf8_lossy(&script))?.as_bytes())
+        buf.write_all(clap_script(&self.0, var, name, bin, completer)?.as_bytes())
     }
 
     fn write_complete(

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read};
 
 use super::blobs::{blob_error, LocalBlobs, FILE_BLOB_BYTES};
-use crate::blob::{fill, load_stream, BlobError, BlobStore, Contents, Digest, BLOB_BYTES};
+use crate::blob::{fill, load_stream, store_blobs, BlobError, BlobStore, Contents, Digest, BLOB_BYTES};
 use crate::compress::{self, Codec, Packed};
 use crate::output::Stream;
 
@@ -40,21 +40,8 @@ impl LocalBlobs<'_> {
     pub(super) fn put_stream_on_workers(&self, mut reader: &mut dyn Read) -> Result<Contents, BlobError> {
         let mut contents = Contents::default();
         let mut raw = vec![0u8; BLOB_BYTES];
-        while contents.blobs.len() < STORE_HERE_BLOBS {
-            let len = fill(&mut reader, &mut raw)?;
-            if len == 0 {
-                return Ok(contents);
-            }
-            let bytes = &raw[..len];
-            let digest = Digest::of(bytes);
-            if !self.has(&digest)? {
-                self.put(&digest, bytes)?;
-            }
-            contents.size += len as u64;
-            contents.blobs.push(digest);
-            if len < BLOB_BYTES {
-                return Ok(contents);
-            }
+        if store_blobs(self, &mut reader, &mut raw, &mut contents, STORE_HERE_BLOBS)? {
+            return Ok(contents);
         }
         let mut packer = compress::packer()?;
         let mut spare = Spare::default();

@@ -70,11 +70,9 @@ fn narrowed(keys: &[String]) -> (String, Vec<String>) {
     (typed, some)
 }
 
-/// What bash's completion of lcrun offers at the end of `line`, in a real
-/// bash that loaded completions/lcrun.bash: the function `complete -p`
-/// names is called as readline would call it, the words split at ':' as
-/// readline splits them. Also what bash printed on stderr.
-fn bash_completes_with_stderr(env: &Env, line: &str) -> (Vec<String>, String) {
+/// `line`'s words as readline gives them to a completion: split at blanks
+/// and at ':', each ':' a word of its own.
+pub fn readline_words(line: &str) -> Vec<String> {
     let mut words: Vec<String> = Vec::new();
     for word in line.split(' ') {
         let mut parts = word.split(':').peekable();
@@ -85,6 +83,15 @@ fn bash_completes_with_stderr(env: &Env, line: &str) -> (Vec<String>, String) {
             }
         }
     }
+    words
+}
+
+/// What bash's completion of lcrun offers at the end of `line`, in a real
+/// bash that loaded completions/lcrun.bash: the function `complete -p`
+/// names is called as readline would call it, the words split at ':' as
+/// readline splits them. Also what bash printed on stderr.
+fn bash_completes_with_stderr(env: &Env, line: &str) -> (Vec<String>, String) {
+    let words = readline_words(line);
     let quote = |w: &str| format!("'{}'", w.replace('\'', "'\\''"));
     let cword = words.len() - 1;
     let prev = if cword > 0 {

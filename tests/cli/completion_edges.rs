@@ -12,16 +12,7 @@ use crate::util::*;
 /// the line up to the cursor in `_LCRUN_COMP_LINE`, and bash's words (split
 /// at blanks and at `:`, as readline splits them) after `--`.
 fn bash_tab(env: &Env, line: &str, configure: impl FnOnce(&mut Command)) -> Output {
-    let mut words: Vec<String> = Vec::new();
-    for word in line.split(' ') {
-        let mut parts = word.split(':').peekable();
-        while let Some(part) = parts.next() {
-            words.push(part.to_owned());
-            if parts.peek().is_some() {
-                words.push(":".to_owned());
-            }
-        }
-    }
+    let words = crate::complete::readline_words(line);
     let mut cmd = env.lcrun();
     cmd.env("_LCRUN_COMP_LINE", line)
         .env("_CLAP_IFS", "\n")
