@@ -45,7 +45,14 @@ fn shell(env: &Env, program: &str) -> Command {
 /// list` shows them (short unique prefixes), sorted.
 fn cache_with_entries() -> (Env, Vec<String>) {
     let env = completion_tree();
-    for word in ["one", "two", "three", "four", "five", "six"] {
+    let keys = entries(&env, &["one", "two", "three", "four", "five", "six"]);
+    (env, keys)
+}
+
+/// Runs `lcrun -- echo WORD` for each word, and returns the keys of the
+/// entries as `cache list` shows them (short unique prefixes), sorted.
+pub fn entries(env: &Env, words: &[&str]) -> Vec<String> {
+    for word in words {
         assert_code(&env.run(["--", "echo", word]), 0);
     }
     let out = env.run(["cache", "list"]);
@@ -56,8 +63,8 @@ fn cache_with_entries() -> (Env, Vec<String>) {
         .map(|l| l.split_whitespace().next().unwrap().to_owned())
         .collect();
     keys.sort();
-    assert_eq!(keys.len(), 6, "{}", stdout(&out));
-    (env, keys)
+    assert_eq!(keys.len(), words.len(), "{}", stdout(&out));
+    keys
 }
 
 /// The keys starting with the first character of the first key, and that

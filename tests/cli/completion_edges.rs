@@ -41,17 +41,7 @@ fn candidates(out: &Output) -> Vec<String> {
 
 /// Short keys of the entries in `env`'s cache, made by three runs.
 fn three_entries(env: &Env) -> Vec<String> {
-    for word in ["one", "two", "three"] {
-        assert_code(&env.run(["--", "echo", word]), 0);
-    }
-    let out = env.run(["cache", "list"]);
-    let mut keys: Vec<String> = stdout(&out)
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().next().unwrap().to_owned())
-        .collect();
-    keys.sort();
-    keys
+    crate::complete::entries(env, &["one", "two", "three"])
 }
 
 /// `export LCRUN_COMPLETE=bash` in a startup file (instead of `source
