@@ -417,6 +417,7 @@ impl Run<'_> {
                 .and_then(|file| ProgressFile::open(file.path()).ok()),
             job: job.as_ref().map(|(jobs, id)| Publisher::new(jobs, id)),
             bytes_out: 0,
+            messages: self.messages,
         };
         let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = progress_file
             .iter()
@@ -537,23 +538,52 @@ fn progress_file(cache: Option<&Cache>, messages: Messages) -> Option<tempfile::
 /// execute (ENOEXEC: a script without `#!`) is run by `/bin/sh FILE ARGS...`.
 fn run_as_execvp(job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError> {
     // The first attempt consumes the stdin file even when it fails to start.
-    let stdin = job.stdin.as_ref().map(std::fs::File::try_clone).transpose()?;
+    let again = copy_of(&job)?;
     let mut argv = vec!["/bin/sh".into(), job.program.clone().into_os_string()];
     argv.extend_from_slice(&job.argv[1..]);
     let by_shell = Job {
         program: "/bin/sh".into(),
         argv,
-        stdin,
-        env: job.env.clone(),
-        timeout: job.timeout,
-        kill_after: job.kill_after,
+        ..copy_of(&job)?
     };
     match runner::run(job, observer) {
         Err(RunError::Spawn(err)) if err.raw_os_error() == Some(libc::ENOEXEC) => {
             runner::run(by_shell, observer)
         }
-        other => other,
+        Err(RunError::Spawn(err))
+            if err.raw_os_error() == Some(libc::EAGAIN) && observer.give_up_threads() =>
+        {
+            // A limit of tasks (a container's pids limit, `ulimit -u`) that
+            // lcrun's own threads filled: the command comes first. A thread
+            // that was told to end may take a moment to be gone.
+            let mut job = again;
+            for _ in 0..50 {
+                let next = copy_of(&job)?;
+                match runner::run(job, observer) {
+                    Err(RunError::Spawn(err)) if err.raw_os_error() == Some(libc::EAGAIN) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        job = next;
+                    }
+                    other => return other,
+                }
+            }
+            runner::run(job, observer)
+        }
+        Err(err) => Err(err),
+        ok => ok,
     }
+}
+
+/// Another `job` like this one, its stdin file opened again.
+fn copy_of(job: &Job) -> Result<Job, RunError> {
+    Ok(Job {
+        program: job.program.clone(),
+        argv: job.argv.clone(),
+        stdin: job.stdin.as_ref().map(std::fs::File::try_clone).transpose()?,
+        env: job.env.clone(),
+        timeout: job.timeout,
+        kill_after: job.kill_after,
+    })
 }
 
 /// A write error on lcrun's `stream` (ENOSPC, EIO) is never swallowed: one
@@ -626,6 +656,7 @@ struct RunObserver<'s> {
     job: Option<Publisher<'s>>,
     /// Bytes delivered to stdout and stderr, for `--report`.
     bytes_out: u64,
+    messages: Messages,
 }
 
 impl Observer for RunObserver<'_> {
@@ -646,6 +677,16 @@ impl Observer for RunObserver<'_> {
             recording.write(stream, bytes);
         }
         Delivery::Delivered
+    }
+
+    fn give_up_threads(&mut self) -> bool {
+        let Some(recording) = self.recording.take() else {
+            return false;
+        };
+        recording.abandon();
+        self.messages
+            .warn("no task left to record the result (a limit of processes); running uncached");
+        true
     }
 
     fn tick(&mut self) {

@@ -101,6 +101,12 @@ pub trait Observer {
     fn output(&mut self, stream: Stream, bytes: &[u8]) -> Delivery;
     /// Called at least every 50 ms (the loop's tick) while the command runs.
     fn tick(&mut self) {}
+    /// The command could not start for a limit of tasks (EAGAIN): ends the
+    /// threads the observer runs for itself, so the command may take their
+    /// place. Whether there was any.
+    fn give_up_threads(&mut self) -> bool {
+        false
+    }
 }
 
 /// Why a run could not be carried out.

