@@ -1,0 +1,102 @@
+//! More edges of shell completion, found by attacking the bash quoting and
+//! the immutable read of the cache: a half-typed quote (bash inserts a
+//! candidate inside the quote, where a backslash is kept), a quote opened
+//! after `hash:`, and a cache directory whose path starts with `//`. Each
+//! Tab is the real binary run with the variables and the words an
+//! interactive bash 5.2 passes (captured from completions/lcrun.bash).
+
+use std::process::Output;
+
+use crate::util::*;
+
+/// One bash Tab: `line` up to the cursor, and bash's own `words` (as
+/// `COMP_WORDS`, the current word dequoted as bash passes `$2`), the last
+/// one being completed.
+fn bash_tab(env: &Env, line: &str, words: &[&str]) -> Output {
+    env.lcrun()
+        .env("_LCRUN_COMP_LINE", line)
+        .env("_CLAP_IFS", "\n")
+        .env("_CLAP_COMPLETE_INDEX", (words.len() - 1).to_string())
+        .env("_CLAP_COMPLETE_COMP_TYPE", "9")
+        .env("_CLAP_COMPLETE_SPACE", "false")
+        .env("LCRUN_COMPLETE", "bash")
+        .env("_LCRUN_TAB", "1")
+        .arg("--")
+        .args(words)
+        .output()
+        .unwrap()
+}
+
+fn lines(out: &Output) -> Vec<String> {
+    assert_code(out, 0);
+    assert_eq!(stderr(out), "");
+    stdout(out).lines().map(str::to_owned).collect()
+}
+
+/// A directory `my dir` with a file, in the scratch dir.
+fn my_dir(env: &Env) {
+    env.write("my dir/f1", "x");
+}
+
+/// `lcrun -c "hash:my d<Tab>`: bash passes `hash:my d` and inserts the
+/// reply inside the open quote, then closes it. A backslash there is kept:
+/// the reply `hash:my\ dir/` made the line `"hash:my\ dir/"`, which names
+/// `my\ dir/`, a file that does not exist. Inside the quote the reply must
+/// be the path as it is.
+#[test]
+fn bash_candidate_inside_an_open_double_quote_is_not_backslash_escaped() {
+    let env = Env::new();
+    my_dir(&env);
+    let out = bash_tab(&env, "lcrun -c \"hash:my d", &["lcrun", "-c", "hash:my d"]);
+    assert_eq!(lines(&out), ["hash:my dir/"]);
+    let out = bash_tab(&env, "lcrun -- cat \"my d", &["lcrun", "--", "cat", "my d"]);
+    assert_eq!(lines(&out), ["my dir/"]);
+}
+
+/// The same with a single quote: `'hash:my\ dir/'` named `my\ dir/`.
+#[test]
+fn bash_candidate_inside_an_open_single_quote_is_not_backslash_escaped() {
+    let env = Env::new();
+    my_dir(&env);
+    let out = bash_tab(&env, "lcrun -c 'hash:my d", &["lcrun", "-c", "hash:my d"]);
+    assert_eq!(lines(&out), ["hash:my dir/"]);
+}
+
+/// `lcrun -c hash:'my d<Tab>`: bash's word is `my d` (after the `:`), and
+/// the reply replaces it inside the quote. lcrun replied `hash:my\ dir/`
+/// whole (its cut at bash's word compared the typed `hash:'my d` with the
+/// dequoted `my d`), and the line became `hash:'hash:my\ dir/'`.
+#[test]
+fn bash_quote_opened_after_the_kind_completes_the_path_once() {
+    let env = Env::new();
+    my_dir(&env);
+    let out = bash_tab(&env, "lcrun -c hash:'my d", &["lcrun", "-c", "hash", ":", "my d"]);
+    assert_eq!(lines(&out), ["my dir/"]);
+}
+
+/// `--cache-dir //tmp/...` names the same directory as `/tmp/...`, and
+/// with the WAL files there the keys are offered. With none, the cache is
+/// opened by a `file://tmp/...` URI, whose `tmp` SQLite reads as a host:
+/// the open failed and no key was offered.
+#[test]
+fn keys_are_offered_from_a_cache_dir_written_with_a_leading_double_slash() {
+    let env = Env::new();
+    assert_code(&env.run(["--", "echo", "one"]), 0);
+    let key = stdout(&env.run(["cache", "list"]))
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    // The last connection to close checkpoints and removes the WAL files.
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    let _: i64 = conn
+        .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
+        .unwrap();
+    drop(conn);
+    assert!(!env.cache.join("cache.db-wal").exists());
+    let dir = format!("/{}", env.cache.display());
+    let line = format!("lcrun cache show --cache-dir {dir} ");
+    let out = bash_tab(&env, &line, &["lcrun", "cache", "show", "--cache-dir", &dir, ""]);
+    assert!(lines(&out).contains(&key), "{key} not in {:?}", lines(&out));
+}
