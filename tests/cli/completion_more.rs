@@ -100,3 +100,52 @@ fn keys_are_offered_from_a_cache_dir_written_with_a_leading_double_slash() {
     let out = bash_tab(&env, &line, &["lcrun", "cache", "show", "--cache-dir", &dir, ""]);
     assert!(lines(&out).contains(&key), "{key} not in {:?}", lines(&out));
 }
+
+/// A line of 140,030 bytes but 70,030 characters (`ü` is two bytes in
+/// UTF-8): the script passes `${COMP_LINE:0:COMP_POINT < 100000 ? ...}`,
+/// where bash counts characters, so the whole line went into one variable
+/// past the 128 KiB an exec allows. bash printed `lcrun: Argument list too
+/// long` into the line and offered nothing, where a line of ASCII that long
+/// falls back to clap's words. Each word is short: only the line is long.
+/// Needs bash.
+#[test]
+fn bash_tab_on_a_long_line_of_multibyte_characters_still_completes() {
+    let env = Env::new();
+    let word = "ü".repeat(1000);
+    let mut line = String::from("lcrun");
+    for _ in 0..70 {
+        line.push_str(" --ignore-arg ");
+        line.push_str(&word);
+    }
+    line.push_str(" --cache-d");
+    assert!(line.len() > 128 * 1024 && line.chars().count() < 100_000);
+    let script = r#"
+        source "$1"
+        COMP_LINE=$(cat "$2") COMP_TYPE=9
+        COMP_POINT=${#COMP_LINE}
+        read -ra COMP_WORDS <<<"$COMP_LINE"
+        COMP_CWORD=$((${#COMP_WORDS[@]} - 1))
+        _clap_complete_lcrun lcrun "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+        printf '%s\n' "${COMPREPLY[@]}"
+    "#;
+    let completions = concat!(env!("CARGO_MANIFEST_DIR"), "/completions/lcrun.bash");
+    // Too long for bash's own arguments: read from a file.
+    let line_file = env.write("line", &line);
+    let mut bash = std::process::Command::new("bash");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("LCRUN_") {
+            bash.env_remove(&name);
+        }
+    }
+    let out = bash
+        .args(["-c", script, "bash", completions])
+        .arg(&line_file)
+        .current_dir(env.dir.path())
+        .env("PATH", path_with_lcrun())
+        .env("LC_ALL", "C.UTF-8")
+        .env("LCRUN_CACHE_DIR", &env.cache)
+        .output()
+        .unwrap();
+    assert_eq!(stderr(&out), "");
+    assert_eq!(stdout(&out).lines().collect::<Vec<_>>(), ["--cache-dir"]);
+}
