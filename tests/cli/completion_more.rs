@@ -149,3 +149,31 @@ fn bash_tab_on_a_long_line_of_multibyte_characters_still_completes() {
     assert_eq!(stderr(&out), "");
     assert_eq!(stdout(&out).lines().collect::<Vec<_>>(), ["--cache-dir"]);
 }
+
+/// A directory whose name holds a newline: the reply escaped it as
+/// `\` + newline, which bash reads as a line continuation, so the word
+/// became `nl/ab/`, another path. The reply, read back by bash, must be
+/// the path. Needs bash.
+#[test]
+fn bash_candidate_with_a_newline_reads_back_as_the_path() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("nl/a\nb")).unwrap();
+    let out = env
+        .lcrun()
+        .env("_LCRUN_COMP_LINE", "lcrun -c hash:nl/a")
+        .env("_CLAP_IFS", "\u{b}")
+        .env("_CLAP_COMPLETE_INDEX", "4")
+        .env("LCRUN_COMPLETE", "bash")
+        .env("_LCRUN_TAB", "1")
+        .args(["--", "lcrun", "-c", "hash", ":", "nl/a"])
+        .output()
+        .unwrap();
+    assert_code(&out, 0);
+    let reply = stdout(&out);
+    assert_eq!(reply.split('\u{b}').count(), 1, "{reply:?}");
+    let read = std::process::Command::new("bash")
+        .args(["-c", &format!("printf %s {reply}")])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&read), "nl/a\nb/", "reply {reply:?}");
+}
