@@ -177,3 +177,33 @@ fn bash_candidate_with_a_newline_reads_back_as_the_path() {
         .unwrap();
     assert_eq!(stdout(&read), "nl/a\nb/", "reply {reply:?}");
 }
+
+/// zsh and fish pass the word under the cursor as typed (clap's scripts:
+/// `${words}`, `commandline --current-token`), quotes and backslashes
+/// included, as captured from zsh 5.9 and fish 3.6. lcrun took
+/// `hash:my\ dir/` as a path with a backslash and offered nothing, where
+/// bash now offers `my dir/f1`: in zsh and fish a path with a blank
+/// completes only up to the blank.
+#[test]
+fn zsh_and_fish_complete_after_an_escaped_or_quoted_blank() {
+    let env = Env::new();
+    my_dir(&env);
+    for shell in ["zsh", "fish"] {
+        for typed in ["hash:my\\ dir/", "'hash:my dir/", "\"hash:my dir/"] {
+            let out = env
+                .lcrun()
+                .env("_CLAP_IFS", "\n")
+                .env("_CLAP_COMPLETE_INDEX", "2")
+                .env("LCRUN_COMPLETE", shell)
+                .env("_LCRUN_TAB", "1")
+                .args(["--", "lcrun", "-c", typed])
+                .output()
+                .unwrap();
+            let found = lines(&out);
+            assert!(
+                found.iter().any(|c| c.contains("my dir/f1")),
+                "{shell}: {typed:?} gave {found:?}"
+            );
+        }
+    }
+}
