@@ -207,3 +207,47 @@ fn zsh_and_fish_complete_after_an_escaped_or_quoted_blank() {
         }
     }
 }
+
+/// zsh passes the words before the cursor as typed too: `--cache-dir
+/// 'a b'` reached lcrun as `'a b'`, with its quotes, and the keys of the
+/// cache in `a b` were not offered (fish and elvish pass `a b`).
+#[test]
+fn zsh_offers_the_keys_of_a_quoted_cache_dir() {
+    let env = Env::new();
+    let dir = env.path("a b");
+    let run = env
+        .lcrun()
+        .arg("--cache-dir")
+        .arg(&dir)
+        .args(["--", "echo", "one"])
+        .output()
+        .unwrap();
+    assert_code(&run, 0);
+    let list = env
+        .lcrun()
+        .args(["cache", "--cache-dir"])
+        .arg(&dir)
+        .arg("list")
+        .output()
+        .unwrap();
+    let key = stdout(&list)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let out = env
+        .lcrun()
+        .env("_CLAP_IFS", "\n")
+        .env("_CLAP_COMPLETE_INDEX", "5")
+        .env("LCRUN_COMPLETE", "zsh")
+        .env("_LCRUN_TAB", "1")
+        .args(["--", "lcrun", "cache", "show", "--cache-dir", "'a b'", ""])
+        .output()
+        .unwrap();
+    let found = lines(&out);
+    assert!(
+        found.iter().any(|c| c.starts_with(&key)),
+        "{key} not in {found:?}"
+    );
+}
