@@ -8,6 +8,7 @@ mod util;
 
 mod complete;
 mod completion_edges;
+mod completion_more;
 mod concurrency;
 mod foundation;
 mod inputs;
