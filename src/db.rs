@@ -72,7 +72,10 @@ pub fn open_read_only(path: &Path) -> Result<Option<Connection>, StoreError> {
     // No WAL: everything is in the file. Read as immutable, or SQLite
     // would create the -wal and -shm files to read it. A writer that starts
     // meanwhile may make this read stale or fail: a completion offers less.
-    let uri = format!("file:{}?immutable=1", uri_path(path));
+    // An absolute path after `file://`, so that `//tmp/c` is not read as
+    // the host `tmp`.
+    let authority = if path.is_absolute() { "//" } else { "" };
+    let uri = format!("file:{authority}{}?immutable=1", uri_path(path));
     Ok(Some(Connection::open_with_flags(
         uri,
         flags | OpenFlags::SQLITE_OPEN_URI,

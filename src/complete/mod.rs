@@ -81,6 +81,7 @@ fn complete(args: Vec<OsString>) -> Exit {
         ));
         return Exit::Usage;
     }
+    let args = unquoted(name.to_str(), args);
     let line = LINE.get_or_init(|| Line::read(&args));
     let factory = || {
         if line.in_command || line.is_run {
@@ -295,4 +296,26 @@ fn home_expanded(dir: &OsStr) -> PathBuf {
         }
         _ => PathBuf::from(dir),
     }
+}
+
+/// The words after `--` as lcrun would receive them: zsh passes each word
+/// as typed, fish the word under the cursor, quotes and backslashes kept
+/// (`hash:my\ dir/`, `'a b'`). bash's line is read apart (see
+/// [`shells::bash_words`]); elvish and PowerShell pass values.
+fn unquoted(shell: Option<&str>, mut args: Vec<OsString>) -> Vec<OsString> {
+    let Some(escape) = args.iter().position(|a| a == "--") else {
+        return args;
+    };
+    let from = match shell {
+        Some("zsh") => escape + 1,
+        Some("fish") => args.len().saturating_sub(1).max(escape + 1),
+        _ => return args,
+    };
+    for arg in args.iter_mut().skip(from) {
+        let value = words::unquote(arg.as_encoded_bytes());
+        // SAFETY: the bytes of an encoded OsStr less ASCII quotes and
+        // backslashes.
+        *arg = unsafe { OsString::from_encoded_bytes_unchecked(value) };
+    }
+    args
 }

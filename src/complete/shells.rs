@@ -55,11 +55,12 @@ impl EnvCompleter for Bash {
         if !script.contains(pass) {
             return Err(std::io::Error::other("clap's bash script changed"));
         }
-        // Not past 100,000 bytes: one variable may not hold more than 128
-        // KiB, and the run of lcrun would fail in the shell. lcrun then
-        // takes clap's words.
+        // Not past 30,000 characters (bash counts characters, and one takes
+        // up to 4 bytes): one variable may not hold more than 128 KiB, and
+        // the run of lcrun would fail in the shell. lcrun then takes clap's
+        // words.
         let line = format!(
-            "{pass}        {BASH_LINE}=\"${{COMP_LINE:0:COMP_POINT < 100000 ? COMP_POINT : 0}}\" \\\n"
+            "{pass}        {BASH_LINE}=\"${{COMP_LINE:0:COMP_POINT < 30000 ? COMP_POINT : 0}}\" \\\n"
         );
         buf.write_all(script.replacen(pass, &line, 1).as_bytes())
     }
@@ -78,25 +79,32 @@ impl EnvCompleter for Bash {
             .ok()
             .and_then(|i| i.parse().ok())
             .unwrap_or_default();
-        // bash's own word under the cursor, as typed: what it will replace.
-        // The word as lcrun splits it may begin before it (at a `:`).
+        // bash's own word under the cursor: what it will replace (after
+        // its last `:` or `=`, inside a quote the cursor is in). bash gives
+        // it as typed, or without the quote it is in: compared unquoted.
         let bash_word = args.get(index).cloned().unwrap_or_default();
-        let typed = words.last().map(|w| w.typed.clone()).unwrap_or_default();
-        let before = match typed.strip_suffix(bash_word.as_encoded_bytes()) {
-            Some(before) => before.to_vec(),
-            None => Vec::new(),
-        };
+        let bash_value = words::unquote(bash_word.as_encoded_bytes());
+        let current = words.last().cloned().unwrap_or_default();
+        let before = current.value.strip_suffix(&bash_value[..]).unwrap_or_default();
         let index = words.len() - 1;
         let values: Vec<OsString> = words.iter().map(value).collect();
         let candidates = clap_complete::engine::complete(cmd, values, index, current_dir)?;
         let ifs = std::env::var("_CLAP_IFS").unwrap_or_else(|_| "\n".to_owned());
-        for (i, candidate) in candidates.iter().enumerate() {
-            if i != 0 {
+        let mut first = true;
+        for candidate in &candidates {
+            let value = candidate.get_value().as_encoded_bytes();
+            let rest = value.strip_prefix(before).unwrap_or(value);
+            // bash inserts the reply as it is: quoted as it will read it.
+            let reply = words::escape(rest, current.open);
+            if reply.windows(ifs.len()).any(|w| w == ifs.as_bytes()) {
+                // It would be split in two: a name bash cannot be given.
+                continue;
+            }
+            if !first {
                 buf.write_all(ifs.as_bytes())?;
             }
-            // bash inserts the candidate as it is: quoted as it reads it.
-            let quoted = words::escape(candidate.get_value().as_encoded_bytes());
-            buf.write_all(quoted.strip_prefix(&before[..]).unwrap_or(&quoted))?;
+            first = false;
+            buf.write_all(&reply)?;
         }
         Ok(())
     }

@@ -10,18 +10,30 @@ pub struct Word {
     pub value: Vec<u8>,
     /// The word as typed.
     pub typed: Vec<u8>,
+    /// The quote still open at its end (the cursor is inside it), if any.
+    pub open: Option<u8>,
 }
 
 /// Splits `line` into words, the last one cut at the end of the line
 /// (where the cursor is): an empty word when the line ends in a blank, an
 /// open quote taken as closed.
 pub fn split(line: &[u8]) -> Vec<Word> {
+    scan(line, true)
+}
+
+/// `word` with its quoting undone, blanks and all: for a shell that passes
+/// a word as typed (zsh's words, fish's word under the cursor).
+pub fn unquote(word: &[u8]) -> Vec<u8> {
+    scan(word, false).pop().map(|w| w.value).unwrap_or_default()
+}
+
+fn scan(line: &[u8], split_at_blanks: bool) -> Vec<Word> {
     let mut words = Vec::new();
     let mut word: Option<Word> = None;
     let mut quote: Option<u8> = None;
     let mut bytes = line.iter().copied();
     while let Some(b) = bytes.next() {
-        if quote.is_none() && b.is_ascii_whitespace() {
+        if split_at_blanks && quote.is_none() && b.is_ascii_whitespace() {
             words.extend(word.take());
             continue;
         }
@@ -45,22 +57,43 @@ pub fn split(line: &[u8]) -> Vec<Word> {
         }
     }
     let ends_in_blank = quote.is_none() && line.last().is_none_or(|b| b.is_ascii_whitespace());
-    words.extend(word);
-    if ends_in_blank {
+    if let Some(mut last) = word {
+        last.open = quote;
+        words.push(last);
+    }
+    if ends_in_blank || words.is_empty() {
         words.push(Word::default());
     }
     words
 }
 
-/// `value` as bash reads it back as one word: each byte that would split
-/// it, quote it or expand in it escaped by a backslash.
-pub fn escape(value: &[u8]) -> Vec<u8> {
+/// `value` as bash reads it back as one word, after `open` (the quote the
+/// cursor is in, if any): outside quotes each byte that would split, quote
+/// or expand it escaped by a backslash, and a control character as
+/// `$'\xHH'`; in double quotes only `"`, `\`, `$` and `` ` `` escaped; in
+/// single quotes a `'` as `'\''`.
+pub fn escape(value: &[u8], open: Option<u8>) -> Vec<u8> {
     let mut out = Vec::with_capacity(value.len());
     for &b in value {
-        if b.is_ascii_whitespace() || b"\\'\"`$&|;<>()[]{}*?!#~^".contains(&b) {
-            out.push(b'\\');
+        match open {
+            Some(b'\'') if b == b'\'' => out.extend_from_slice(b"'\\''"),
+            Some(b'\'') => out.push(b),
+            Some(_) => {
+                if matches!(b, b'"' | b'\\' | b'$' | b'`') {
+                    out.push(b'\\');
+                }
+                out.push(b);
+            }
+            None if b.is_ascii_control() && b != b'\t' => {
+                out.extend_from_slice(format!("$'\\x{b:02x}'").as_bytes());
+            }
+            None => {
+                if b.is_ascii_whitespace() || b"\\'\"`$&|;<>()[]{}*?!#~^".contains(&b) {
+                    out.push(b'\\');
+                }
+                out.push(b);
+            }
         }
-        out.push(b);
     }
     out
 }
@@ -97,12 +130,12 @@ mod tests {
 
     #[test]
     fn escapes_what_bash_would_split_or_expand() {
-        assert_eq!(escape(b"my dir/"), b"my\\ dir/");
-        assert_eq!(escape(b"a'b$c"), b"a\\'b\\$c");
-        assert_eq!(escape(b"plain-name_1.c:x=y/"), b"plain-name_1.c:x=y/");
+        assert_eq!(escape(b"my dir/", None), b"my\\ dir/");
+        assert_eq!(escape(b"a'b$c", None), b"a\\'b\\$c");
+        assert_eq!(escape(b"plain-name_1.c:x=y/", None), b"plain-name_1.c:x=y/");
         // Each escaped value splits back into itself.
         for value in [&b"a b"[..], b"it's", b"\"q\"", b"back\\slash", b"tab\there"] {
-            let words = split(&escape(value));
+            let words = split(&escape(value, None));
             assert_eq!(words.len(), 1);
             assert_eq!(words[0].value, value);
         }

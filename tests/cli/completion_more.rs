@@ -1,5 +1,5 @@
-//! More edges of shell completion, found by attacking the bash quoting and
-//! the immutable read of the cache: a half-typed quote (bash inserts a
+//! More edges of shell completion, in the bash quoting and the immutable
+//! read of the cache: a half-typed quote (bash inserts a
 //! candidate inside the quote, where a backslash is kept), a quote opened
 //! after `hash:`, and a cache directory whose path starts with `//`. Each
 //! Tab is the real binary run with the variables and the words an
