@@ -13,6 +13,15 @@ use crate::util::*;
 /// at blanks and at `:`, as readline splits them) after `--`.
 fn bash_tab(env: &Env, line: &str, configure: impl FnOnce(&mut Command)) -> Output {
     let words = crate::complete::readline_words(line);
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let mut cmd = bash_tab_command(env, line, &words);
+    configure(&mut cmd);
+    cmd.output().unwrap()
+}
+
+/// lcrun as completions/lcrun.bash runs it for a Tab at the end of `line`,
+/// with bash's `words` (the last one being completed).
+pub fn bash_tab_command(env: &Env, line: &str, words: &[&str]) -> Command {
     let mut cmd = env.lcrun();
     cmd.env("_LCRUN_COMP_LINE", line)
         .env("_CLAP_IFS", "\n")
@@ -22,9 +31,8 @@ fn bash_tab(env: &Env, line: &str, configure: impl FnOnce(&mut Command)) -> Outp
         .env("LCRUN_COMPLETE", "bash")
         .env("_LCRUN_TAB", "1")
         .arg("--")
-        .args(&words);
-    configure(&mut cmd);
-    cmd.output().unwrap()
+        .args(words);
+    cmd
 }
 
 fn candidates(out: &Output) -> Vec<String> {

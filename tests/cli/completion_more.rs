@@ -13,16 +13,7 @@ use crate::util::*;
 /// `COMP_WORDS`, the current word dequoted as bash passes `$2`), the last
 /// one being completed.
 fn bash_tab(env: &Env, line: &str, words: &[&str]) -> Output {
-    env.lcrun()
-        .env("_LCRUN_COMP_LINE", line)
-        .env("_CLAP_IFS", "\n")
-        .env("_CLAP_COMPLETE_INDEX", (words.len() - 1).to_string())
-        .env("_CLAP_COMPLETE_COMP_TYPE", "9")
-        .env("_CLAP_COMPLETE_SPACE", "false")
-        .env("LCRUN_COMPLETE", "bash")
-        .env("_LCRUN_TAB", "1")
-        .arg("--")
-        .args(words)
+    crate::completion_edges::bash_tab_command(env, line, words)
         .output()
         .unwrap()
 }

@@ -33,6 +33,11 @@ fn give_to_nobody(path: &Path) {
 fn run_as_nobody(env: &Env, tasks: u64, args: &[&str]) -> Output {
     static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    run_as(env, NOBODY, tasks, args)
+}
+
+/// Runs `lcrun ARGS` as `uid`, allowed `tasks` processes and threads.
+fn run_as(env: &Env, uid: u32, tasks: u64, args: &[&str]) -> Output {
     let mut cmd = env.lcrun();
     cmd.args(args);
     // SAFETY: only async-signal-safe calls between fork and exec.
@@ -43,9 +48,9 @@ fn run_as_nobody(env: &Env, tasks: u64, args: &[&str]) -> Output {
                 rlim_max: tasks,
             };
             if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(NOBODY) != 0
+                || libc::setgid(uid) != 0
                 || libc::setrlimit(libc::RLIMIT_NPROC, &limit) != 0
-                || libc::setuid(NOBODY) != 0
+                || libc::setuid(uid) != 0
             {
                 return Err(std::io::Error::last_os_error());
             }
@@ -159,35 +164,14 @@ fn a_multi_blob_stdout_is_replayed_when_no_thread_can_start() {
 /// root.
 #[test]
 fn a_command_runs_under_a_limit_of_three_tasks() {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("needs root to change uid: skipped");
+    if !is_root() {
+        eprintln!("skipped: needs root to change uid");
         return;
     }
     const UID: u32 = 64_997;
     let env = Env::new();
     std::os::unix::fs::chown(env.dir.path(), Some(UID), Some(UID)).unwrap();
-    let mut cmd = env.lcrun();
-    cmd.args(["--", "echo", "ran"]);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 3,
-                rlim_max: 3,
-            };
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(UID) != 0
-                || libc::setrlimit(libc::RLIMIT_NPROC, &limit) != 0
-                || libc::setuid(UID) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = cmd.output().unwrap();
+    let out = run_as(&env, UID, 3, &["--", "echo", "ran"]);
     assert_code(&out, 0);
     assert_eq!(stdout(&out), "ran\n");
     // Its recorder gave way, and it says so once: the run is not cached.
