@@ -83,6 +83,17 @@ fn an_exported_completion_variable_does_not_silently_swallow_a_run() {
     }
 }
 
+/// Opens and closes the cache's database: the last connection to close
+/// checkpoints and removes the WAL files, as any SQLite client leaves it.
+pub fn without_wal_files(env: &Env) {
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    let _: i64 = conn
+        .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
+        .unwrap();
+    drop(conn);
+    assert!(!env.cache.join("cache.db-wal").exists());
+}
+
 /// A Tab reads the cache and writes nothing: the directory holds the same
 /// files after it. Where the last connection had closed the database (its
 /// WAL files gone, as after any other SQLite client closed it), opening it
@@ -91,13 +102,7 @@ fn an_exported_completion_variable_does_not_silently_swallow_a_run() {
 fn completing_keys_leaves_no_file_in_the_cache() {
     let env = Env::new();
     let keys = three_entries(&env);
-    // The last connection to close checkpoints and removes the WAL files.
-    let conn = rusqlite::Connection::open(env.db()).unwrap();
-    let _: i64 = conn
-        .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
-        .unwrap();
-    drop(conn);
-    assert!(!env.cache.join("cache.db-wal").exists());
+    without_wal_files(&env);
     let listing = || {
         let mut names: Vec<String> = std::fs::read_dir(&env.cache)
             .unwrap()

@@ -79,13 +79,7 @@ fn keys_are_offered_from_a_cache_dir_written_with_a_leading_double_slash() {
         .and_then(|l| l.split_whitespace().next())
         .unwrap()
         .to_owned();
-    // The last connection to close checkpoints and removes the WAL files.
-    let conn = rusqlite::Connection::open(env.db()).unwrap();
-    let _: i64 = conn
-        .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
-        .unwrap();
-    drop(conn);
-    assert!(!env.cache.join("cache.db-wal").exists());
+    crate::completion_edges::without_wal_files(&env);
     let dir = format!("/{}", env.cache.display());
     let line = format!("lcrun cache show --cache-dir {dir} ");
     let out = bash_tab(&env, &line, &["lcrun", "cache", "show", "--cache-dir", &dir, ""]);
