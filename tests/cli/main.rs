@@ -9,6 +9,7 @@ mod util;
 mod complete;
 mod completion_edges;
 mod completion_more;
+mod completion_real;
 mod concurrency;
 mod foundation;
 mod inputs;
