@@ -134,6 +134,14 @@ impl EnvCompleter for Zsh {
         buf: &mut dyn std::io::Write,
     ) -> std::io::Result<()> {
         let script = clap_script(&clap_complete::env::Zsh, var, name, bin, completer)?;
+        // clap escapes a `:` in a value (`hash\:src/`) but its script cut
+        // the value at the first `:`, escaped or not: a directory after
+        // `hash:` was not seen to end in `/`, and got a space after it.
+        let (cut, cut_at_unescaped) = (ZSH_CUT, ZSH_CUT_AT_UNESCAPED);
+        if script.matches(cut).count() != 1 {
+            return Err(std::io::Error::other("clap's zsh script changed"));
+        }
+        let script = script.replacen(cut, cut_at_unescaped, 1);
         let function = format!("_clap_dynamic_completer_{}", name.replace('-', "_"));
         let register = format!("compdef {function} {bin}\n");
         if !script.ends_with(&register) {
@@ -215,6 +223,24 @@ fn marked(shell: &str, var: &str, script: &str) -> std::io::Result<String> {
     };
     Ok(script)
 }
+
+/// How clap's zsh script splits a reply into its value and description.
+const ZSH_CUT: &str = r#"            local value="${completion%%:*}"
+            if [[ "$value" == */ ]]; then
+                local dir_no_slash="${value%/}"
+                if [[ "$completion" == *:* ]]; then
+                    local desc="${completion#*:}"
+"#;
+
+/// The same at the first `:` that is not escaped.
+const ZSH_CUT_AT_UNESCAPED: &str = r#"            local sep=$'\1'
+            local unescaped="${completion//\\:/$sep}"
+            local value="${${unescaped%%:*}//$sep/\\:}"
+            if [[ "$value" == */ ]]; then
+                local dir_no_slash="${value%/}"
+                if [[ "$unescaped" == *:* ]]; then
+                    local desc="${${unescaped#*:}//$sep/\\:}"
+"#;
 
 /// A shell whose clap script needs only the [`TAB`] mark.
 pub struct Marked<S: 'static>(pub S);
