@@ -231,8 +231,12 @@ fn the_jobs_database_stays_small() {
     for i in 0..150 {
         assert_code(&env.run(["--", "echo", &i.to_string()]), 0);
     }
+    // Truncated to 256 KiB when a checkpoint resets it; between resets it
+    // holds up to the transaction that crossed the 64-page checkpoint mark
+    // (CI once saw 65 frames, 267,832 bytes). Unbounded, at about 3.4 KB a
+    // run, 150 runs would leave some 510 KB.
     let wal = std::fs::metadata(env.cache.join("jobs.db-wal")).unwrap().len();
-    assert!(wal <= 256 * 1024, "jobs.db-wal is {wal} bytes after 150 runs");
+    assert!(wal <= 320 * 1024, "jobs.db-wal is {wal} bytes after 150 runs");
     let jobs = env.cache.join("jobs.db");
     sql(&jobs, "UPDATE jobs SET updated_ms = 0 WHERE state != 'running'");
     assert_code(&env.run(["--", "echo", "one more"]), 0);
