@@ -18,9 +18,9 @@ use std::sync::OnceLock;
 
 use clap::Arg;
 use clap_complete::engine::{ArgValueCompleter, CompletionCandidate, PathCompleter, ValueCompleter};
-use clap_complete::env::{CompleteEnv, Elvish, Fish, Powershell, Shells};
+use clap_complete::env::{Bash, CompleteEnv, Elvish, Fish, Powershell, Shells, Zsh};
 
-use shells::{Bash, Marked, Zsh};
+use shells::Lcrun;
 
 use crate::cli::{full_command, RunArgs, CACHE_BY_KINDS};
 use crate::exit::Exit;
@@ -64,12 +64,14 @@ pub fn run() -> Option<Exit> {
     Some(complete(args))
 }
 
-static ELVISH: Marked<Elvish> = Marked(Elvish);
-static FISH: Marked<Fish> = Marked(Fish);
-static POWERSHELL: Marked<Powershell> = Marked(Powershell);
+static BASH: Lcrun<Bash> = Lcrun(Bash);
+static ELVISH: Lcrun<Elvish> = Lcrun(Elvish);
+static FISH: Lcrun<Fish> = Lcrun(Fish);
+static POWERSHELL: Lcrun<Powershell> = Lcrun(Powershell);
+static ZSH: Lcrun<Zsh> = Lcrun(Zsh);
 
 fn complete(args: Vec<OsString>) -> Exit {
-    let shells = Shells(&[&Bash, &ELVISH, &FISH, &POWERSHELL, &Zsh]);
+    let shells = Shells(&[&BASH, &ELVISH, &FISH, &POWERSHELL, &ZSH]);
     // Only a person sets a wrong name (the scripts set a right one): say so.
     let name = std::env::var_os(VAR).unwrap_or_default();
     if name.to_str().and_then(|n| shells.completer(n)).is_none() {

@@ -1,19 +1,13 @@
 //! The registration scripts: clap's, each marking the runs it makes as a
-//! Tab's ([`TAB`]), and those of bash and zsh with one change more.
+//! Tab's ([`TAB`]), and those of bash and zsh with one change more; and
+//! bash's completion, which reads the line itself.
 
 use std::ffi::{OsStr, OsString};
+use std::io;
 
-use clap_complete::env::EnvCompleter;
+use clap_complete::env::{Bash, Elvish, EnvCompleter, Fish, Powershell, Zsh};
 
 use super::words::{self, Word};
-
-/// bash, as clap does it, but given the line as typed. bash splits the
-/// words of a line at `:` and `=` as well as at blanks (`-c hash:src` is
-/// `-c`, `hash`, `:`, `src`), which clap's completer cannot parse; so the
-/// script also passes the line up to the cursor, lcrun splits it at blanks
-/// only, and each candidate is cut to the part after bash's last break, the
-/// part bash replaces.
-pub struct Bash;
 
 /// The variable bash's script passes the line in.
 pub const BASH_LINE: &str = "_LCRUN_COMP_LINE";
@@ -33,27 +27,37 @@ pub fn value(word: &Word) -> OsString {
     unsafe { OsStr::from_encoded_bytes_unchecked(&word.value) }.to_owned()
 }
 
-impl EnvCompleter for Bash {
-    fn name(&self) -> &'static str {
-        clap_complete::env::Bash.name()
+/// What lcrun does to clap's way with a shell: its registration script,
+/// and the completion of a Tab.
+pub trait Shell: EnvCompleter {
+    /// clap's script, [`marked`], made ready for lcrun.
+    fn patch(&self, script: String, _name: &str, _bin: &str) -> io::Result<String> {
+        Ok(script)
     }
 
-    fn is(&self, name: &str) -> bool {
-        clap_complete::env::Bash.is(name)
-    }
-
-    fn write_registration(
+    /// Writes the candidates for a Tab.
+    fn complete(
         &self,
-        var: &str,
-        name: &str,
-        bin: &str,
-        completer: &str,
-        buf: &mut dyn std::io::Write,
-    ) -> std::io::Result<()> {
-        let script = clap_script(&clap_complete::env::Bash, var, name, bin, completer)?;
+        cmd: &mut clap::Command,
+        args: Vec<OsString>,
+        current_dir: Option<&std::path::Path>,
+        buf: &mut dyn io::Write,
+    ) -> io::Result<()> {
+        self.write_complete(cmd, args, current_dir, buf)
+    }
+}
+
+/// bash, as clap does it, but given the line as typed. bash splits the
+/// words of a line at `:` and `=` as well as at blanks (`-c hash:src` is
+/// `-c`, `hash`, `:`, `src`), which clap's completer cannot parse; so the
+/// script also passes the line up to the cursor, lcrun splits it at blanks
+/// only, and each candidate is cut to the part after bash's last break, the
+/// part bash replaces.
+impl Shell for Bash {
+    fn patch(&self, script: String, _name: &str, _bin: &str) -> io::Result<String> {
         let pass = "        _CLAP_IFS=\"$IFS\" \\\n";
         if !script.contains(pass) {
-            return Err(std::io::Error::other("clap's bash script changed"));
+            return Err(io::Error::other("clap's bash script changed"));
         }
         // Not past 30,000 characters (bash counts characters, and one takes
         // up to 4 bytes): one variable may not hold more than 128 KiB, and
@@ -62,18 +66,18 @@ impl EnvCompleter for Bash {
         let line = format!(
             "{pass}        {BASH_LINE}=\"${{COMP_LINE:0:COMP_POINT < 30000 ? COMP_POINT : 0}}\" \\\n"
         );
-        buf.write_all(script.replacen(pass, &line, 1).as_bytes())
+        Ok(script.replacen(pass, &line, 1))
     }
 
-    fn write_complete(
+    fn complete(
         &self,
         cmd: &mut clap::Command,
         args: Vec<OsString>,
         current_dir: Option<&std::path::Path>,
-        buf: &mut dyn std::io::Write,
-    ) -> std::io::Result<()> {
+        buf: &mut dyn io::Write,
+    ) -> io::Result<()> {
         let Some(words) = bash_words() else {
-            return clap_complete::env::Bash.write_complete(cmd, args, current_dir, buf);
+            return self.write_complete(cmd, args, current_dir, buf);
         };
         let index: usize = std::env::var("_CLAP_COMPLETE_INDEX")
             .ok()
@@ -114,15 +118,41 @@ impl EnvCompleter for Bash {
 /// compinit on the first Tab): clap's script only registers its function,
 /// so that first Tab would complete nothing. Run as `_lcrun`, it completes
 /// at once, as clap's static zsh scripts do.
-pub struct Zsh;
+impl Shell for Zsh {
+    fn patch(&self, script: String, name: &str, bin: &str) -> io::Result<String> {
+        // clap escapes a `:` in a value (`hash\:src/`) but its script cut
+        // the value at the first `:`, escaped or not: a directory after
+        // `hash:` was not seen to end in `/`, and got a space after it.
+        if script.matches(ZSH_CUT).count() != 1 {
+            return Err(io::Error::other("clap's zsh script changed"));
+        }
+        let script = script.replacen(ZSH_CUT, ZSH_CUT_AT_UNESCAPED, 1);
+        let function = format!("_clap_dynamic_completer_{}", name.replace('-', "_"));
+        let register = format!("compdef {function} {bin}\n");
+        let Some(body) = script.strip_suffix(&register) else {
+            return Err(io::Error::other("clap's zsh script changed"));
+        };
+        let either = format!(
+            "if [ \"$funcstack[1]\" = \"_{bin}\" ]; then\n    {function} \"$@\"\nelse\n    {register}fi\n"
+        );
+        Ok(format!("{body}{either}"))
+    }
+}
 
-impl EnvCompleter for Zsh {
+impl Shell for Elvish {}
+impl Shell for Fish {}
+impl Shell for Powershell {}
+
+/// A shell as lcrun completes for it: clap's, with [`Shell`]'s changes.
+pub struct Lcrun<S: 'static>(pub S);
+
+impl<S: Shell> EnvCompleter for Lcrun<S> {
     fn name(&self) -> &'static str {
-        clap_complete::env::Zsh.name()
+        self.0.name()
     }
 
     fn is(&self, name: &str) -> bool {
-        clap_complete::env::Zsh.is(name)
+        self.0.is(name)
     }
 
     fn write_registration(
@@ -131,27 +161,13 @@ impl EnvCompleter for Zsh {
         name: &str,
         bin: &str,
         completer: &str,
-        buf: &mut dyn std::io::Write,
-    ) -> std::io::Result<()> {
-        let script = clap_script(&clap_complete::env::Zsh, var, name, bin, completer)?;
-        // clap escapes a `:` in a value (`hash\:src/`) but its script cut
-        // the value at the first `:`, escaped or not: a directory after
-        // `hash:` was not seen to end in `/`, and got a space after it.
-        let (cut, cut_at_unescaped) = (ZSH_CUT, ZSH_CUT_AT_UNESCAPED);
-        if script.matches(cut).count() != 1 {
-            return Err(std::io::Error::other("clap's zsh script changed"));
-        }
-        let script = script.replacen(cut, cut_at_unescaped, 1);
-        let function = format!("_clap_dynamic_completer_{}", name.replace('-', "_"));
-        let register = format!("compdef {function} {bin}\n");
-        if !script.ends_with(&register) {
-            return Err(std::io::Error::other("clap's zsh script changed"));
-        }
-        let body = &script[..script.len() - register.len()];
-        let either = format!(
-            "if [ \"$funcstack[1]\" = \"_{bin}\" ]; then\n    {function} \"$@\"\nelse\n    {register}fi\n"
-        );
-        buf.write_all(format!("{body}{either}").as_bytes())
+        buf: &mut dyn io::Write,
+    ) -> io::Result<()> {
+        let mut script = Vec::new();
+        self.0
+            .write_registration(var, name, bin, completer, &mut script)?;
+        let script = marked(self.name(), var, &String::from_utf8_lossy(&script))?;
+        buf.write_all(self.0.patch(script, name, bin)?.as_bytes())
     }
 
     fn write_complete(
@@ -159,9 +175,9 @@ impl EnvCompleter for Zsh {
         cmd: &mut clap::Command,
         args: Vec<OsString>,
         current_dir: Option<&std::path::Path>,
-        buf: &mut dyn std::io::Write,
-    ) -> std::io::Result<()> {
-        clap_complete::env::Zsh.write_complete(cmd, args, current_dir, buf)
+        buf: &mut dyn io::Write,
+    ) -> io::Result<()> {
+        self.0.complete(cmd, args, current_dir, buf)
     }
 }
 
@@ -171,22 +187,9 @@ impl EnvCompleter for Zsh {
 /// without this mark lcrun runs the command (see [`super::run`]).
 pub const TAB: &str = "_LCRUN_TAB";
 
-/// clap's registration script for `shell`, [`marked`].
-fn clap_script(
-    shell: &dyn EnvCompleter,
-    var: &str,
-    name: &str,
-    bin: &str,
-    completer: &str,
-) -> std::io::Result<String> {
-    let mut script = Vec::new();
-    shell.write_registration(var, name, bin, completer, &mut script)?;
-    marked(shell.name(), var, &String::from_utf8_lossy(&script))
-}
-
 /// `script` (clap's registration for `shell`, setting `var`) with [`TAB`]
 /// set where `var` is set for the run of lcrun.
-fn marked(shell: &str, var: &str, script: &str) -> std::io::Result<String> {
+fn marked(shell: &str, var: &str, script: &str) -> io::Result<String> {
     let (find, mark) = match shell {
         "bash" | "zsh" => (
             format!("        {var}=\"{shell}\" \\\n"),
@@ -198,10 +201,10 @@ fn marked(shell: &str, var: &str, script: &str) -> std::io::Result<String> {
             format!("    $env:{var} = \"powershell\";\n"),
             format!("    $env:{TAB} = \"1\";\n"),
         ),
-        _ => return Err(std::io::Error::other(format!("no mark for {shell}"))),
+        _ => return Err(io::Error::other(format!("no mark for {shell}"))),
     };
     if script.matches(&find).count() != 1 {
-        return Err(std::io::Error::other(format!("clap's {shell} script changed")));
+        return Err(io::Error::other(format!("clap's {shell} script changed")));
     }
     let script = match shell {
         // bash and zsh pass it as a prefix of the command; elvish and fish
@@ -211,7 +214,7 @@ fn marked(shell: &str, var: &str, script: &str) -> std::io::Result<String> {
             // Set beside the variable, and removed after the run.
             let ran = "\"@;\n";
             if script.matches(ran).count() != 1 {
-                return Err(std::io::Error::other("clap's powershell script changed"));
+                return Err(io::Error::other("clap's powershell script changed"));
             }
             script.replacen(&find, &format!("{find}{mark}"), 1).replacen(
                 ran,
@@ -241,37 +244,3 @@ const ZSH_CUT_AT_UNESCAPED: &str = r#"            local sep=$'\1'
                 if [[ "$unescaped" == *:* ]]; then
                     local desc="${${unescaped#*:}//$sep/\\:}"
 "#;
-
-/// A shell whose clap script needs only the [`TAB`] mark.
-pub struct Marked<S: 'static>(pub S);
-
-impl<S: EnvCompleter> EnvCompleter for Marked<S> {
-    fn name(&self) -> &'static str {
-        self.0.name()
-    }
-
-    fn is(&self, name: &str) -> bool {
-        self.0.is(name)
-    }
-
-    fn write_registration(
-        &self,
-        var: &str,
-        name: &str,
-        bin: &str,
-        completer: &str,
-        buf: &mut dyn std::io::Write,
-    ) -> std::io::Result<()> {
-        buf.write_all(clap_script(&self.0, var, name, bin, completer)?.as_bytes())
-    }
-
-    fn write_complete(
-        &self,
-        cmd: &mut clap::Command,
-        args: Vec<OsString>,
-        current_dir: Option<&std::path::Path>,
-        buf: &mut dyn std::io::Write,
-    ) -> std::io::Result<()> {
-        self.0.write_complete(cmd, args, current_dir, buf)
-    }
-}
