@@ -281,13 +281,7 @@ fn another_user_cannot_subvert_a_cache_dir_others_can_write() {
             (&victim_blob, "last_insert_rowid()".into(), "v.pack"),
         ] {
             if hex == &victim_blob {
-                conn.execute(
-                    "INSERT INTO entries (key, created_ms, last_used_ms, bytes, hits, meta) VALUES \
-                     (NULL, 0, 0, 0, 0, '{\"command\":\"x\",\"cwd\":\"/\",\"inputs\":[],\"duration_ms\":0,\"status\":0,\
-                     \"pending_key\":\"00\"}')",
-                    [],
-                )
-                .unwrap();
+                insert_pending(&conn, "00");
             }
             conn.execute(
                 &format!("INSERT INTO uses (entry_id, digest) VALUES ({user_id}, x'{hex}')"),
@@ -527,13 +521,7 @@ fn a_later_run_cleans_what_a_failed_one_could_not() {
     fs::write(&blob, noise(1 << 20, 3)).unwrap();
     fs::set_permissions(&blob, fs::Permissions::from_mode(0o600)).unwrap();
     let conn = open_db(&env.db());
-    conn.execute(
-        "INSERT INTO entries (key, created_ms, last_used_ms, bytes, hits, meta) VALUES \
-         (NULL, 0, 0, 0, 0, '{\"command\":\"x\",\"cwd\":\"/\",\"inputs\":[],\"duration_ms\":0,\"status\":0,\
-         \"pending_key\":\"ab\"}')",
-        [],
-    )
-    .unwrap();
+    insert_pending(&conn, "ab");
     conn.execute(
         &format!("INSERT INTO uses (entry_id, digest) VALUES (last_insert_rowid(), x'{hex}')"),
         [],
@@ -845,4 +833,17 @@ fn damage_deep_in_a_large_output_stops_the_replay_before_any_wrong_byte() {
     assert_code(&out, 0);
     assert!(out.stdout == content);
     assert_eq!(env.count("big"), 2);
+}
+
+/// Inserts a pending entry (no key yet) of `pending_key`, as a writer
+/// that began a recording leaves it.
+fn insert_pending(conn: &rusqlite::Connection, pending_key: &str) {
+    let meta = format!(
+        r#"{{"command":"x","cwd":"/","inputs":[],"duration_ms":0,"status":0,"pending_key":"{pending_key}"}}"#
+    );
+    conn.execute(
+        "INSERT INTO entries (key, created_ms, last_used_ms, bytes, hits, meta) VALUES (NULL, 0, 0, 0, 0, ?1)",
+        [meta],
+    )
+    .unwrap();
 }
