@@ -132,21 +132,18 @@ fn explain_names_hash_git_cwd_program_and_script() {
 
     // The same command in another directory.
     fs::create_dir(env.path("elsewhere")).unwrap();
-    let out = env
-        .lcrun()
-        .current_dir(env.path("elsewhere"))
-        .args(["explain", "--", "echo", "where"])
-        .output()
-        .unwrap();
+    let explain_elsewhere = || {
+        env.lcrun()
+            .current_dir(env.path("elsewhere"))
+            .args(["explain", "--", "echo", "where"])
+            .output()
+            .unwrap()
+    };
+    let out = explain_elsewhere();
     assert_code(&out, 1);
     assert!(stdout(&out).contains("no earlier entry"), "{}", stdout(&out));
     assert_code(&env.run(["--", "echo", "where"]), 0);
-    let out = env
-        .lcrun()
-        .current_dir(env.path("elsewhere"))
-        .args(["explain", "--", "echo", "where"])
-        .output()
-        .unwrap();
+    let out = explain_elsewhere();
     assert!(stdout(&out).contains("cwd differs"), "{}", stdout(&out));
 
     // The program itself, and an interpreter's script.
