@@ -162,6 +162,41 @@ impl Contents {
     }
 }
 
+/// A command's output cut into blobs as it arrives: per stream, exactly
+/// [`BLOB_BYTES`] each, so the same output gives the same blobs however
+/// its reads were split.
+#[derive(Default)]
+pub struct Cutter {
+    /// Per stream (stdout, stderr), the blob being filled.
+    filling: [Vec<u8>; 2],
+}
+
+impl Cutter {
+    /// Moves bytes from the front of `bytes` into `stream`'s blob (a buffer
+    /// from `fresh` when it has none) and returns the blob if that filled
+    /// it; call again while `bytes` is not empty.
+    pub fn fill(
+        &mut self,
+        stream: crate::output::Stream,
+        bytes: &mut &[u8],
+        fresh: impl FnOnce() -> Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        let blob = &mut self.filling[stream as usize - 1];
+        if blob.capacity() == 0 {
+            *blob = fresh();
+        }
+        let take = bytes.len().min(BLOB_BYTES - blob.len());
+        blob.extend_from_slice(&bytes[..take]);
+        *bytes = &bytes[take..];
+        (blob.len() == BLOB_BYTES).then(|| std::mem::take(blob))
+    }
+
+    /// `stream`'s last, shorter blob (empty if none), taken.
+    pub fn rest(&mut self, stream: crate::output::Stream) -> Vec<u8> {
+        std::mem::take(&mut self.filling[stream as usize - 1])
+    }
+}
+
 /// Stores everything `reader` yields, [`BLOB_BYTES`] at a time in one reused
 /// buffer, so memory stays bounded whatever the length. A blob the store
 /// already has is not put again.

@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::blob::BLOB_BYTES;
+use crate::blob::{Cutter, BLOB_BYTES};
 use crate::key::Key;
 use crate::lock::{KeyLock, WaitMark};
 use crate::messages::Messages;
@@ -90,9 +90,9 @@ struct State {
 /// A run being recorded by a thread of its own.
 pub struct Recorder {
     tx: Option<mpsc::Sender<Msg>>,
-    /// Per stream, the blob being filled: output is cut into blobs here, as
-    /// it is copied once from the read buffer (see `Recording::write_blob`).
-    gathering: [Vec<u8>; 2],
+    /// Output is cut into blobs here, as it is copied once from the read
+    /// buffer (see `Recording::write_blob`).
+    cutter: Cutter,
     /// The interleaving not yet sent: (stream, bytes) in order.
     runs: Vec<(Stream, u64)>,
     /// The cache directory and the key, to look for waiters.
@@ -184,7 +184,7 @@ impl Recorder {
             });
         let mut recorder = Recorder {
             tx: Some(tx),
-            gathering: Default::default(),
+            cutter: Cutter::default(),
             runs: Vec::new(),
             dir,
             key: hex,
@@ -210,17 +210,9 @@ impl Recorder {
             Some((last, len)) if *last == stream => *len += bytes.len() as u64,
             _ => self.runs.push((stream, bytes.len() as u64)),
         }
-        let index = stream as usize - 1;
         while !bytes.is_empty() {
-            if self.gathering[index].capacity() == 0 {
-                self.gathering[index] = self.spare_buffer();
-            }
-            let gathering = &mut self.gathering[index];
-            let take = bytes.len().min(BLOB_BYTES - gathering.len());
-            gathering.extend_from_slice(&bytes[..take]);
-            bytes = &bytes[take..];
-            if gathering.len() == BLOB_BYTES {
-                let blob = std::mem::take(gathering);
+            let shared = &self.shared;
+            if let Some(blob) = self.cutter.fill(stream, &mut bytes, || spare_buffer(shared)) {
                 self.send(Some((stream, blob)));
                 if self.dropped.is_some() {
                     return;
@@ -232,12 +224,6 @@ impl Recorder {
             // goes on without waiting for a blob.
             self.send(None);
         }
-    }
-
-    /// A buffer for a blob: one the store's thread is done with, if any.
-    fn spare_buffer(&self) -> Vec<u8> {
-        let spare = self.shared.0.lock().ok().and_then(|mut state| state.spare.pop());
-        spare.unwrap_or_else(|| Vec::with_capacity(BLOB_BYTES))
     }
 
     /// Queues a blob (if any) and the interleaving for the store's thread.
@@ -281,9 +267,9 @@ impl Recorder {
     /// and the rest of the interleaving.
     fn send_rest(&mut self) {
         for stream in [Stream::Stdout, Stream::Stderr] {
-            let gathering = std::mem::take(&mut self.gathering[stream as usize - 1]);
-            if !gathering.is_empty() && self.dropped.is_none() {
-                self.send(Some((stream, gathering)));
+            let rest = self.cutter.rest(stream);
+            if !rest.is_empty() && self.dropped.is_none() {
+                self.send(Some((stream, rest)));
             }
         }
         if !self.runs.is_empty() && self.dropped.is_none() {
@@ -361,6 +347,12 @@ impl Recorder {
         self.tx = None;
         GIVE_UP.store(true, Ordering::SeqCst);
     }
+}
+
+/// A buffer for a blob: one the store's thread is done with, if any.
+fn spare_buffer(shared: &(Mutex<State>, Condvar)) -> Vec<u8> {
+    let spare = shared.0.lock().ok().and_then(|mut state| state.spare.pop());
+    spare.unwrap_or_else(|| Vec::with_capacity(BLOB_BYTES))
 }
 
 fn locked_too_long(bound: Duration) -> String {

@@ -13,7 +13,7 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use super::blobs::{LocalBlobs, Pending};
 use super::record::RECORD_VERSION;
 use super::{damaged, now_ms, to_json, Record, Store, StoreError, OUTCOME_KEEP_MS, OUTCOME_PREFIX};
-use crate::blob::{Digest, BLOB_BYTES};
+use crate::blob::{Cutter, Digest, BLOB_BYTES};
 use crate::compress::{self, Codec, Packed, Packer};
 use crate::lock::KeyLock;
 use crate::output::Stream;
@@ -75,7 +75,7 @@ impl Store {
                 pack: Default::default(),
             },
             record,
-            gathering: [Vec::new(), Vec::new()],
+            cutter: Cutter::default(),
             compressor: None,
             packer: None,
             spare: Vec::new(),
@@ -171,8 +171,8 @@ pub struct Recording<'s> {
     /// The record being built: its interleaving grows with each write, its
     /// contents with each blob stored.
     record: Record,
-    /// Per stream, the bytes of its next blob.
-    gathering: [Vec<u8>; 2],
+    /// Output given to [`Recording::write`], cut into blobs.
+    cutter: Cutter,
     /// For outputs that fit in one blob: no threads are started for them.
     compressor: Option<zstd::bulk::Compressor<'static>>,
     /// Worker threads, started by the first full blob.
@@ -209,17 +209,11 @@ impl Recording<'_> {
     /// blobs however its reads were split; the interleaving is kept apart.
     pub fn write(&mut self, stream: Stream, mut bytes: &[u8]) -> Result<(), StoreError> {
         self.record.push_run(stream, bytes.len() as u64);
-        let index = stream as usize - 1;
         while !bytes.is_empty() {
-            let gathering = &mut self.gathering[index];
-            if gathering.capacity() == 0 {
-                *gathering = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(BLOB_BYTES));
-            }
-            let take = bytes.len().min(BLOB_BYTES - gathering.len());
-            gathering.extend_from_slice(&bytes[..take]);
-            bytes = &bytes[take..];
-            if gathering.len() == BLOB_BYTES {
-                self.flush(stream)?;
+            let spare = &mut self.spare;
+            let fresh = || spare.pop().unwrap_or_else(|| Vec::with_capacity(BLOB_BYTES));
+            if let Some(blob) = self.cutter.fill(stream, &mut bytes, fresh) {
+                self.hand_on(stream, blob)?;
             }
         }
         Ok(())
@@ -230,7 +224,7 @@ impl Recording<'_> {
     /// [`Recording::push_runs`]. A writer on another thread cuts blobs as
     /// the output arrives, so the bytes are copied once, not twice.
     pub fn write_blob(&mut self, stream: Stream, raw: Vec<u8>, arrived: Instant) -> Result<(), StoreError> {
-        debug_assert!(raw.len() <= BLOB_BYTES && self.gathering[stream as usize - 1].is_empty());
+        debug_assert!(raw.len() <= BLOB_BYTES);
         self.arrived = Some(arrived);
         if raw.is_empty() {
             return Ok(());
@@ -251,15 +245,14 @@ impl Recording<'_> {
         self.spare.pop()
     }
 
-    /// Hands the stream's gathered blob to be compressed and stored.
+    /// Hands the stream's last, shorter blob (from [`Recording::write`])
+    /// to be compressed and stored.
     fn flush(&mut self, stream: Stream) -> Result<(), StoreError> {
-        let index = stream as usize - 1;
-        if self.gathering[index].is_empty() {
+        let rest = self.cutter.rest(stream);
+        if rest.is_empty() {
             return Ok(());
         }
-        let next = self.spare.pop().unwrap_or_default();
-        let raw = std::mem::replace(&mut self.gathering[index], next);
-        self.hand_on(stream, raw)
+        self.hand_on(stream, rest)
     }
 
     /// Compresses and stores one blob of `stream`: here if it is short and
