@@ -314,8 +314,7 @@ impl Restorer<'_> {
         self.store
             .get_stream(contents, &mut |bytes| file.write_all(bytes))
             .map_err(RestoreCause::Blob)?;
-        drop(file);
-        temp.rename_to(name)?;
+        temp.place_file(file, name)?;
         self.written = true;
         Ok(())
     }
@@ -399,11 +398,16 @@ const NOW: Timestamps = Timestamps {
     },
 };
 
-/// A file or link under a temporary name beside its final place, removed
-/// unless renamed into it.
+/// A file or link being made beside its final place: a file without a
+/// name (`O_TMPFILE`) until it is whole, so an lcrun killed while writing
+/// it (SIGKILL, a Ctrl-C that ends it) leaves nothing in the user's
+/// directory, where no sweep of lcrun's would ever find it; where the
+/// filesystem or a missing /proc cannot do that, a temp name, removed
+/// unless renamed into place.
 struct Temp<'d> {
     dir: BorrowedFd<'d>,
-    name: String,
+    /// The temp name; `None` while the file has none.
+    name: Option<String>,
     renamed: bool,
 }
 
@@ -412,7 +416,7 @@ static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl<'d> Temp<'d> {
     /// Creates something under a fresh temp name with `create`, which says
-    /// `EEXIST` when the name is taken.
+    /// `EEXIST` when the name is taken; returns the name too.
     fn create<T>(
         dir: BorrowedFd<'d>,
         mut create: impl FnMut(&str) -> Result<T, Errno>,
@@ -424,7 +428,7 @@ impl<'d> Temp<'d> {
                 Ok(made) => {
                     let temp = Temp {
                         dir,
-                        name,
+                        name: Some(name),
                         renamed: false,
                     };
                     return Ok((temp, made));
@@ -438,6 +442,17 @@ impl<'d> Temp<'d> {
 
     /// A new empty file of `mode` (under the umask, as the command's own).
     fn file(dir: BorrowedFd<'d>, mode: Mode) -> Result<(Temp<'d>, File), RestoreCause> {
+        if unnamed_files() {
+            let flags = OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC;
+            if let Ok(fd) = rfs::openat(dir, ".", flags, mode) {
+                let temp = Temp {
+                    dir,
+                    name: None,
+                    renamed: false,
+                };
+                return Ok((temp, File::from(fd)));
+            }
+        }
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let (temp, fd) = Temp::create(dir, |name| rfs::openat(dir, name, flags, mode))?;
         Ok((temp, File::from(fd)))
@@ -448,9 +463,28 @@ impl<'d> Temp<'d> {
         Temp::create(dir, |name| rfs::symlinkat(target, dir, name)).map(|(temp, ())| temp)
     }
 
+    /// Puts the file (`file`, written whole) in place of `name`, atomically:
+    /// an unnamed one is given a temp name first, for the rename.
+    fn place_file(mut self, file: File, name: &[u8]) -> Result<(), RestoreCause> {
+        if self.name.is_none() {
+            let fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+            let dir = self.dir;
+            let (named, ()) = Temp::create(dir, |temp| {
+                rfs::linkat(rfs::CWD, fd.as_str(), dir, temp, AtFlags::SYMLINK_FOLLOW)
+            })?;
+            // The named one removes the link if the rename fails.
+            self.renamed = true;
+            self = named;
+        }
+        drop(file);
+        self.rename_to(name)
+    }
+
     /// Puts it in place of `name`, atomically.
     fn rename_to(mut self, name: &[u8]) -> Result<(), RestoreCause> {
-        rfs::renameat(self.dir, self.name.as_str(), self.dir, name)?;
+        if let Some(temp) = &self.name {
+            rfs::renameat(self.dir, temp.as_str(), self.dir, name)?;
+        }
         self.renamed = true;
         Ok(())
     }
@@ -458,10 +492,18 @@ impl<'d> Temp<'d> {
 
 impl Drop for Temp<'_> {
     fn drop(&mut self) {
-        if !self.renamed {
-            let _ = rfs::unlinkat(self.dir, self.name.as_str(), AtFlags::empty());
+        if let (false, Some(name)) = (self.renamed, &self.name) {
+            let _ = rfs::unlinkat(self.dir, name.as_str(), AtFlags::empty());
         }
     }
+}
+
+/// Whether files can be made without a name and named later: /proc is
+/// there to name them by (`linkat` of /proc/self/fd/N). Where it is not
+/// (a chroot, a bare container), temp names are used.
+fn unnamed_files() -> bool {
+    static PROC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROC.get_or_init(|| rfs::access("/proc/self/fd", rfs::Access::EXISTS).is_ok())
 }
 
 /// An error at `entry` of the output declared as `declared`.

@@ -14,6 +14,7 @@ mod concurrency;
 mod foundation;
 mod inputs;
 mod inspect;
+mod interrupted;
 mod keys;
 mod outputs;
 mod packaging;
