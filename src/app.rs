@@ -25,8 +25,9 @@ use crate::messages::{error, Messages};
 use crate::output::{reader_gone, RawOut, Stream};
 use crate::outputs::RestoreCause;
 use crate::progress::{self, LineMatcher, ProgressFile};
-use crate::recorder::{Keep, Recorder};
+use crate::recorder::{Interrupt, Keep, Recorder, Unstored};
 use crate::report::{self, Report};
+use crate::runner::signals::{Signals, CANCEL};
 use crate::runner::{self, Delivery, Ending, Job, Observer, RunError};
 use crate::scratch;
 use crate::store::chain::Tiers;
@@ -435,8 +436,14 @@ impl Run<'_> {
             timeout: self.deadline.remaining(),
             kill_after: self.args.kill_after(),
         };
+        // Kept until the outputs are stored: a Ctrl-C then still cancels
+        // cleanly, and does not kill lcrun halfway through its own work.
+        let signals = match Signals::install() {
+            Ok(signals) => signals,
+            Err(err) => return Err(err).context("while running the command"),
+        };
         let started = Instant::now();
-        let result = run_as_execvp(spec, &mut observer);
+        let result = run_as_execvp(spec, &signals, &mut observer);
         observer.tick();
         observer.display.finish();
         let duration = started.elapsed();
@@ -467,7 +474,7 @@ impl Run<'_> {
         let fault = [Stream::Stdout, Stream::Stderr]
             .into_iter()
             .find_map(|stream| observer.display.fault(stream).map(|err| (stream, err)));
-        let (exit, keep) = match ending {
+        let (mut exit, keep) = match ending {
             Ending::Exited(status) => {
                 let exit = Exit::from_status(status);
                 let ok = status.code() == Some(0) || (self.args.cache_failures && status.code().is_some());
@@ -491,20 +498,60 @@ impl Run<'_> {
                 (Exit::TimedOut, None)
             }
         };
+        // Storing the result (its outputs, mostly) can take a while: a
+        // cancelling signal or the deadline then stops it.
+        let mut interrupted = || {
+            let cancel = signals
+                .take()
+                .into_iter()
+                .find(|caught| CANCEL.contains(&caught.signal));
+            match cancel {
+                Some(caught) => Some(Interrupt::Signal(caught.signal)),
+                None => self.deadline.expired().then_some(Interrupt::Deadline),
+            }
+        };
+        let mut cancelled = None;
         if let Some(recording) = observer.recording.take() {
             let result = match keep {
-                Some(keep) => recording.finish(exit.code(), duration, keep, &self.invocation.outputs),
+                Some(keep) => recording.finish(
+                    exit.code(),
+                    duration,
+                    keep,
+                    &self.invocation.outputs,
+                    &mut interrupted,
+                ),
                 None => {
                     recording.abandon();
                     Ok(())
                 }
             };
-            if let (Err(why), Some(cache)) = (result, cache) {
-                cache.warn_dropped(&why);
+            match result {
+                Ok(()) => {}
+                Err(Unstored::Failed(why)) => {
+                    if let Some(cache) = cache {
+                        cache.warn_dropped(&why);
+                    }
+                }
+                Err(Unstored::Interrupted(Interrupt::Signal(signal))) => {
+                    self.messages.warn(format!(
+                        "cancelled ({}) while storing the result; nothing cached",
+                        signal_name(signal)
+                    ));
+                    exit = Exit::Cancelled(signal);
+                    cancelled = Some(signal);
+                }
+                Err(Unstored::Interrupted(Interrupt::Deadline)) => {
+                    // The command did its work in time: its status stands.
+                    let limit = self.deadline.limit().map(duration::short).unwrap_or_default();
+                    self.messages.warn(format!(
+                        "timed out after {limit} while storing the result; it is not cached"
+                    ));
+                }
             }
         }
         if let Some((jobs, id)) = &job {
             let state = match ending {
+                _ if cancelled.is_some() => "cancelled",
                 Ending::Exited(status) if status.success() => "done",
                 Ending::Exited(_) => "failed",
                 Ending::Cancelled(_) | Ending::TimedOut => "cancelled",
@@ -536,7 +583,7 @@ fn progress_file(cache: Option<&Cache>, messages: Messages) -> Option<tempfile::
 /// Starts `job` as `execvp` would, which is how a shell, `env` and
 /// `--no-cache` (an exec in place) start it: a file the kernel refuses to
 /// execute (ENOEXEC: a script without `#!`) is run by `/bin/sh FILE ARGS...`.
-fn run_as_execvp(job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError> {
+fn run_as_execvp(job: Job, signals: &Signals, observer: &mut dyn Observer) -> Result<Ending, RunError> {
     // The first attempt consumes the stdin file even when it fails to start.
     let again = copy_of(&job)?;
     let mut argv = vec!["/bin/sh".into(), job.program.clone().into_os_string()];
@@ -546,9 +593,9 @@ fn run_as_execvp(job: Job, observer: &mut dyn Observer) -> Result<Ending, RunErr
         argv,
         ..copy_of(&job)?
     };
-    match runner::run(job, observer) {
+    match runner::run(job, signals, observer) {
         Err(RunError::Spawn(err)) if err.raw_os_error() == Some(libc::ENOEXEC) => {
-            runner::run(by_shell, observer)
+            runner::run(by_shell, signals, observer)
         }
         Err(RunError::Spawn(err))
             if err.raw_os_error() == Some(libc::EAGAIN) && observer.give_up_threads() =>
@@ -559,7 +606,7 @@ fn run_as_execvp(job: Job, observer: &mut dyn Observer) -> Result<Ending, RunErr
             let mut job = again;
             for _ in 0..50 {
                 let next = copy_of(&job)?;
-                match runner::run(job, observer) {
+                match runner::run(job, signals, observer) {
                     Err(RunError::Spawn(err)) if err.raw_os_error() == Some(libc::EAGAIN) => {
                         std::thread::sleep(Duration::from_millis(10));
                         job = next;
@@ -567,7 +614,7 @@ fn run_as_execvp(job: Job, observer: &mut dyn Observer) -> Result<Ending, RunErr
                     other => return other,
                 }
             }
-            runner::run(job, observer)
+            runner::run(job, signals, observer)
         }
         Err(err) => Err(err),
         ok => ok,

@@ -46,6 +46,30 @@ const FULL_STALL: Duration = Duration::from_millis(500);
 /// is a stuck holder, and lcrun should not end much later than its command.
 const END_STALL: Duration = Duration::from_secs(3);
 
+/// After a cancel or the deadline, how long lcrun waits for the store's
+/// thread to stop storing the outputs and take away what it wrote: a blob
+/// takes it under a millisecond, the removal of a large store's rows some
+/// tens. Past that it leaves, and the next writer removes the rest.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// What ended the wait for the store early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    /// A signal that cancels the run (SIGINT, SIGTERM, SIGHUP).
+    Signal(i32),
+    /// The deadline of `--timeout`.
+    Deadline,
+}
+
+/// Why a finished run was not stored.
+#[derive(Debug)]
+pub enum Unstored {
+    /// The store failed, or the recording was dropped: why, to say.
+    Failed(String),
+    /// The wait was interrupted, and the store stopped and taken away.
+    Interrupted(Interrupt),
+}
+
 /// What becomes of a finished recording.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keep {
@@ -280,17 +304,20 @@ impl Recorder {
     /// Ends the recording as `keep` says and waits for the store, no longer
     /// than it works: `Err` says why the result was not stored.
     /// `outputs` are stored with the result (captured on the store's
-    /// thread, relative ones under the working directory).
+    /// thread, relative ones under the working directory). While it waits,
+    /// `interrupted` is asked every few milliseconds whether to stop: then
+    /// the store is stopped and what it wrote taken away.
     pub fn finish(
         mut self,
         status: u8,
         duration: Duration,
         keep: Keep,
         outputs: &[DeclaredPath],
-    ) -> Result<(), String> {
+        interrupted: &mut dyn FnMut() -> Option<Interrupt>,
+    ) -> Result<(), Unstored> {
         self.send_rest();
         if let Some(why) = self.dropped.take() {
-            return Err(why);
+            return Err(Unstored::Failed(why));
         }
         // An outcome kept for waiters when none waits would only take space.
         let msg = if keep == Keep::ForWaiters && !WaitMark::anyone_waiting(&self.dir, &self.key) {
@@ -298,44 +325,63 @@ impl Recorder {
         } else {
             Msg::Finish(status, duration, keep, outputs.to_vec())
         };
-        self.wait_for(msg)
+        self.wait_for(msg, Some(interrupted))
     }
 
     /// Drops the recording (a cancelled run): nothing of it is kept.
     pub fn abandon(mut self) {
         if self.dropped.is_none() {
             // Said already if it fails: the next write cleans up after it.
-            let _ = self.wait_for(Msg::Abandon);
+            let _ = self.wait_for(Msg::Abandon, None);
         }
     }
 
     /// Sends the last message and waits for the store's thread to act on
-    /// it, no longer than it works.
-    fn wait_for(&mut self, msg: Msg) -> Result<(), String> {
+    /// it, no longer than it works, nor past an `interrupted`.
+    fn wait_for(
+        &mut self,
+        msg: Msg,
+        mut interrupted: Option<&mut dyn FnMut() -> Option<Interrupt>>,
+    ) -> Result<(), Unstored> {
+        let failed = || Unstored::Failed("the recorder failed".into());
         let sent = self.tx.take().is_some_and(|tx| tx.send(msg).is_ok());
         if !sent {
-            return Err("the recorder failed".into());
+            return Err(failed());
         }
         let (lock, cond) = &*self.shared;
-        let mut state = lock.lock().map_err(|_| "the recorder failed".to_owned())?;
+        let mut state = lock.lock().map_err(|_| failed())?;
+        let mut stopped: Option<(Interrupt, Instant)> = None;
         loop {
             for note in std::mem::take(&mut state.notes) {
                 self.messages.warn(note);
             }
-            if let Some(why) = &state.failed {
-                return Err(why.clone());
-            }
             if state.done && state.released {
+                // Stored, the interruption too late to stop it.
                 return Ok(());
             }
-            if busy_for() >= END_STALL {
+            if let Some((interrupt, at)) = stopped {
+                // What was stored so far is taken away by the store's
+                // thread (`record`), which then says why it ended.
+                if state.failed.is_some() || at.elapsed() >= STOP_WAIT {
+                    return Err(Unstored::Interrupted(interrupt));
+                }
+            } else if let Some(why) = &state.failed {
+                return Err(Unstored::Failed(why.clone()));
+            } else if let Some(interrupt) = interrupted.as_mut().and_then(|ask| ask()) {
+                // The capture of the outputs stops at its next read, and a
+                // wait for another process's lock at once.
+                GIVE_UP.store(true, Ordering::SeqCst);
+                stopped = Some((interrupt, Instant::now()));
+                continue;
+            }
+            if stopped.is_none() && busy_for() >= END_STALL {
                 // Its pending row stays behind; whoever writes next removes it.
                 GIVE_UP.store(true, Ordering::SeqCst);
-                return Err(locked_too_long(END_STALL));
+                return Err(Unstored::Failed(locked_too_long(END_STALL)));
             }
             state = cond
                 .wait_timeout(state, Duration::from_millis(10))
-                .map_err(|_| "the recorder failed".to_owned())?
+                .map_err(|_| failed())?
                 .0;
         }
     }
@@ -447,7 +493,8 @@ fn record(
             Msg::Finish(..) | Msg::Abandon => {
                 if let Msg::Finish(_, _, keep, outputs) = &msg {
                     if !outputs.is_empty() {
-                        if let Err(err) = recording.capture(Path::new("."), outputs) {
+                        let stop = || GIVE_UP.load(Ordering::SeqCst);
+                        if let Err(err) = recording.capture(Path::new("."), outputs, &stop) {
                             let _ = recording.abandon();
                             not_busy();
                             if *keep == Keep::ForWaiters {

@@ -58,20 +58,27 @@ pub enum CaptureError {
 /// process's own), storing file contents in `store`.
 ///
 /// On error some blobs may already be stored; no record refers to them,
-/// and the store's sweep removes them.
+/// and the store's sweep removes them. Once `stop` says so (the run was
+/// cancelled meanwhile) the next read of a file fails, and so does this.
 pub fn capture(
     cwd: &Path,
     declared: &[DeclaredPath],
     store: &dyn BlobStore,
+    stop: &dyn Fn() -> bool,
 ) -> Result<OutputTree, CaptureError> {
     let mut tree = OutputTree::default();
     for path in declared {
-        tree.outputs.push(capture_one(cwd, path, store)?);
+        tree.outputs.push(capture_one(cwd, path, store, stop)?);
     }
     Ok(tree)
 }
 
-fn capture_one(cwd: &Path, declared: &DeclaredPath, store: &dyn BlobStore) -> Result<Output, CaptureError> {
+fn capture_one(
+    cwd: &Path,
+    declared: &DeclaredPath,
+    store: &dyn BlobStore,
+    stop: &dyn Fn() -> bool,
+) -> Result<Output, CaptureError> {
     let (parent, leaf) = beneath::open_parent(cwd, declared, None).map_err(|(path, step)| match step {
         Step::NotFound => CaptureError::Missing(declared.as_path().to_owned()),
         Step::Symlink => CaptureError::Symlink(path),
@@ -91,6 +98,7 @@ fn capture_one(cwd: &Path, declared: &DeclaredPath, store: &dyn BlobStore) -> Re
     let mut walk = Walk {
         declared: declared.as_path(),
         store,
+        stop,
         entries: Vec::new(),
     };
     walk.node(parent.as_fd(), leaf, Vec::new())?;
@@ -104,6 +112,7 @@ fn capture_one(cwd: &Path, declared: &DeclaredPath, store: &dyn BlobStore) -> Re
 struct Walk<'a> {
     declared: &'a Path,
     store: &'a dyn BlobStore,
+    stop: &'a dyn Fn() -> bool,
     entries: Vec<Entry>,
 }
 
@@ -148,7 +157,10 @@ impl Walk<'_> {
         }
         let contents = self
             .store
-            .put_stream(&mut File::from(fd))
+            .put_stream(&mut Stoppable {
+                file: File::from(fd),
+                stop: self.stop,
+            })
             .map_err(|source| CaptureError::Blob {
                 path: display_path(self.declared, &rel),
                 source,
@@ -199,6 +211,21 @@ impl Walk<'_> {
             path: display_path(self.declared, rel),
             source: error.into(),
         }
+    }
+}
+
+/// A file being stored that stops giving bytes once `stop` says so.
+struct Stoppable<'a> {
+    file: File,
+    stop: &'a dyn Fn() -> bool,
+}
+
+impl io::Read for Stoppable<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if (self.stop)() {
+            return Err(io::Error::other("the store was stopped"));
+        }
+        io::Read::read(&mut self.file, buf)
     }
 }
 

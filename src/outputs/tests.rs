@@ -53,7 +53,7 @@ impl Scene {
     }
 
     fn capture(&self, declared: &[DeclaredPath]) -> Result<OutputTree, CaptureError> {
-        capture(&self.cwd, declared, &self.blobs)
+        capture(&self.cwd, declared, &self.blobs, &|| false)
     }
 
     fn restore(&self, declared: &[DeclaredPath], tree: &OutputTree) -> Result<(), RestoreError> {

@@ -120,14 +120,15 @@ pub enum RunError {
     Io(#[from] io::Error),
 }
 
-/// Runs `job` to its end, reporting output to `observer`.
-pub fn run(mut job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError> {
-    // Installed before the spawn so no signal falls between; exec resets
-    // the handlers in the child, and leaves what was ignored ignored.
-    let signals = Signals::install()?;
+/// Runs `job` to its end, reporting output to `observer`. `signals` are
+/// the caller's, installed before this is called so that no signal falls
+/// between the spawn and the loop (exec resets the handlers in the child,
+/// and leaves what was ignored ignored), and kept by it after the command's
+/// end, for lcrun's own work then (storing the outputs).
+pub fn run(mut job: Job, signals: &Signals, observer: &mut dyn Observer) -> Result<Ending, RunError> {
     tree::become_subreaper();
     let stdin = job.stdin.take();
-    let child = spawn(&job, stdin, &signals).map_err(RunError::Spawn)?;
+    let child = spawn(&job, stdin, signals).map_err(RunError::Spawn)?;
     let started = Instant::now();
     let mut run = Supervision {
         me: std::process::id() as libc::pid_t,
@@ -156,7 +157,7 @@ pub fn run(mut job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError
         .flatten()
         .min()
         .unwrap_or(next_tick);
-        let ready = poll(&signals, &pipes, wake)?;
+        let ready = poll(signals, &pipes, wake)?;
         let now = Instant::now();
 
         // Signals first: the one that ended the command arrives with its exit.
@@ -218,7 +219,7 @@ pub fn run(mut job: Job, observer: &mut dyn Observer) -> Result<Ending, RunError
             // could still be filling them).
             let settled = || {
                 drained > DRAIN_BYTES
-                    || poll(&signals, &pipes, Instant::now()).is_ok_and(|r| !r.pipes.iter().any(|&p| p))
+                    || poll(signals, &pipes, Instant::now()).is_ok_and(|r| !r.pipes.iter().any(|&p| p))
             };
             if pipes.iter().all(Option::is_none) || (now >= exited_at + DRAIN && settled()) {
                 break;

@@ -353,9 +353,15 @@ impl Recording<'_> {
     }
 
     /// Stores what the command left at its declared paths (`-o`) with the
-    /// result, relative paths under `cwd`. On error the recording is
-    /// unchanged but for blobs its record will never name.
-    pub fn capture(&mut self, cwd: &std::path::Path, declared: &[DeclaredPath]) -> Result<(), CaptureError> {
+    /// result, relative paths under `cwd`, failing once `stop` says so. On
+    /// error the recording is unchanged but for blobs its record will
+    /// never name.
+    pub fn capture(
+        &mut self,
+        cwd: &std::path::Path,
+        declared: &[DeclaredPath],
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), CaptureError> {
         self.settle().map_err(|err| CaptureError::Io {
             path: self.store.dir.join("cache.db"),
             source: std::io::Error::other(err),
@@ -370,7 +376,7 @@ impl Recording<'_> {
         let tx = rusqlite::Transaction::new_unchecked(&self.store.conn, TransactionBehavior::Immediate)
             .map_err(in_db)?;
         // Dropped without a commit on an error: rolled back.
-        let tree = outputs::capture(cwd, declared, &blobs)?;
+        let tree = outputs::capture(cwd, declared, &blobs, stop)?;
         tx.commit().map_err(in_db)?;
         self.stored += blobs.stored.get();
         self.record.outputs = Some(tree);

@@ -20,9 +20,8 @@ fn has_open_under(pid: u32, dir: &Path, except: &[&Path]) -> bool {
         return false;
     };
     fds.flatten().any(|fd| {
-        fs::read_link(fd.path()).is_ok_and(|target| {
-            target.starts_with(dir) && !except.iter().any(|e| target.starts_with(e))
-        })
+        fs::read_link(fd.path())
+            .is_ok_and(|target| target.starts_with(dir) && !except.iter().any(|e| target.starts_with(e)))
     })
 }
 
@@ -41,7 +40,10 @@ fn rows(env: &Env) -> (i64, i64) {
 /// command makes at once and lcrun would hash for a minute.
 fn slow_to_store(env: &Env) -> Vec<String> {
     env.write("head.bin", noise(16 << 20, 3));
-    let script = format!("{}; cp head.bin out.bin && truncate -s 64G out.bin", env.tally("gen"));
+    let script = format!(
+        "{}; cp head.bin out.bin && truncate -s 64G out.bin",
+        env.tally("gen")
+    );
     ["-o", "out.bin", "--", "sh", "-c", &script]
         .into_iter()
         .map(String::from)
@@ -51,7 +53,7 @@ fn slow_to_store(env: &Env) -> Vec<String> {
 /// Starts `lcrun ARGS` and waits until it has both a pack in the cache and
 /// the output file open: the store of the outputs is under way.
 fn start_and_wait_for_the_store(env: &Env, args: &[String]) -> std::process::Child {
-    let child = env
+    let mut child = env
         .lcrun()
         .args(args)
         .stdout(Stdio::null())
@@ -60,14 +62,15 @@ fn start_and_wait_for_the_store(env: &Env, args: &[String]) -> std::process::Chi
         .unwrap();
     let out = env.path("out.bin");
     let start = Instant::now();
-    loop {
-        let reading = has_open_under(child.id(), &out, &[]);
-        if reading && !env.blob_files().is_empty() {
-            return child;
+    while !has_open_under(child.id(), &out, &[]) || env.blob_files().is_empty() {
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the store never began");
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "the store never began");
         std::thread::sleep(Duration::from_millis(2));
     }
+    child
 }
 
 /// Waits for `child` at most `limit`; kills it and fails past that.
@@ -95,8 +98,15 @@ fn ctrl_c_while_the_outputs_are_stored_cancels_the_store_and_leaves_nothing() {
     // Ended by SIGINT, as a cancelled run is (the shell sees 130).
     assert_eq!(out.status.signal(), Some(libc::SIGINT), "{:?}", out.status);
     let err = stderr(&out);
-    assert!(err.contains("cancelled (SIGINT)") && err.contains("nothing cached"), "{err}");
-    assert_eq!(env.blob_files(), Vec::<std::path::PathBuf>::new(), "a pack was left");
+    assert!(
+        err.contains("cancelled (SIGINT)") && err.contains("nothing cached"),
+        "{err}"
+    );
+    assert_eq!(
+        env.blob_files(),
+        Vec::<std::path::PathBuf>::new(),
+        "a pack was left"
+    );
     assert_eq!(rows(&env), (0, 0), "a pending entry or blob rows were left");
     // The next run runs the command (truncated to 16 MiB: a quick store).
     let quick = format!("{}; cp head.bin out.bin", env.tally("gen"));
@@ -118,7 +128,11 @@ fn the_timeout_while_the_outputs_are_stored_stops_the_store_and_the_status_stand
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("timed out") && err.contains("not cached"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert_eq!(env.blob_files(), Vec::<std::path::PathBuf>::new(), "a pack was left");
+    assert_eq!(
+        env.blob_files(),
+        Vec::<std::path::PathBuf>::new(),
+        "a pack was left"
+    );
     assert_eq!(rows(&env), (0, 0), "a pending entry or blob rows were left");
 }
 
