@@ -18,7 +18,7 @@ use crate::lock::{KeyLock, WaitMark};
 use crate::messages::Messages;
 use crate::output::Stream;
 use crate::outputs::DeclaredPath;
-use crate::store::{Store, StoreError};
+use crate::store::{turns, Store, StoreError};
 
 /// Output bytes that may wait for the store: the output of most short
 /// commands, so a store that is briefly busy (parallel `make -j` runs take
@@ -135,6 +135,9 @@ pub struct Recorder {
 /// process, so these are process-wide, as SQLite's busy handler is a plain
 /// function.
 static BUSY_SINCE: AtomicU64 = AtomicU64::new(0);
+/// The cache the recorder writes, for the busy handler to say it waits
+/// (see `store::turns`).
+static CACHE_DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
 /// Set when the main thread stops waiting: the busy handler then gives up.
 static GIVE_UP: AtomicBool = AtomicBool::new(false);
 
@@ -147,6 +150,9 @@ fn epoch() -> Instant {
 /// lock, noting since when, until told to give up.
 fn on_busy(count: i32) -> bool {
     if count == 0 {
+        if let Some(dir) = CACHE_DIR.get() {
+            turns::waiting(dir);
+        }
         let now = epoch().elapsed().as_millis() as u64 + 1;
         let _ = BUSY_SINCE.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
     }
@@ -166,6 +172,7 @@ fn busy_for() -> Duration {
 }
 
 fn not_busy() {
+    turns::not_waiting();
     BUSY_SINCE.store(0, Ordering::SeqCst);
 }
 
@@ -190,6 +197,7 @@ impl Recorder {
         let shared: Arc<(Mutex<State>, Condvar)> = Arc::default();
         let (tx, rx) = mpsc::channel();
         let dir = store.dir().to_owned();
+        let _ = CACHE_DIR.set(dir.clone());
         let hex = key.hex.clone();
         let key = key.clone();
         let theirs = Arc::clone(&shared);

@@ -25,6 +25,7 @@ use std::path::PathBuf;
 
 use rusqlite::{params, OptionalExtension};
 
+use super::recording::{BATCH_BLOBS, BATCH_TIME};
 use super::{create_trusted_dir, Store, StoreError, BLOB_DIR};
 use crate::blob::{BlobError, BlobStore, Contents, Digest, BLOB_BYTES};
 use crate::compress::{self, Codec, Packed};
@@ -177,10 +178,7 @@ impl Store {
             None => {
                 let dir = self.dir.join(BLOB_DIR);
                 create_trusted_dir(&dir)?;
-                let name = format!("{}{PACK_SUFFIX}", super::recording::new_token());
-                // create_new: never an existing file, nor through a symlink.
-                let (file, _) =
-                    trust::open(&dir.join(&name), OpenOptions::new().write(true).create_new(true))?;
+                let (name, file) = self.new_pack(&dir)?;
                 pack.insert(Pack { name, file, len: 0 })
             }
         };
@@ -191,6 +189,26 @@ impl Store {
         })?;
         pack.len += data.len() as u64;
         Ok((pack.name.clone(), at))
+    }
+
+    /// Creates a pack in `dir` and locks it for as long as it is written
+    /// to: the lock tells the sweep its writer is alive (see `sweep`).
+    fn new_pack(&self, dir: &std::path::Path) -> Result<(String, fs::File), StoreError> {
+        loop {
+            let name = format!("{}{PACK_SUFFIX}", super::recording::new_token());
+            // create_new: never an existing file, nor through a symlink.
+            let path = dir.join(&name);
+            let (file, _) = trust::open(&path, OpenOptions::new().write(true).create_new(true))?;
+            // Where there are no locks, the sweep goes by age instead.
+            let _ = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+            // A sweep that came between the create and the lock took the
+            // pack for an orphan (it had to be seconds old: a stalled
+            // machine): another one, then.
+            match rustix::fs::fstat(&file) {
+                Ok(stat) if stat.st_nlink == 0 => continue,
+                _ => return Ok((name, file)),
+            }
+        }
     }
 
     /// Where a blob's bytes are; `None` when it is not stored.
@@ -423,6 +441,9 @@ pub struct LocalBlobs<'s> {
     spare: RefCell<(Vec<u8>, Vec<u8>)>,
     /// Stored bytes written, for the record's size.
     pub(super) stored: std::cell::Cell<u64>,
+    /// For a pending record's capture: blobs taken since its last commit,
+    /// and when that batch began.
+    batch: std::cell::Cell<(usize, Option<std::time::Instant>)>,
 }
 
 impl Store {
@@ -444,11 +465,35 @@ impl<'s> LocalBlobs<'s> {
             decoder: RefCell::default(),
             spare: RefCell::default(),
             stored: 0.into(),
+            batch: Default::default(),
         }
     }
 }
 
 impl LocalBlobs<'_> {
+    /// Within a capture's transaction, before each blob: commits the batch
+    /// once it holds [`BATCH_BLOBS`] blobs or has lasted [`BATCH_TIME`], so
+    /// another writer waits for the cache a batch's time at most, however
+    /// long the capture takes. Every blob asks `has` first (see
+    /// `store_blobs`), so that is where this is called.
+    fn take_turn(&self) -> Result<(), StoreError> {
+        if self.store.conn.is_autocommit() {
+            return Ok(());
+        }
+        let (taken, began) = self.batch.get();
+        let began = began.unwrap_or_else(std::time::Instant::now);
+        if taken + 1 >= BATCH_BLOBS || began.elapsed() >= BATCH_TIME {
+            self.store.conn.execute_batch("COMMIT")?;
+            super::turns::stand_aside(&self.store.dir);
+            self.store.conn.execute_batch("BEGIN IMMEDIATE")?;
+            super::turns::not_waiting();
+            self.batch.set((0, Some(std::time::Instant::now())));
+        } else {
+            self.batch.set((taken + 1, Some(began)));
+        }
+        Ok(())
+    }
+
     /// Writes a packed blob that is not stored yet, for this record if it
     /// has one.
     pub(super) fn write_packed(&self, packed: &Packed) -> Result<(), StoreError> {
@@ -481,6 +526,7 @@ impl BlobStore for LocalBlobs<'_> {
     /// stays until the record goes.
     fn has(&self, digest: &Digest) -> Result<bool, BlobError> {
         if let Some(pending) = self.pending {
+            self.take_turn().map_err(|e| blob_error(digest, e))?;
             self.store
                 .take_use(pending, digest)
                 .map_err(|e| blob_error(digest, e))?;

@@ -42,6 +42,7 @@ mod replay;
 mod streams;
 mod sweep;
 pub mod tier;
+pub mod turns;
 
 pub use record::Record;
 pub use recording::Recording;

@@ -131,6 +131,10 @@ impl Store {
         self.delete_rows(&tx, &abandoned)?;
         tx.commit()?;
         drop(taken);
+        if !abandoned.is_empty() {
+            // A dead writer may have left a pack it never named.
+            self.sweep_orphans();
+        }
         Ok(())
     }
 }
@@ -154,13 +158,13 @@ pub(super) fn new_token() -> String {
 const WAL_CHECKPOINT_PAGES: i64 = 16_384;
 
 /// Blobs stored in one transaction at most: 16 MiB of output.
-const BATCH_BLOBS: usize = 64;
+pub(super) const BATCH_BLOBS: usize = 64;
 
 /// How long one transaction may hold the cache's write lock before it is
 /// committed: other writers (a `make -j` of small runs) wait on it. Without
 /// this bound a firehose held it up to 106 ms at a time (20-28 ms at the
 /// 99th percentile, probing every 2 ms); a commit per blob held it 4-10 ms.
-const BATCH_TIME: Duration = Duration::from_millis(10);
+pub(super) const BATCH_TIME: Duration = Duration::from_millis(10);
 
 /// A result being recorded. Output goes in as it arrives; nothing is visible
 /// to readers until [`Recording::finish`].
@@ -348,6 +352,7 @@ impl Recording<'_> {
             // Still counted if the commit fails: `abandon` rolls it back.
             self.store.conn.execute_batch("COMMIT")?;
             self.batch = 0;
+            super::turns::stand_aside(&self.store.dir);
         }
         Ok(())
     }
@@ -355,7 +360,7 @@ impl Recording<'_> {
     /// Stores what the command left at its declared paths (`-o`) with the
     /// result, relative paths under `cwd`, failing once `stop` says so. On
     /// error the recording is unchanged but for blobs its record will
-    /// never name.
+    /// never name (they go when it is abandoned).
     pub fn capture(
         &mut self,
         cwd: &std::path::Path,
@@ -367,17 +372,24 @@ impl Recording<'_> {
             source: std::io::Error::other(err),
         })?;
         let blobs = LocalBlobs::new(self.store, Some(&self.pending));
-        // One transaction for all of it: a 1 GiB output is 4096 blobs, and a
-        // commit for each of their uses and rows took most of its time.
+        // Committed in batches, as a command's output is (see `settle`): a
+        // commit for each of a 1 GiB output's 4096 blobs took most of its
+        // time, and one for all of them kept every other writer of the
+        // cache waiting for as long as the capture took.
         let in_db = |err: rusqlite::Error| CaptureError::Io {
             path: self.store.dir.join("cache.db"),
             source: std::io::Error::other(err),
         };
-        let tx = rusqlite::Transaction::new_unchecked(&self.store.conn, TransactionBehavior::Immediate)
-            .map_err(in_db)?;
-        // Dropped without a commit on an error: rolled back.
-        let tree = outputs::capture(cwd, declared, &blobs, stop)?;
-        tx.commit().map_err(in_db)?;
+        let conn = &self.store.conn;
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(in_db)?;
+        let tree = match outputs::capture(cwd, declared, &blobs, stop) {
+            Ok(tree) => tree,
+            Err(err) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(err);
+            }
+        };
+        conn.execute_batch("COMMIT").map_err(in_db)?;
         self.stored += blobs.stored.get();
         self.record.outputs = Some(tree);
         Ok(())

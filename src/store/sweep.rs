@@ -1,20 +1,41 @@
 //! Sweeping orphaned packs: pack files no blob row names, left by a writer
-//! killed before it wrote its first row. Blob rows need no sweep: a row
-//! goes with its last use, in the transaction that removes that use, and a
-//! pack with its last row.
+//! killed before it committed its first row (SIGKILL, the OOM killer, a
+//! power cut). Blob rows need no sweep: a row goes with its last use, in
+//! the transaction that removes that use, and a pack with its last row.
 //!
-//! Amortised: a writer sweeps after about one commit in 64, never a hit.
-//! A pack younger than an hour is left alone: its writer may be about to
-//! insert its first row.
+//! A writer holds an `flock` on its pack from a moment after creating it
+//! until its rows are committed (see `append_to_pack`), and the kernel lets
+//! go of it when the writer dies: a pack no one holds and no row names is
+//! an orphan. Where the filesystem has no such locks, a pack must be an hour
+//! old instead. The sweep runs when a writer finds a dead writer's pending
+//! record, and after about one commit in 64; never on a hit.
 
-use std::fs;
+use std::fs::{self, File};
 use std::time::{Duration, SystemTime};
+
+use rustix::fs::{flock, FlockOperation};
+use rustix::io::Errno;
 
 use super::blobs::PACK_SUFFIX;
 use super::{Store, BLOB_DIR};
 
-/// How old an orphan must be to be swept.
+/// How old an orphan must be to be swept when no lock can tell whether its
+/// writer is alive.
 const ORPHAN_AGE: Duration = Duration::from_secs(3600);
+
+/// How old a pack no one holds must be to be swept: its writer takes the
+/// lock microseconds after creating it, and checks that it is still there.
+const UNHELD_AGE: Duration = Duration::from_secs(2);
+
+/// Whether a pack's writer is alive, as its lock tells.
+enum Writer {
+    /// Gone, or done: the lock is ours while this is held.
+    Gone {
+        _lock: File,
+    },
+    Alive,
+    Unknown,
+}
 
 impl Store {
     /// Sweeps after about one commit in 64.
@@ -23,13 +44,13 @@ impl Store {
         // SAFETY: getrandom writes at most one byte into `byte`.
         let got = unsafe { libc::getrandom(byte.as_mut_ptr().cast(), 1, 0) };
         if got == 1 && byte[0] < 4 {
-            self.sweep_orphans(ORPHAN_AGE);
+            self.sweep_orphans();
         }
     }
 
-    /// Removes packs older than `age` that no row names. Nothing here is
+    /// Removes the packs no row names whose writer is gone. Nothing here is
     /// more than wasted space, so failures are ignored.
-    pub(super) fn sweep_orphans(&self, age: Duration) {
+    pub(super) fn sweep_orphans(&self) {
         let Ok(files) = fs::read_dir(self.dir.join(BLOB_DIR)) else {
             return;
         };
@@ -39,19 +60,49 @@ impl Store {
             let Some(name) = name.to_str().filter(|n| n.ends_with(PACK_SUFFIX)) else {
                 continue;
             };
-            let old = file
+            let age = file
                 .metadata()
                 .and_then(|m| m.modified())
-                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= age);
-            let named = self
-                .conn
-                .prepare_cached("SELECT 1 FROM blobs WHERE pack = ?1 LIMIT 1")
-                .and_then(|mut stmt| stmt.exists([name]))
-                // Unsure: kept.
-                .unwrap_or(true);
-            if old && !named {
+                .map_or(Duration::ZERO, |t| now.duration_since(t).unwrap_or_default());
+            if age < UNHELD_AGE {
+                continue;
+            }
+            // The lock before the look at the rows: a writer commits its
+            // rows before it lets go of its pack.
+            let writer = writer_of(&file.path());
+            let orphan = match writer {
+                Writer::Gone { .. } => true,
+                Writer::Alive => false,
+                Writer::Unknown => age >= ORPHAN_AGE,
+            };
+            let named = || {
+                self.conn
+                    .prepare_cached("SELECT 1 FROM blobs WHERE pack = ?1 LIMIT 1")
+                    .and_then(|mut stmt| stmt.exists([name]))
+                    // Unsure: kept.
+                    .unwrap_or(true)
+            };
+            if orphan && !named() {
                 let _ = fs::remove_file(file.path());
             }
+            drop(writer);
         }
+    }
+}
+
+/// Tries the lock of the pack at `path` (opened without following a link).
+fn writer_of(path: &std::path::Path) -> Writer {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(file) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return Writer::Unknown;
+    };
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Writer::Gone { _lock: file },
+        Err(Errno::WOULDBLOCK) => Writer::Alive,
+        Err(_) => Writer::Unknown,
     }
 }

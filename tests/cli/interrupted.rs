@@ -182,3 +182,53 @@ fn a_restore_killed_midway_leaves_no_temp_file_beside_the_output() {
     assert!(fs::read(env.path("out.bin")).unwrap() == fs::read(&src).unwrap());
     assert_eq!(env.count("gen"), 1);
 }
+
+#[test]
+fn a_pack_left_by_a_writer_killed_mid_store_goes_with_the_next_writer() {
+    let env = Env::new();
+    let args = slow_to_store(&env);
+    let mut child = start_and_wait_for_the_store(&env, &args);
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    assert_eq!(env.blob_files().len(), 1, "the killed writer's pack");
+    // Its pack is no one's, but a sweep leaves a pack alone for a moment
+    // after it was last written (its writer locks it just after making it).
+    std::thread::sleep(Duration::from_millis(2500));
+    // A writer of another key finds the dead writer's pending record, and
+    // sweeps.
+    let out = env.run(["--", "true"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        env.blob_files(),
+        Vec::<std::path::PathBuf>::new(),
+        "the orphan pack stayed"
+    );
+    assert_eq!(rows(&env).1, 0, "blob rows of the killed writer");
+}
+
+#[test]
+fn other_writers_are_not_held_up_by_a_long_store_of_outputs() {
+    let env = Env::new();
+    let args = slow_to_store(&env);
+    let child = start_and_wait_for_the_store(&env, &args);
+    // Another run of the cache meanwhile, of another key: its store takes
+    // its turn between the long store's batches.
+    let other = format!("echo other; {}", env.tally("other"));
+    let start = Instant::now();
+    let out = env.run(["--", "sh", "-c", &other]);
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    assert!(
+        took < Duration::from_secs(2),
+        "held up {took:?} by the other store"
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let slow = wait_within(child, Duration::from_secs(5));
+    assert_eq!(slow.status.signal(), Some(libc::SIGINT));
+    // Stored: the next run is a hit.
+    let again = env.run(["--", "sh", "-c", &other]);
+    assert!(stderr(&again).is_empty(), "{}", stderr(&again));
+    assert_eq!(again.stdout, b"other\n");
+    assert_eq!(env.count("other"), 1);
+}

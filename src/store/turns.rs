@@ -1,0 +1,57 @@
+//! Turns at the cache's write lock. SQLite lets one writer in at a time
+//! and wakes no one when it leaves: a waiting writer polls, and a writer
+//! that commits and begins again at once (a long store of outputs, batch
+//! after batch) takes the lock back before any poll finds it free. The
+//! waiting writer then gave up after 3 s and stored nothing. So a writer
+//! that waits says so, with a shared `flock` on `locks/.waiting` held while
+//! it waits, and a writer between two batches that sees one stands aside
+//! until it has had its turn.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::trust;
+
+/// The longest a writer stands aside between two batches.
+const STAND_ASIDE: Duration = Duration::from_millis(50);
+
+/// This process's mark, while one of its writers waits.
+static WAITING: Mutex<Option<File>> = Mutex::new(None);
+
+/// The file the marks are locks on, beside the database (a cache the store
+/// opened, so its directory is checked already).
+fn mark(dir: &Path) -> Option<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    trust::open(&dir.join("cache.db.waiting"), &mut options)
+        .ok()
+        .map(|(file, _)| file)
+}
+
+/// Says that this process waits for the write lock of the cache in `dir`.
+pub fn waiting(dir: &Path) {
+    let Ok(mut waiting) = WAITING.lock() else { return };
+    if waiting.is_none() {
+        *waiting = mark(dir).filter(|file| file.try_lock_shared().is_ok());
+    }
+}
+
+/// Says that it waits no longer.
+pub fn not_waiting() {
+    if let Ok(mut waiting) = WAITING.lock() {
+        waiting.take();
+    }
+}
+
+/// Between two batches of a long write: while another writer waits, leaves
+/// it the lock, for [`STAND_ASIDE`] at most.
+pub(super) fn stand_aside(dir: &Path) {
+    not_waiting();
+    let Some(file) = mark(dir) else { return };
+    let start = Instant::now();
+    while matches!(file.try_lock(), Err(TryLockError::WouldBlock)) && start.elapsed() < STAND_ASIDE {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
