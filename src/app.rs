@@ -27,7 +27,7 @@ use crate::outputs::RestoreCause;
 use crate::progress::{self, LineMatcher, ProgressFile};
 use crate::recorder::{Interrupt, Keep, Recorder, Unstored};
 use crate::report::{self, Report};
-use crate::runner::signals::{Signals, CANCEL};
+use crate::runner::signals::{Signals, CANCEL, PASS_ON};
 use crate::runner::{self, Delivery, Ending, Job, Observer, RunError};
 use crate::scratch;
 use crate::store::chain::Tiers;
@@ -498,19 +498,31 @@ impl Run<'_> {
                 (Exit::TimedOut, None)
             }
         };
-        // Storing the result (its outputs, mostly) can take a while: a
-        // cancelling signal or the deadline then stops it.
-        let mut interrupted = || {
-            let cancel = signals
-                .take()
-                .into_iter()
-                .find(|caught| CANCEL.contains(&caught.signal));
-            match cancel {
-                Some(caught) => Some(Interrupt::Signal(caught.signal)),
-                None => self.deadline.expired().then_some(Interrupt::Deadline),
+        // Storing the result (its outputs, mostly) can take a while. A
+        // signal that cancels a run, or that would end the bare command
+        // (SIGQUIT, SIGUSR1, SIGUSR2: the command is gone), stops it and
+        // ends lcrun by that signal, as does one that comes as the store
+        // ends: a shell loop or make must see the Ctrl-C. The deadline
+        // stops the store too, but the command did its work in time.
+        let already = matches!(exit, Exit::Cancelled(_));
+        let seen = std::cell::Cell::new(None);
+        let take_signal = || {
+            if seen.get().is_none() && !already {
+                seen.set(
+                    signals
+                        .take()
+                        .into_iter()
+                        .map(|caught| caught.signal)
+                        .find(|signal| CANCEL.contains(signal) || PASS_ON.contains(signal)),
+                );
             }
+            seen.get()
         };
-        let mut cancelled = None;
+        let mut interrupted = || match take_signal() {
+            Some(signal) => Some(Interrupt::Signal(signal)),
+            None => self.deadline.expired().then_some(Interrupt::Deadline),
+        };
+        let mut stopped = false;
         if let Some(recording) = observer.recording.take() {
             let result = match keep {
                 Some(keep) => recording.finish(
@@ -532,16 +544,8 @@ impl Run<'_> {
                         cache.warn_dropped(&why);
                     }
                 }
-                Err(Unstored::Interrupted(Interrupt::Signal(signal))) => {
-                    self.messages.warn(format!(
-                        "cancelled ({}) while storing the result; nothing cached",
-                        signal_name(signal)
-                    ));
-                    exit = Exit::Cancelled(signal);
-                    cancelled = Some(signal);
-                }
+                Err(Unstored::Interrupted(Interrupt::Signal(_))) => stopped = true,
                 Err(Unstored::Interrupted(Interrupt::Deadline)) => {
-                    // The command did its work in time: its status stands.
                     let limit = self.deadline.limit().map(duration::short).unwrap_or_default();
                     self.messages.warn(format!(
                         "timed out after {limit} while storing the result; it is not cached"
@@ -549,9 +553,24 @@ impl Run<'_> {
                 }
             }
         }
+        if seen.get().is_none() && !already {
+            // One that came as the store ended and no one asked since.
+            let mut late = signals.close().into_iter().map(|caught| caught.signal);
+            seen.set(late.find(|s| CANCEL.contains(s) || PASS_ON.contains(s)));
+        }
+        if let Some(signal) = seen.get() {
+            let when = if stopped {
+                "while storing the result; nothing cached"
+            } else {
+                "after the command ended"
+            };
+            self.messages
+                .warn(format!("cancelled ({}) {when}", signal_name(signal)));
+            exit = Exit::Cancelled(signal);
+        }
         if let Some((jobs, id)) = &job {
             let state = match ending {
-                _ if cancelled.is_some() => "cancelled",
+                _ if seen.get().is_some() => "cancelled",
                 Ending::Exited(status) if status.success() => "done",
                 Ending::Exited(_) => "failed",
                 Ending::Cancelled(_) | Ending::TimedOut => "cancelled",
@@ -656,6 +675,9 @@ fn signal_name(signal: i32) -> &'static str {
         libc::SIGINT => "SIGINT",
         libc::SIGTERM => "SIGTERM",
         libc::SIGHUP => "SIGHUP",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
         _ => "signal",
     }
 }

@@ -505,7 +505,9 @@ fn record(
                         if let Err(err) = recording.capture(Path::new("."), outputs, &stop) {
                             let _ = recording.abandon();
                             not_busy();
-                            if *keep == Keep::ForWaiters {
+                            // Unless the store was stopped, which the
+                            // caller must hear of.
+                            if *keep == Keep::ForWaiters && !GIVE_UP.load(Ordering::SeqCst) {
                                 // A failed run that left no outputs: its
                                 // waiters run the command themselves, and
                                 // nothing needs saying.

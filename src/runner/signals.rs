@@ -198,19 +198,33 @@ impl Signals {
     }
 }
 
-impl Drop for Signals {
-    fn drop(&mut self) {
+impl Signals {
+    /// Puts back the actions the signals had, then returns those that came
+    /// and were not taken yet: from here on a signal has its own action
+    /// (SIGINT ends lcrun), and none that came before is lost.
+    pub fn close(mut self) -> Vec<Caught> {
+        self.restore();
+        self.take()
+    }
+
+    fn restore(&mut self) {
         ACT_AT.store(u64::MAX, Ordering::Relaxed);
         PIPE.store(-1, Ordering::SeqCst);
         // SIGALRM comes last: the timer is disarmed once no handler can arm
         // it again, so no alarm outlives its handler and kills lcrun.
-        for (signal, old) in &self.saved {
-            if *signal == libc::SIGALRM {
+        for (signal, old) in std::mem::take(&mut self.saved) {
+            if signal == libc::SIGALRM {
                 arm(None, Duration::ZERO);
             }
             // SAFETY: putting back the action this signal had.
-            unsafe { libc::sigaction(*signal, old, std::ptr::null_mut()) };
+            unsafe { libc::sigaction(signal, &old, std::ptr::null_mut()) };
         }
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        self.restore();
         CANCEL_PENDING.store(false, Ordering::Relaxed);
     }
 }
