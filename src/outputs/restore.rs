@@ -371,8 +371,13 @@ impl Restorer<'_> {
             }
             Err(e) => return Err(e.into()),
         }
-        let temp = Temp::symlink(dir, target)?;
-        temp.rename_to(name)?;
+        // Nothing in the way: made in place, with no temp name to leave
+        // behind should lcrun be killed here; else made beside and renamed.
+        match rfs::symlinkat(target, dir, name) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => Temp::symlink(dir, target)?.rename_to(name)?,
+            Err(e) => return Err(e.into()),
+        }
         self.written = true;
         Ok(())
     }
@@ -469,6 +474,16 @@ impl<'d> Temp<'d> {
         if self.name.is_none() {
             let fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
             let dir = self.dir;
+            // Nothing in the way (a clean build): named in place at once,
+            // so there is never a temp name to leave behind.
+            match rfs::linkat(rfs::CWD, fd.as_str(), dir, name, AtFlags::SYMLINK_FOLLOW) {
+                Ok(()) => {
+                    self.renamed = true;
+                    return Ok(());
+                }
+                Err(Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
             let (named, ()) = Temp::create(dir, |temp| {
                 rfs::linkat(rfs::CWD, fd.as_str(), dir, temp, AtFlags::SYMLINK_FOLLOW)
             })?;

@@ -397,3 +397,58 @@ fn ctrl_c_as_the_result_is_stored_ends_lcrun_by_it() {
         "only {signalled} of 30 rounds reached lcrun before it ended"
     );
 }
+
+#[test]
+fn a_tree_restore_killed_midway_leaves_no_temp_name_in_it() {
+    let env = Env::new();
+    let script = format!(
+        "{}; rm -rf out; mkdir -p out; i=0; while [ $i -lt 1000 ]; do \
+         ln -s f$i out/l$i; echo $i > out/f$i; i=$((i+1)); done",
+        env.tally("gen")
+    );
+    let args = ["-o", "out", "--", "sh", "-c", &script];
+    assert_eq!(env.run(args).status.code(), Some(0));
+    let out_dir = env.path("out");
+    let mut caught = 0;
+    for round in 0..4u64 {
+        let _ = fs::remove_dir_all(&out_dir);
+        let mut child = env.lcrun().args(args).stderr(Stdio::null()).spawn().unwrap();
+        // Killed once it writes the links (a few of them in).
+        let start = Instant::now();
+        let links = || {
+            fs::read_dir(&out_dir).map_or(0, |dir| {
+                dir.flatten()
+                    .filter(|e| e.file_name().as_encoded_bytes()[0] == b'l')
+                    .count()
+            })
+        };
+        while links() < 5 + 20 * round as usize && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Then left alone a moment: a kill while it waits for the
+        // directory this reads lands before it makes anything.
+        std::thread::sleep(Duration::from_millis(3 + round));
+        let signal = if round % 2 == 0 {
+            libc::SIGKILL
+        } else {
+            libc::SIGINT
+        };
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = child.wait().unwrap();
+        caught += usize::from(status.signal().is_some());
+        let strays: Vec<String> = fs::read_dir(&out_dir)
+            .map(|dir| {
+                dir.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|name| name.starts_with(".lcrun-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(strays.is_empty(), "round {round}: left in the tree: {strays:?}");
+    }
+    assert!(caught >= 2, "only {caught} of 4 restores were killed midway");
+    let _ = fs::remove_dir_all(&out_dir);
+    assert_eq!(env.run(args).status.code(), Some(0));
+    assert_eq!(fs::read_dir(&out_dir).unwrap().count(), 2000);
+    assert_eq!(env.count("gen"), 1);
+}
