@@ -142,16 +142,23 @@ fn run_reported(args: &RunArgs, report: Option<&Report>) -> anyhow::Result<Exit>
     }
     let mut cache = Cache::open(args.cache_dir.clone(), messages);
 
-    if mode.reads() && !args.refresh {
-        if let Some(exit) = cache
-            .lookup(&key, args.expire)
-            .and_then(|e| run.replay(&mut cache, &e))
-        {
-            // The process ends now: finalising statements and closing a
-            // read-only connection was 10% of a hit's instructions, and an
-            // exit without a close is what SQLite survives on any crash.
-            std::mem::forget(cache);
-            return Ok(exit);
+    // Whether to look for an entry to replay: not once a replay found it
+    // could not be done (the command runs instead, once).
+    let mut look = mode.reads() && !args.refresh;
+    if look {
+        if let Some(entry) = cache.lookup(&key, args.expire) {
+            match run.replay(&mut cache, &entry) {
+                Replayed::Done(exit) => {
+                    // The process ends now: finalising statements and closing
+                    // a read-only connection was 10% of a hit's instructions,
+                    // and an exit without a close is what SQLite survives on
+                    // any crash.
+                    std::mem::forget(cache);
+                    return Ok(exit);
+                }
+                Replayed::Gone => {}
+                Replayed::RunInstead => look = false,
+            }
         }
     }
     if !mode.writes() {
@@ -175,7 +182,7 @@ fn run_reported(args: &RunArgs, report: Option<&Report>) -> anyhow::Result<Exit>
         };
         // An identical run may have finished while we claimed the key: its
         // outcome is ours too, failure included (a singleflight).
-        if mode.reads() && !args.refresh {
+        if look {
             let entry = cache
                 .lookup(&key, args.expire)
                 .or_else(|| cache.outcome_since(&key, arrived_ms));
@@ -183,8 +190,12 @@ fn run_reported(args: &RunArgs, report: Option<&Report>) -> anyhow::Result<Exit>
                 // The others waiting may replay it side by side.
                 drop(lock);
                 match run.replay(&mut cache, &entry) {
-                    Some(exit) => return Ok(exit),
-                    None => continue,
+                    Replayed::Done(exit) => return Ok(exit),
+                    Replayed::Gone => continue,
+                    Replayed::RunInstead => {
+                        look = false;
+                        continue;
+                    }
                 }
             }
         }
@@ -200,6 +211,16 @@ fn run_reported(args: &RunArgs, report: Option<&Report>) -> anyhow::Result<Exit>
         return exit;
     }
     run.execute(stdin, None, Some(&cache), None)
+}
+
+/// How a replay of a hit went.
+enum Replayed {
+    /// It went out (or failed partway, which is lcrun's own error).
+    Done(Exit),
+    /// Replaced by an identical run since the lookup: look again.
+    Gone,
+    /// Nothing went out and it cannot be replayed: the command runs.
+    RunInstead,
 }
 
 /// The parts of one call that running and replaying share.
@@ -278,21 +299,25 @@ impl Run<'_> {
         spawn_failed(&self.invocation.argv[0], &err)
     }
 
-    /// Replays a hit and exits with its recorded status. `None` when none of
-    /// it went out and there is nothing to replay: its stored output proved
-    /// damaged (the entry is dropped), or an identical run replaced it since
-    /// the lookup. The command then goes the miss path.
-    fn replay(&self, cache: &mut Cache, entry: &Entry) -> Option<Exit> {
+    /// Replays a hit and exits with its recorded status, unless none of it
+    /// went out: then the command goes the miss path, to replay what an
+    /// identical run replaced it with since the lookup ([`Replayed::Gone`]),
+    /// or to run ([`Replayed::RunInstead`]: the stored output proved damaged,
+    /// and the entry is dropped, or could not be read or written).
+    fn replay(&self, cache: &mut Cache, entry: &Entry) -> Replayed {
         let started = Instant::now();
-        let store = cache.store()?;
+        let Some(store) = cache.store() else {
+            return Replayed::RunInstead;
+        };
         // Output files first: while none is written, a failure is a miss.
         if let Err(err) = store.restore(entry, Path::new("."), &self.invocation.outputs) {
-            // Found before any output changed: the command makes them
-            // afresh. A blob missing or damaged drops the entry; outputs
-            // that could not be written (their disk full) leave it for a
-            // later run. A record or a tree lcrun must not obey (a planted
-            // symlink, a `..`) is refused.
-            if err.nothing_written() && matches!(err.cause, RestoreCause::Blob(_)) {
+            // Before any of its output went out: the command makes the
+            // files afresh, those restored already too. A blob missing or
+            // damaged drops the entry; outputs that could not be written
+            // (their disk full) leave it for a later run. A record or a
+            // tree lcrun must not obey (a planted symlink, a `..`) is
+            // refused.
+            if matches!(err.cause, RestoreCause::Blob(_)) {
                 if matches!(
                     err.cause,
                     RestoreCause::Blob(BlobError::Missing(_) | BlobError::Damaged(_))
@@ -302,10 +327,10 @@ impl Run<'_> {
                 self.messages.warn(format!(
                     "cannot restore cached outputs ({err}); running the command"
                 ));
-                return None;
+                return Replayed::RunInstead;
             }
             error(format!("{err}"));
-            return Some(Exit::Usage);
+            return Replayed::Done(Exit::Usage);
         }
         let mut out = RawOut::new();
         let mut started_output = false;
@@ -322,18 +347,18 @@ impl Run<'_> {
             // coreutils do (status 1), as a live run's command would.
             Some((_, err)) if reader_gone(err) => {
                 if runner::signals::sigpipe_ignored() {
-                    return Some(Exit::Command(1));
+                    return Replayed::Done(Exit::Command(1));
                 }
-                return Some(Exit::Command(crate::exit::signal_status(libc::SIGPIPE)));
+                return Replayed::Done(Exit::Command(crate::exit::signal_status(libc::SIGPIPE)));
             }
-            Some((stream, err)) => return Some(write_failed(stream, err, entry.record.status)),
+            Some((stream, err)) => return Replayed::Done(write_failed(stream, err, entry.record.status)),
             None => {}
         }
         match result {
             Ok(()) => {}
             // Replaced by an identical run or a refresh since the lookup:
             // that run's result is what to show, and the miss path finds it.
-            Err(StoreError::Gone) if !started_output => return None,
+            Err(StoreError::Gone) if !started_output => return Replayed::Gone,
             Err(err) => {
                 let damaged = err.is_damaged_entry();
                 if damaged {
@@ -351,7 +376,7 @@ impl Run<'_> {
                         // this run goes on uncached, having said why once.
                         cache.tiers = None;
                         cache.warned.set(true);
-                        return None;
+                        return Replayed::RunInstead;
                     }
                     let what = if damaged {
                         "was damaged"
@@ -360,12 +385,12 @@ impl Run<'_> {
                     };
                     self.messages
                         .warn(format!("cached output {what} ({err}); running the command"));
-                    return None;
+                    return Replayed::RunInstead;
                 }
                 // Part of the output is out already: running the command now
                 // would print it twice, so this is an error of our own.
                 error(format!("cannot replay cached output: {err}"));
-                return Some(Exit::Usage);
+                return Replayed::Done(Exit::Usage);
             }
         }
         let _ = store.record_hit(&entry.key);
@@ -381,7 +406,7 @@ impl Run<'_> {
             self.messages
                 .warn(report::hit_line(&self.invocation.label(), entry.age(), saved));
         }
-        Some(Exit::Command(entry.record.status))
+        Replayed::Done(Exit::Command(entry.record.status))
     }
 
     /// Runs the command live, recording it when `recording` is given.

@@ -10,9 +10,10 @@
 //! runs (an error is lcrun's own, status 125), their canonical bytes in the
 //! key; after a successful miss, [`capture`] into the entry (any error: one
 //! warning, no entry, the command's status stands); on a hit, [`restore`]
-//! before replaying stdout and stderr, so that when it fails with
-//! [`RestoreError::nothing_written`] the entry can still be dropped and the
-//! command run instead.
+//! before replaying stdout and stderr, so that when a blob fails it
+//! (missing, damaged, or its file unwritable: a full disk) the command can
+//! still run instead, once, and write every output itself, those restored
+//! already included.
 
 use crate::blob::{Contents, Digest};
 

@@ -42,8 +42,7 @@ pub struct RestoreError {
 
 impl RestoreError {
     /// True when no output was changed (directories this restore created
-    /// were taken away again): the caller may drop the entry and run the
-    /// command, which will write every output itself.
+    /// were taken away again).
     pub fn nothing_written(&self) -> bool {
         !self.written
     }

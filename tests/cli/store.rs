@@ -314,6 +314,35 @@ fn a_full_disk_at_the_outputs_keeps_the_entry() {
     drop(disk);
 }
 
+/// A full disk partway through restoring several outputs (one written, the
+/// next failing) is no reason to fail the call: the command runs and
+/// writes them all itself, with one warning. When the first fails, the
+/// restore is not tried again and again either.
+#[test]
+fn a_full_disk_partway_through_the_outputs_runs_the_command_once() {
+    let env = Env::new();
+    let disk = crate::trust::Tmpfs::mount(&env.path("t"), "8m");
+    let content = noise(3 << 20, 7);
+    env.write("src.bin", &content);
+    let script = format!("{}; cp src.bin t/a.bin && cp src.bin t/b.bin", env.tally("c"));
+    let args = ["-o", "t/a.bin", "-o", "t/b.bin", "--", "sh", "-c", &script];
+    assert_code(&env.run(args), 0);
+    for (filler, case) in [(3 << 20, "a.bin restored, b.bin not"), (6 << 20, "neither")] {
+        let runs = env.count("c");
+        fs::remove_file(env.path("t/a.bin")).unwrap();
+        fs::remove_file(env.path("t/b.bin")).unwrap();
+        fs::write(env.path("t/filler"), vec![0u8; filler]).unwrap();
+        let out = env.run(args);
+        let text = stderr(&out);
+        assert_eq!(env.count("c"), runs + 1, "{case}: the command ran once: {text}");
+        let warned = text.lines().filter(|l| l.contains("cannot restore")).count();
+        assert_eq!(warned, 1, "{case}: {text}");
+        assert_ne!(out.status.code(), Some(125), "{case}: {text}");
+        fs::remove_file(env.path("t/filler")).unwrap();
+    }
+    drop(disk);
+}
+
 /// A cache whose disk fills while an output is stored says so: the
 /// output is fine, the cache is not.
 #[test]
