@@ -175,6 +175,7 @@ impl Walk<'_> {
             kind: Kind::File {
                 contents,
                 executable: stat.st_mode & 0o111 != 0,
+                mode: Some(stat.st_mode & 0o777),
             },
         });
         Ok(())

@@ -66,9 +66,14 @@ pub enum Kind {
     File {
         /// Its bytes.
         contents: Contents,
-        /// Whether anyone may execute it; restored as `chmod +x` under the
-        /// umask, as the command's own file would have been.
+        /// Whether anyone may execute it.
         executable: bool,
+        /// Its permission bits (`0o777`: no set-id nor sticky bit), restored
+        /// as they were, whatever the umask: a key the command made 0600
+        /// stays private. Records from before it was stored have none, and
+        /// get `executable` under the umask.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
     },
     /// A directory, kept even when empty.
     Dir,

@@ -247,7 +247,11 @@ impl Restorer<'_> {
 
     fn leaf(&mut self, dir: BorrowedFd<'_>, name: &[u8], kind: &Kind) -> Result<(), RestoreCause> {
         match kind {
-            Kind::File { contents, executable } => self.file(dir, name, contents, *executable),
+            Kind::File {
+                contents,
+                executable,
+                mode,
+            } => self.file(dir, name, contents, Perms::of(*executable, *mode)),
             Kind::Symlink { target } => self.symlink(dir, name, target.as_bytes()),
             Kind::Dir => self.dir(dir, name, true).map(drop),
         }
@@ -284,14 +288,14 @@ impl Restorer<'_> {
         dir: BorrowedFd<'_>,
         name: &[u8],
         contents: &Contents,
-        executable: bool,
+        perms: Perms,
     ) -> Result<(), RestoreCause> {
         match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => match FileType::from_raw_mode(stat.st_mode) {
                 // Size first: reading the file is only worth it when it may match.
                 FileType::RegularFile
                     if stat.st_size as u64 == contents.size
-                        && self.same_file(dir, name, contents, executable)? =>
+                        && self.same_file(dir, name, contents, perms)? =>
                 {
                     return Ok(());
                 }
@@ -301,8 +305,11 @@ impl Restorer<'_> {
             Err(Errno::NOENT) => {}
             Err(e) => return Err(e.into()),
         }
-        let mode = if executable { 0o777 } else { 0o666 };
-        let (temp, mut file) = Temp::file(dir, Mode::from_bits_truncate(mode))?;
+        let (temp, mut file) = Temp::file(dir, Mode::from_bits_truncate(perms.create()))?;
+        if let Perms::Exact(mode) = perms {
+            // Past the umask: the bits as the command left them.
+            rfs::fchmod(&file, Mode::from_bits_truncate(mode))?;
+        }
         if contents.size > BLOB_BYTES as u64 {
             // The file's blocks reserved at once, not page by page as the
             // writes arrive: writing 1 GiB took 0.16-0.17 s instead of
@@ -319,13 +326,13 @@ impl Restorer<'_> {
     }
 
     /// Whether the regular file `name` already holds `contents`; if so it is
-    /// touched and its executable bit set as stored.
+    /// touched and its permissions set as stored.
     fn same_file(
         &mut self,
         dir: BorrowedFd<'_>,
         name: &[u8],
         contents: &Contents,
-        executable: bool,
+        perms: Perms,
     ) -> Result<bool, RestoreCause> {
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
         let Ok(fd) = rfs::openat(dir, name, flags, Mode::empty()) else {
@@ -339,14 +346,10 @@ impl Restorer<'_> {
         if !stream_matches(&mut file, contents).map_err(RestoreCause::Io)? {
             return Ok(false);
         }
-        if (stat.st_mode & 0o111 != 0) != executable {
-            let mode = stat.st_mode & 0o7777;
-            let mode = if executable {
-                mode | (mode & 0o444) >> 2
-            } else {
-                mode & !0o111
-            };
-            if rfs::fchmod(&file, Mode::from_bits_truncate(mode)).is_err() {
+        let now = stat.st_mode & 0o7777;
+        let wanted = perms.of_existing(now);
+        if wanted != now {
+            if rfs::fchmod(&file, Mode::from_bits_truncate(wanted)).is_err() {
                 return Ok(false);
             }
             self.written = true;
@@ -386,6 +389,40 @@ impl Restorer<'_> {
     fn take_back_created(&mut self) {
         for created in self.created.drain(..).rev() {
             let _ = rfs::unlinkat(&created.parent, created.name.as_slice(), AtFlags::REMOVEDIR);
+        }
+    }
+}
+
+/// The permissions a restored file gets.
+#[derive(Clone, Copy)]
+enum Perms {
+    /// The bits stored (0o777 at most), past the umask.
+    Exact(u32),
+    /// A record without them: executable or not, under the umask.
+    Executable(bool),
+}
+
+impl Perms {
+    fn of(executable: bool, mode: Option<u32>) -> Perms {
+        mode.map_or(Perms::Executable(executable), |mode| Perms::Exact(mode & 0o777))
+    }
+
+    /// The mode to create the file with (the umask applies).
+    fn create(self) -> u32 {
+        match self {
+            Perms::Exact(mode) => mode,
+            Perms::Executable(true) => 0o777,
+            Perms::Executable(false) => 0o666,
+        }
+    }
+
+    /// The mode a file already there with mode `now` should have.
+    fn of_existing(self, now: u32) -> u32 {
+        match self {
+            Perms::Exact(mode) => mode,
+            Perms::Executable(true) if now & 0o111 == 0 => now | (now & 0o444) >> 2,
+            Perms::Executable(false) => now & !0o111,
+            Perms::Executable(true) => now,
         }
     }
 }

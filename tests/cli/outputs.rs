@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, MetadataExt};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime};
@@ -297,4 +297,39 @@ fn an_output_outside_the_working_directory_must_be_given_absolute() {
     assert_code(&env.run(args), 0);
     assert_eq!(env.count("gen"), 1);
     assert_eq!(fs::read_to_string(&target).unwrap(), "abs\n");
+}
+
+/// Permission bits come back as the command left them, past the umask: a
+/// key made private stays private, a group-only tool stays group-only,
+/// also when the file is already there with the same bytes.
+#[test]
+fn permission_bits_are_restored_exactly() {
+    let env = Env::new();
+    let script = format!(
+        "{}; umask 022; mkdir -p out; echo secret > out/key; chmod 600 out/key; \
+         echo tool > out/tool; chmod 750 out/tool; echo open > out/shared; chmod 664 out/shared",
+        env.tally("gen")
+    );
+    let args = ["-o", "out", "--", "sh", "-c", &script];
+    assert_code(&env.run(args), 0);
+    let modes = || -> Vec<u32> {
+        ["key", "tool", "shared"]
+            .iter()
+            .map(|f| fs::metadata(env.path(&format!("out/{f}"))).unwrap().mode() & 0o7777)
+            .collect()
+    };
+    let expected = vec![0o600, 0o750, 0o664];
+    assert_eq!(modes(), expected);
+    // Restored afresh, under the run's umask of 022.
+    fs::remove_dir_all(env.path("out")).unwrap();
+    assert_code(&env.run(args), 0);
+    assert_eq!(env.count("gen"), 1, "restored, not run");
+    assert_eq!(modes(), expected, "modes after a restore");
+    // The same bytes already there, with other modes: only the modes change.
+    for f in ["key", "tool", "shared"] {
+        fs::set_permissions(env.path(&format!("out/{f}")), fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    assert_code(&env.run(args), 0);
+    assert_eq!(env.count("gen"), 1);
+    assert_eq!(modes(), expected, "modes after touching files already there");
 }
