@@ -17,7 +17,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +27,7 @@ use rustix::io::Errno;
 
 use super::beneath::{self, display_path, Created, Step};
 use super::{DeclaredPath, Entry, Kind, Output, OutputTree};
-use crate::blob::{stream_matches, BlobError, BlobStore, Contents, BLOB_BYTES};
+use crate::blob::{stream_matches, BlobError, BlobStore, Contents, Digest, BLOB_BYTES};
 
 /// Why a restore failed, and whether it changed anything on disk first.
 #[derive(Debug, thiserror::Error)]
@@ -310,16 +310,31 @@ impl Restorer<'_> {
             // Past the umask: the bits as the command left them.
             rfs::fchmod(&file, Mode::from_bits_truncate(mode))?;
         }
-        if contents.size > BLOB_BYTES as u64 {
+        let sparse = contents.blobs.contains(zero_blob());
+        if contents.size > BLOB_BYTES as u64 && !sparse {
             // The file's blocks reserved at once, not page by page as the
             // writes arrive: writing 1 GiB took 0.16-0.17 s instead of
             // 0.22-0.24 s on ext4. Where the filesystem cannot, the writes
             // reserve them as before (and a full disk fails them as before).
             let _ = rfs::fallocate(&file, rfs::FallocateFlags::KEEP_SIZE, 0, contents.size);
         }
+        // Blocks of zeros are skipped, not written: a sparse file (a disk
+        // image, a database) comes back sparse, not as its full size.
         self.store
-            .get_stream(contents, &mut |bytes| file.write_all(bytes))
+            .get_stream(contents, &mut |bytes| {
+                if sparse && bytes.len() >= HOLE_BYTES && all_zero(bytes) {
+                    file.seek(SeekFrom::Current(bytes.len() as i64)).map(drop)
+                } else {
+                    file.write_all(bytes)
+                }
+            })
             .map_err(RestoreCause::Blob)?;
+        if sparse {
+            // A hole at the end is the file's size too.
+            // Failing as a write would (a full disk): a blob's failure.
+            file.set_len(contents.size)
+                .map_err(|e| RestoreCause::Blob(BlobError::Io(e)))?;
+        }
         temp.place_file(file, name)?;
         self.written = true;
         Ok(())
@@ -391,6 +406,22 @@ impl Restorer<'_> {
             let _ = rfs::unlinkat(&created.parent, created.name.as_slice(), AtFlags::REMOVEDIR);
         }
     }
+}
+
+/// Zeros left as a hole rather than written, at least: a filesystem block.
+const HOLE_BYTES: usize = 4096;
+
+/// The digest of a whole blob of zeros: a file that has one has holes worth
+/// keeping (see `Restore::file`).
+fn zero_blob() -> &'static Digest {
+    static ZERO: std::sync::OnceLock<Digest> = std::sync::OnceLock::new();
+    ZERO.get_or_init(|| Digest::of(&vec![0u8; BLOB_BYTES]))
+}
+
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes
+        .chunks(HOLE_BYTES)
+        .all(|chunk| chunk.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// The permissions a restored file gets.

@@ -333,3 +333,29 @@ fn permission_bits_are_restored_exactly() {
     assert_eq!(env.count("gen"), 1);
     assert_eq!(modes(), expected, "modes after touching files already there");
 }
+
+/// A sparse output (a disk image, a database file) is restored sparse: its
+/// runs of zeros are holes again, not gigabytes written to the disk.
+#[test]
+fn a_sparse_output_is_restored_sparse() {
+    let env = Env::new();
+    let script = format!(
+        "{}; head -c 1048576 /dev/urandom > img; truncate -s 256M img; \
+         printf tail >> img",
+        env.tally("gen")
+    );
+    let args = ["-o", "img", "--", "sh", "-c", &script];
+    assert_code(&env.run(args), 0);
+    let made = fs::read(env.path("img")).unwrap();
+    fs::remove_file(env.path("img")).unwrap();
+    assert_code(&env.run(args), 0);
+    assert_eq!(env.count("gen"), 1, "restored, not run");
+    let meta = fs::metadata(env.path("img")).unwrap();
+    assert_eq!(meta.len(), (256 << 20) + 4);
+    let allocated = meta.blocks() * 512;
+    assert!(
+        allocated < 16 << 20,
+        "{allocated} bytes allocated for 1 MiB of data"
+    );
+    assert!(fs::read(env.path("img")).unwrap() == made, "other bytes");
+}
