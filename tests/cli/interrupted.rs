@@ -35,6 +35,17 @@ fn rows(env: &Env) -> (i64, i64) {
     (count("entries"), count("blobs"))
 }
 
+/// No pack in the cache, nor any entry or blob row: an interrupted store
+/// took away all it wrote.
+fn assert_left_nothing(env: &Env) {
+    assert_eq!(
+        env.blob_files(),
+        Vec::<std::path::PathBuf>::new(),
+        "a pack was left"
+    );
+    assert_eq!(rows(env), (0, 0), "a pending entry or blob rows were left");
+}
+
 /// A command whose output file takes lcrun long to store: 16 MiB of noise
 /// (blobs that go to a pack) then 64 GiB of zeros, a sparse file the
 /// command makes at once and lcrun would hash for a minute.
@@ -53,24 +64,7 @@ fn slow_to_store(env: &Env) -> Vec<String> {
 /// Starts `lcrun ARGS` and waits until it has both a pack in the cache and
 /// the output file open: the store of the outputs is under way.
 fn start_and_wait_for_the_store(env: &Env, args: &[String]) -> std::process::Child {
-    let mut child = env
-        .lcrun()
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = env.path("out.bin");
-    let start = Instant::now();
-    while !has_open_under(child.id(), &out, &[]) || env.blob_files().is_empty() {
-        if start.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the store never began");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child
+    start_and_wait_for_the_store_after(env, args, || ()).0
 }
 
 /// Waits for `child` at most `limit`; kills it and fails past that.
@@ -102,12 +96,7 @@ fn ctrl_c_while_the_outputs_are_stored_cancels_the_store_and_leaves_nothing() {
         err.contains("cancelled (SIGINT)") && err.contains("nothing cached"),
         "{err}"
     );
-    assert_eq!(
-        env.blob_files(),
-        Vec::<std::path::PathBuf>::new(),
-        "a pack was left"
-    );
-    assert_eq!(rows(&env), (0, 0), "a pending entry or blob rows were left");
+    assert_left_nothing(&env);
     // The next run runs the command (truncated to 16 MiB: a quick store).
     let quick = format!("{}; cp head.bin out.bin", env.tally("gen"));
     let out = env.run(["-o", "out.bin", "--", "sh", "-c", &quick]);
@@ -128,12 +117,7 @@ fn the_timeout_while_the_outputs_are_stored_stops_the_store_and_the_status_stand
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("timed out") && err.contains("not cached"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert_eq!(
-        env.blob_files(),
-        Vec::<std::path::PathBuf>::new(),
-        "a pack was left"
-    );
-    assert_eq!(rows(&env), (0, 0), "a pending entry or blob rows were left");
+    assert_left_nothing(&env);
 }
 
 #[test]
@@ -276,12 +260,7 @@ fn sigusr1_while_the_outputs_are_stored_ends_lcrun_by_it() {
     unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
     let out = wait_within(child, Duration::from_secs(5));
     assert_eq!(out.status.signal(), Some(libc::SIGUSR1), "{}", stderr(&out));
-    assert_eq!(
-        env.blob_files(),
-        Vec::<std::path::PathBuf>::new(),
-        "a pack was left"
-    );
-    assert_eq!(rows(&env), (0, 0), "a pending entry or blob rows were left");
+    assert_left_nothing(&env);
 }
 
 #[test]
@@ -300,6 +279,7 @@ fn ctrl_c_while_a_failure_is_stored_for_a_waiter_still_cancels() {
         .map(String::from)
         .collect();
     let owner = start_and_wait_for_the_store_after(&env, &args, || {
+        std::thread::sleep(Duration::from_millis(300));
         let waiter = env.start(&args);
         std::thread::sleep(Duration::from_millis(300));
         waiter
@@ -329,7 +309,6 @@ fn start_and_wait_for_the_store_after<T>(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
     let other = and();
     let out = env.path("out.bin");
     let start = Instant::now();
