@@ -6,7 +6,7 @@
 //! in time is dropped, and the caller warns once.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
@@ -129,51 +129,38 @@ pub struct Recorder {
     messages: Messages,
 }
 
-/// When the store's thread started waiting for another process's lock
-/// (ms since [`epoch`], plus one; zero when it is not waiting). Read by the
-/// main thread to tell a busy store from a slow one. One recorder per
-/// process, so these are process-wide, as SQLite's busy handler is a plain
-/// function.
-static BUSY_SINCE: AtomicU64 = AtomicU64::new(0);
 /// The cache the recorder writes, for the busy handler to say it waits
-/// (see `store::turns`).
+/// (see `store::turns`). One recorder per process, so these are
+/// process-wide, as SQLite's busy handler is a plain function.
 static CACHE_DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
 /// Set when the main thread stops waiting: the busy handler then gives up.
 static GIVE_UP: AtomicBool = AtomicBool::new(false);
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
 /// SQLite's busy handler for the recording's connection: waits for the
-/// lock, noting since when, until told to give up.
+/// lock, noting since when (see `turns::waiting`), until told to give up.
 fn on_busy(count: i32) -> bool {
     if count == 0 {
-        if let Some(dir) = CACHE_DIR.get() {
-            turns::waiting(dir);
-        }
-        let now = epoch().elapsed().as_millis() as u64 + 1;
-        let _ = BUSY_SINCE.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
+        turns::waiting(CACHE_DIR.get().map(|dir| dir.as_path()));
     }
     if GIVE_UP.load(Ordering::SeqCst) {
         return false;
     }
-    thread::sleep(Duration::from_millis(if count < 10 { 1 } else { 10 }));
+    // A writer between two batches stands aside for a waiting one (see
+    // `turns`) for as long as it takes to notice: polled every millisecond,
+    // not SQLite's growing sleeps, it takes its turn at once.
+    thread::sleep(Duration::from_millis(1));
     true
 }
 
-/// How long the store's thread has been waiting for a lock, if it is.
+/// How long the store's thread has been waiting for a lock, if it is: read
+/// by the main thread to tell a busy store from a slow one. A long store
+/// that gets its turns between batches is not waiting in between.
 fn busy_for() -> Duration {
-    match BUSY_SINCE.load(Ordering::SeqCst) {
-        0 => Duration::ZERO,
-        since => epoch().elapsed().saturating_sub(Duration::from_millis(since - 1)),
-    }
+    turns::waited()
 }
 
 fn not_busy() {
     turns::not_waiting();
-    BUSY_SINCE.store(0, Ordering::SeqCst);
 }
 
 impl Recorder {
@@ -192,7 +179,6 @@ impl Recorder {
         cwd: String,
         messages: Messages,
     ) -> Recorder {
-        epoch();
         let began = Instant::now();
         let shared: Arc<(Mutex<State>, Condvar)> = Arc::default();
         let (tx, rx) = mpsc::channel();

@@ -113,8 +113,11 @@ pub fn open(path: &Path, options: &mut OpenOptions) -> Result<(File, Metadata), 
         path: path.to_owned(),
         source,
     };
+    // O_NONBLOCK: a fifo planted in place of the file must not hang the
+    // open (it changes nothing for a regular file); the check below then
+    // refuses it.
     let file = match options
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .mode(0o600)
         .open(path)
     {

@@ -354,7 +354,10 @@ impl Restorer<'_> {
             return Ok(false);
         };
         let stat = rfs::fstat(&fd)?;
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        // A file with other names too (a hard link) is not changed in
+        // place: its mode and time are the other names' too. It is
+        // replaced under this name instead, the others left alone.
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile || stat.st_nlink > 1 {
             return Ok(false);
         }
         let mut file = File::from(fd);

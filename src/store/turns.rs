@@ -9,7 +9,8 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::trust;
@@ -19,6 +20,15 @@ const STAND_ASIDE: Duration = Duration::from_millis(50);
 
 /// This process's mark, while one of its writers waits.
 static WAITING: Mutex<Option<File>> = Mutex::new(None);
+
+/// Since when this process's writer waits for the lock, in milliseconds
+/// since [`epoch`] plus one; zero while it does not.
+static SINCE: AtomicU64 = AtomicU64::new(0);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
 
 /// The file the marks are locks on, beside the database (a cache the store
 /// opened, so its directory is checked already).
@@ -30,25 +40,41 @@ fn mark(dir: &Path) -> Option<File> {
         .map(|(file, _)| file)
 }
 
-/// Says that this process waits for the write lock of the cache in `dir`.
-pub fn waiting(dir: &Path) {
+/// Says that this process waits for the write lock of the cache in `dir`
+/// (to the others too, when it knows the cache), from now unless already.
+pub fn waiting(dir: Option<&Path>) {
+    let now = epoch().elapsed().as_millis() as u64 + 1;
+    let _ = SINCE.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
+    let Some(dir) = dir else { return };
     let Ok(mut waiting) = WAITING.lock() else { return };
     if waiting.is_none() {
         *waiting = mark(dir).filter(|file| file.try_lock_shared().is_ok());
     }
 }
 
-/// Says that it waits no longer.
+/// Says that it waits no longer: it has the lock, or gave up.
 pub fn not_waiting() {
+    SINCE.store(0, Ordering::SeqCst);
     if let Ok(mut waiting) = WAITING.lock() {
         waiting.take();
+    }
+}
+
+/// How long it has been waiting, if it is.
+pub fn waited() -> Duration {
+    match SINCE.load(Ordering::SeqCst) {
+        0 => Duration::ZERO,
+        since => epoch().elapsed().saturating_sub(Duration::from_millis(since - 1)),
     }
 }
 
 /// Between two batches of a long write: while another writer waits, leaves
 /// it the lock, for [`STAND_ASIDE`] at most.
 pub(super) fn stand_aside(dir: &Path) {
-    not_waiting();
+    if let Ok(mut waiting) = WAITING.lock() {
+        // Our own mark must not make us stand aside for ourselves.
+        waiting.take();
+    }
     let Some(file) = mark(dir) else { return };
     let start = Instant::now();
     while matches!(file.try_lock(), Err(TryLockError::WouldBlock)) && start.elapsed() < STAND_ASIDE {

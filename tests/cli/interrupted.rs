@@ -431,3 +431,46 @@ fn a_tree_restore_killed_midway_leaves_no_temp_name_in_it() {
     assert_eq!(fs::read_dir(&out_dir).unwrap().count(), 2000);
     assert_eq!(env.count("gen"), 1);
 }
+
+#[test]
+fn parallel_long_stores_all_get_their_turns() {
+    // Three runs each storing a long output at once (2 GiB, sparse past its
+    // first 8 MiB: seconds of hashing each): batch by batch they take turns
+    // at the write lock, and every one is stored.
+    let env = Env::new();
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            let script = format!("head -c 8M /dev/urandom > o{i}.bin && truncate -s 2G o{i}.bin");
+            let out = format!("o{i}.bin");
+            env.start(["-o", &out, "--", "sh", "-c", &script])
+        })
+        .collect();
+    for child in children {
+        let out = wait_within(child, Duration::from_secs(120));
+        assert_eq!(out.status.code(), Some(0));
+        assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    }
+    let db = rusqlite::Connection::open(env.db()).unwrap();
+    let stored: i64 = db
+        .query_row("SELECT count(*) FROM entries WHERE key IS NOT NULL", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(stored, 3);
+}
+
+#[test]
+fn a_fifo_in_place_of_the_waiting_mark_never_hangs_a_store() {
+    let env = Env::new();
+    assert_eq!(env.run(["--", "true"]).status.code(), Some(0));
+    let mark = env.cache.join("cache.db.waiting");
+    let _ = fs::remove_file(&mark);
+    let made = std::process::Command::new("mkfifo").arg(&mark).status().unwrap();
+    assert!(made.success());
+    env.write("src.bin", noise(24 << 20, 12));
+    let child = env.start(["-o", "out.bin", "--", "cp", "src.bin", "out.bin"]);
+    let out = wait_within(child, Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let again = env.run(["-o", "out.bin", "--", "cp", "src.bin", "out.bin"]);
+    assert!(stderr(&again).is_empty(), "{}", stderr(&again));
+}

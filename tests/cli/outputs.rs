@@ -359,3 +359,34 @@ fn a_sparse_output_is_restored_sparse() {
     );
     assert!(fs::read(env.path("img")).unwrap() == made, "other bytes");
 }
+
+/// A restore onto a name that is a hard link of another file, with the
+/// same bytes, leaves the other file alone: its mode and time are not the
+/// output's to set.
+#[test]
+fn a_hit_onto_a_hard_link_leaves_the_other_name_alone() {
+    let env = Env::new();
+    env.write("src.txt", "key material\n");
+    let script = format!("{}; cp src.txt out.bin; chmod 644 out.bin", env.tally("gen"));
+    let args = ["-o", "out.bin", "--", "sh", "-c", &script];
+    assert_code(&env.run(args), 0);
+    fs::remove_file(env.path("out.bin")).unwrap();
+    let other = env.path("other");
+    fs::copy(env.path("src.txt"), &other).unwrap();
+    fs::set_permissions(&other, fs::Permissions::from_mode(0o600)).unwrap();
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_577_836_800);
+    fs::File::options()
+        .write(true)
+        .open(&other)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    fs::hard_link(&other, env.path("out.bin")).unwrap();
+    assert_code(&env.run(args), 0);
+    assert_eq!(env.count("gen"), 1, "restored, not run");
+    let meta = fs::metadata(&other).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600, "the other name's mode changed");
+    assert_eq!(meta.modified().unwrap(), old, "the other name's mtime changed");
+    assert_eq!(fs::read(env.path("out.bin")).unwrap(), b"key material\n");
+    assert_eq!(fs::metadata(env.path("out.bin")).unwrap().mode() & 0o777, 0o644);
+}
