@@ -67,13 +67,24 @@ fail. Start one with its output redirected:
         "A busy cache never delays the command or holds up its output: the result is
 written by a thread of its own, and when another process (a `sqlite3` shell
 left in a transaction, a stuck lcrun) still holds the database locked 3 s
-after the command ended, the result is dropped with one warning. A run that
-waits for an identical one stops waiting when that run shows no sign of life
-for 10 s (stopped, hung, or a process that is not lcrun holding its lock):
-it warns and runs the command uncached. `--timeout` bounds the whole call:
-evaluating the cache-by expressions (a `cmd:` still running is ended with its
-children), waiting for an identical run, and the command, which gets what is
-left; when it expires lcrun exits 124 and nothing is cached.",
+after the command ended, the result is dropped with one warning. Writers of
+one cache take turns: a long store (a large output file) commits in
+batches of at most 10 ms and, between two, stands aside for a writer
+waiting for the lock (which says so with a shared lock on
+`cache.db.waiting`), so `make -j` beside a large target stores every
+result. A run that waits for an identical one stops waiting when that run
+shows no sign of life for 10 s (stopped, hung, or a process that is not
+lcrun holding its lock): it warns and runs the command uncached.
+`--timeout` bounds the whole call: evaluating the cache-by expressions (a
+`cmd:` still running is ended with its children), waiting for an identical
+run, and the command, which gets what is left; when it expires lcrun exits
+124 and nothing is cached. Once the command has ended, the store of its
+result is lcrun's own work: a Ctrl-C (or SIGTERM, SIGHUP, SIGQUIT,
+SIGUSR1, SIGUSR2) then stops it, takes away what it wrote, and ends lcrun
+by that signal; the `--timeout` expiring then stops it too, with one
+warning, and the command's status stands. A restore killed midway leaves
+no temp file beside the outputs: each file is written unnamed and named
+only when whole.",
     ),
 ];
 
