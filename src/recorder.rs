@@ -344,20 +344,25 @@ impl Recorder {
         }
         let (lock, cond) = &*self.shared;
         let mut state = lock.lock().map_err(|_| failed())?;
-        let mut stopped: Option<(Interrupt, Instant)> = None;
+        // Once told to give up: why, and since when.
+        let mut stopped: Option<(Result<Interrupt, String>, Instant)> = None;
         loop {
             for note in std::mem::take(&mut state.notes) {
                 self.messages.warn(note);
             }
             if state.done && state.released {
-                // Stored, the interruption too late to stop it.
+                // Stored, the interruption too late to stop it (and then no
+                // warning says it was not).
                 return Ok(());
             }
-            if let Some((interrupt, at)) = stopped {
+            if let Some((why, at)) = &stopped {
                 // What was stored so far is taken away by the store's
-                // thread (`record`), which then says why it ended.
+                // thread (`record`), which then says it failed.
                 if state.failed.is_some() || at.elapsed() >= STOP_WAIT {
-                    return Err(Unstored::Interrupted(interrupt));
+                    return Err(match why.clone() {
+                        Ok(interrupt) => Unstored::Interrupted(interrupt),
+                        Err(why) => Unstored::Failed(why),
+                    });
                 }
             } else if let Some(why) = &state.failed {
                 return Err(Unstored::Failed(why.clone()));
@@ -365,13 +370,14 @@ impl Recorder {
                 // The capture of the outputs stops at its next read, and a
                 // wait for another process's lock at once.
                 GIVE_UP.store(true, Ordering::SeqCst);
-                stopped = Some((interrupt, Instant::now()));
+                stopped = Some((Ok(interrupt), Instant::now()));
                 continue;
-            }
-            if stopped.is_none() && busy_for() >= END_STALL {
-                // Its pending row stays behind; whoever writes next removes it.
+            } else if busy_for() >= END_STALL {
+                // Its pending row stays behind; whoever writes next removes
+                // it. Unless the lock came just now: then it is stored.
                 GIVE_UP.store(true, Ordering::SeqCst);
-                return Err(Unstored::Failed(locked_too_long(END_STALL)));
+                stopped = Some((Err(locked_too_long(END_STALL)), Instant::now()));
+                continue;
             }
             state = cond
                 .wait_timeout(state, Duration::from_millis(10))
