@@ -122,8 +122,9 @@ pub fn open(path: &Path, options: &mut OpenOptions) -> Result<(File, Metadata), 
         .open(path)
     {
         Ok(file) => file,
-        // O_NOFOLLOW met a symlink: someone else's doing, not an OS failure.
-        Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
+        // O_NOFOLLOW met a symlink, or O_NONBLOCK a fifo no one reads:
+        // someone else's doing, not an OS failure.
+        Err(err) if matches!(err.raw_os_error(), Some(libc::ELOOP | libc::ENXIO)) => {
             return Err(OpenError::Untrusted(Untrusted::Kind {
                 path: path.to_owned(),
                 expected: "regular file",

@@ -212,7 +212,14 @@ pub struct Store {
     /// `--max-size`: the size writes keep the cache under (see
     /// [`inspect`]).
     max_size: std::cell::Cell<Option<u64>>,
+    /// The busy handler set in place of the busy timeout, if one is: put
+    /// back after anything that sets a timeout (which replaces it).
+    busy_handler: std::cell::Cell<Option<BusyHandler>>,
 }
+
+/// SQLite's busy handler: given how often it was called for this wait,
+/// whether to try again.
+type BusyHandler = fn(i32) -> bool;
 
 /// Creates `dir` (0700) if needed.
 pub fn create_dir(dir: &Path) -> Result<(), StoreError> {
@@ -282,6 +289,7 @@ impl Store {
             db_id,
             reading: Default::default(),
             max_size: Default::default(),
+            busy_handler: Default::default(),
         };
         store.migrate().map_err(fail)?;
         Ok(store)
@@ -391,8 +399,9 @@ impl Store {
     /// Has SQLite call `handler` when another connection holds the lock
     /// (it returns whether to try again), instead of the busy timeout. A
     /// recorder uses it to give up on a cache that stays locked.
-    pub fn set_busy_handler(&self, handler: fn(i32) -> bool) -> Result<(), StoreError> {
+    pub fn set_busy_handler(&self, handler: BusyHandler) -> Result<(), StoreError> {
         self.conn.busy_handler(Some(handler))?;
+        self.busy_handler.set(Some(handler));
         Ok(())
     }
 
@@ -405,7 +414,14 @@ impl Store {
         let _ = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
+        // As it was: a recorder's handler (which gives up when told, and
+        // says how long it waited), else the timeout. The timeout in its
+        // place left a prune after the commit waiting 20 s for a lock
+        // another process held.
+        let _ = match self.busy_handler.get() {
+            Some(handler) => self.conn.busy_handler(Some(handler)),
+            None => self.conn.busy_timeout(BUSY_TIMEOUT),
+        };
     }
 
     fn delete_entry(&self, id: i64) -> Result<(), StoreError> {

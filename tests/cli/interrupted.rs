@@ -474,3 +474,55 @@ fn a_fifo_in_place_of_the_waiting_mark_never_hangs_a_store() {
     let again = env.run(["-o", "out.bin", "--", "cp", "src.bin", "out.bin"]);
     assert!(stderr(&again).is_empty(), "{}", stderr(&again));
 }
+
+#[test]
+fn a_prune_behind_a_held_lock_does_not_keep_lcrun_past_its_bound() {
+    // With --max-size each store prunes after its commit. Another process
+    // that takes the write lock right after the commit holds up the prune:
+    // lcrun still ends within its 3 s bound of the command's end, not
+    // after the 20 s busy timeout.
+    let env = Env::new();
+    for i in 0..5 {
+        assert_eq!(
+            env.run(["--", "echo", &format!("filler {i}")]).status.code(),
+            Some(0)
+        );
+    }
+    let mut grabbed = 0;
+    for round in 0..2 {
+        let db = env.db();
+        let holder = std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.busy_timeout(Duration::ZERO).unwrap();
+            let count = |conn: &rusqlite::Connection| -> i64 {
+                conn.query_row("SELECT count(*) FROM entries WHERE key IS NOT NULL", [], |r| {
+                    r.get(0)
+                })
+                .unwrap_or(0)
+            };
+            let before = count(&conn);
+            let start = Instant::now();
+            // Once the run's entry is there: the lock, held 6 s.
+            while count(&conn) == before && start.elapsed() < Duration::from_secs(10) {}
+            while conn.execute_batch("BEGIN IMMEDIATE").is_err() {
+                if start.elapsed() > Duration::from_secs(10) {
+                    return false;
+                }
+            }
+            std::thread::sleep(Duration::from_secs(6));
+            let _ = conn.execute_batch("ROLLBACK");
+            true
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let start = Instant::now();
+        let out = env.run(["--max-size", "1K", "--", "echo", &format!("round {round}")]);
+        let took = start.elapsed();
+        assert_eq!(out.status.code(), Some(0));
+        assert!(
+            took < Duration::from_secs(6),
+            "round {round}: lcrun took {took:?}"
+        );
+        grabbed += usize::from(holder.join().unwrap());
+    }
+    assert!(grabbed >= 1, "the lock was never taken after a commit");
+}

@@ -847,3 +847,23 @@ fn insert_pending(conn: &rusqlite::Connection, pending_key: &str) {
     )
     .unwrap();
 }
+
+/// A fifo in place of a key's lock file: one clear line, no hang, and the
+/// command runs as always.
+#[test]
+fn a_fifo_in_place_of_a_lock_file_is_named_as_not_a_regular_file() {
+    let env = Env::new();
+    assert_code(&env.run(["--", "echo", "hi"]), 0);
+    let list = env.run(["cache", "list", "--json"]);
+    let entries: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let key = entries[0]["key"].as_str().unwrap().to_owned();
+    let lock = env.cache.join("locks").join(&key);
+    let made = Command::new("mkfifo").arg("-m600").arg(&lock).status().unwrap();
+    assert!(made.success());
+    let out = env.run(["--refresh", "--", "echo", "hi"]);
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "hi\n");
+    let err = stderr(&out);
+    assert!(err.contains("is not a regular file"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
