@@ -410,6 +410,12 @@ impl Store {
     /// index. It does not wait: with readers in the way it leaves the WAL for
     /// the next writer.
     fn tidy_wal(&self) {
+        // A truncating checkpoint keeps every writer out while it copies
+        // and syncs, which takes long on a disk busy writing back: with a
+        // writer waiting, it is left to the next writer to do.
+        if turns::others_waiting(&self.dir) {
+            return;
+        }
         let _ = self.conn.busy_timeout(Duration::ZERO);
         let _ = self
             .conn

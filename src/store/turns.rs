@@ -68,6 +68,15 @@ pub fn waited() -> Duration {
     }
 }
 
+/// Whether a writer of another process is waiting for the lock now.
+pub(super) fn others_waiting(dir: &Path) -> bool {
+    if let Ok(mut waiting) = WAITING.lock() {
+        // Our own mark is not another's.
+        waiting.take();
+    }
+    mark(dir).is_some_and(|file| matches!(file.try_lock(), Err(TryLockError::WouldBlock)))
+}
+
 /// Between two batches of a long write: while another writer waits, leaves
 /// it the lock, for [`STAND_ASIDE`] at most.
 pub(super) fn stand_aside(dir: &Path) {

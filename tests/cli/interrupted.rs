@@ -526,3 +526,22 @@ fn a_prune_behind_a_held_lock_does_not_keep_lcrun_past_its_bound() {
     }
     assert!(grabbed >= 1, "the lock was never taken after a commit");
 }
+
+#[test]
+fn no_wal_checkpoint_keeps_a_waiting_writer_out() {
+    // After its commit a writer truncates the WAL, which keeps every other
+    // writer out while it copies and syncs; with one waiting (marked as
+    // waiting writers mark themselves), that is left to a later writer.
+    let env = Env::new();
+    let wal = env.cache.join("cache.db-wal");
+    let wal_len = || fs::metadata(&wal).map_or(0, |m| m.len());
+    assert_eq!(env.run(["--", "echo", "a"]).status.code(), Some(0));
+    assert_eq!(wal_len(), 0, "no writer waits: the WAL is truncated");
+    let mark = fs::File::open(env.cache.join("cache.db.waiting")).unwrap();
+    mark.lock_shared().unwrap();
+    assert_eq!(env.run(["--", "echo", "b"]).status.code(), Some(0));
+    assert!(wal_len() > 0, "a writer waits: the WAL is left as it is");
+    drop(mark);
+    assert_eq!(env.run(["--", "echo", "c"]).status.code(), Some(0));
+    assert_eq!(wal_len(), 0, "the next writer truncates it");
+}
