@@ -27,7 +27,7 @@ use crate::outputs::RestoreCause;
 use crate::progress::{self, LineMatcher, ProgressFile};
 use crate::recorder::{Interrupt, Keep, Recorder, Unstored};
 use crate::report::{self, Report};
-use crate::runner::signals::{Signals, CANCEL, PASS_ON};
+use crate::runner::signals::{Caught, Signals, CANCEL, PASS_ON};
 use crate::runner::{self, Delivery, Ending, Job, Observer, RunError};
 use crate::scratch;
 use crate::store::chain::Tiers;
@@ -533,13 +533,7 @@ impl Run<'_> {
         let seen = std::cell::Cell::new(None);
         let take_signal = || {
             if seen.get().is_none() && !already {
-                seen.set(
-                    signals
-                        .take()
-                        .into_iter()
-                        .map(|caught| caught.signal)
-                        .find(|signal| CANCEL.contains(signal) || PASS_ON.contains(signal)),
-                );
+                seen.set(ending_lcrun(signals.take()));
             }
             seen.get()
         };
@@ -580,8 +574,7 @@ impl Run<'_> {
         }
         if seen.get().is_none() && !already {
             // One that came as the store ended and no one asked since.
-            let mut late = signals.close().into_iter().map(|caught| caught.signal);
-            seen.set(late.find(|s| CANCEL.contains(s) || PASS_ON.contains(s)));
+            seen.set(ending_lcrun(signals.close()));
         }
         if let Some(signal) = seen.get() {
             let when = if stopped {
@@ -622,6 +615,15 @@ fn progress_file(cache: Option<&Cache>, messages: Messages) -> Option<tempfile::
             None
         }
     }
+}
+
+/// Among signals caught after the command ended, the first that ends lcrun:
+/// one that cancels a run, or one that would have ended the command.
+fn ending_lcrun(caught: Vec<Caught>) -> Option<i32> {
+    caught
+        .into_iter()
+        .map(|caught| caught.signal)
+        .find(|signal| CANCEL.contains(signal) || PASS_ON.contains(signal))
 }
 
 /// Starts `job` as `execvp` would, which is how a shell, `env` and

@@ -55,14 +55,15 @@ const STOP_WAIT: Duration = Duration::from_secs(2);
 /// What ended the wait for the store early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interrupt {
-    /// A signal that cancels the run (SIGINT, SIGTERM, SIGHUP).
+    /// A signal that cancels the run (SIGINT, SIGTERM, SIGHUP), or that
+    /// would have ended the command, now gone (SIGQUIT, SIGUSR1, SIGUSR2).
     Signal(i32),
     /// The deadline of `--timeout`.
     Deadline,
 }
 
 /// Why a finished run was not stored.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Unstored {
     /// The store failed, or the recording was dropped: why, to say.
     Failed(String),
@@ -150,17 +151,6 @@ fn on_busy(count: i32) -> bool {
     // not SQLite's growing sleeps, it takes its turn at once.
     thread::sleep(Duration::from_millis(1));
     true
-}
-
-/// How long the store's thread has been waiting for a lock, if it is: read
-/// by the main thread to tell a busy store from a slow one. A long store
-/// that gets its turns between batches is not waiting in between.
-fn busy_for() -> Duration {
-    turns::waited()
-}
-
-fn not_busy() {
-    turns::not_waiting();
 }
 
 impl Recorder {
@@ -260,7 +250,10 @@ impl Recorder {
             if state.queued == 0 || state.queued + len <= QUEUE_BYTES {
                 break;
             }
-            if busy_for() >= FULL_STALL {
+            // How long the store's thread has waited for the lock in one
+            // stretch (a long store that gets its turns between batches is
+            // not waiting in between): a busy store, not a slow one.
+            if turns::waited() >= FULL_STALL {
                 drop(state);
                 return self.drop_with(locked_too_long(FULL_STALL));
             }
@@ -345,7 +338,7 @@ impl Recorder {
         let (lock, cond) = &*self.shared;
         let mut state = lock.lock().map_err(|_| failed())?;
         // Once told to give up: why, and since when.
-        let mut stopped: Option<(Result<Interrupt, String>, Instant)> = None;
+        let mut stopped: Option<(Unstored, Instant)> = None;
         loop {
             for note in std::mem::take(&mut state.notes) {
                 self.messages.warn(note);
@@ -359,10 +352,7 @@ impl Recorder {
                 // What was stored so far is taken away by the store's
                 // thread (`record`), which then says it failed.
                 if state.failed.is_some() || at.elapsed() >= STOP_WAIT {
-                    return Err(match why.clone() {
-                        Ok(interrupt) => Unstored::Interrupted(interrupt),
-                        Err(why) => Unstored::Failed(why),
-                    });
+                    return Err(why.clone());
                 }
             } else if let Some(why) = &state.failed {
                 return Err(Unstored::Failed(why.clone()));
@@ -370,13 +360,13 @@ impl Recorder {
                 // The capture of the outputs stops at its next read, and a
                 // wait for another process's lock at once.
                 GIVE_UP.store(true, Ordering::SeqCst);
-                stopped = Some((Ok(interrupt), Instant::now()));
+                stopped = Some((Unstored::Interrupted(interrupt), Instant::now()));
                 continue;
-            } else if busy_for() >= END_STALL {
+            } else if turns::waited() >= END_STALL {
                 // Its pending row stays behind; whoever writes next removes
                 // it. Unless the lock came just now: then it is stored.
                 GIVE_UP.store(true, Ordering::SeqCst);
-                stopped = Some((Err(locked_too_long(END_STALL)), Instant::now()));
+                stopped = Some((Unstored::Failed(locked_too_long(END_STALL)), Instant::now()));
                 continue;
             }
             state = cond
@@ -440,7 +430,7 @@ fn record(
         Err(err) => return fail(failure(&store, "cannot write the cache", &err)),
     };
     recording.output_began(began);
-    not_busy();
+    turns::not_waiting();
     loop {
         let msg = match rx.try_recv() {
             Ok(msg) => msg,
@@ -449,7 +439,7 @@ fn record(
                 // Nothing more to store for the moment: what is stored is
                 // committed, so no other writer waits on this one.
                 let settled = recording.settle();
-                not_busy();
+                turns::not_waiting();
                 if let Err(err) = settled {
                     let _ = recording.abandon();
                     return fail(failure(&store, "cannot store the result", &err));
@@ -470,7 +460,7 @@ fn record(
                     }
                     None => (Ok(()), 0),
                 };
-                not_busy();
+                turns::not_waiting();
                 if let Ok(mut state) = lock.lock() {
                     state.queued -= len;
                     // As many as the queue and the blobs being filled hold.
@@ -496,7 +486,7 @@ fn record(
                         let stop = || GIVE_UP.load(Ordering::SeqCst);
                         if let Err(err) = recording.capture(Path::new("."), outputs, &stop) {
                             let _ = recording.abandon();
-                            not_busy();
+                            turns::not_waiting();
                             // Unless the store was stopped, which the
                             // caller must hear of.
                             if *keep == Keep::ForWaiters && !GIVE_UP.load(Ordering::SeqCst) {
@@ -519,7 +509,7 @@ fn record(
                     Msg::Finish(status, duration, Keep::ForWaiters, _) => recording.share(status, duration),
                     _ => recording.abandon(),
                 };
-                not_busy();
+                turns::not_waiting();
                 match result {
                     Ok(()) => {
                         if let Ok(mut state) = lock.lock() {

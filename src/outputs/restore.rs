@@ -491,7 +491,7 @@ static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl<'d> Temp<'d> {
     /// Creates something under a fresh temp name with `create`, which says
-    /// `EEXIST` when the name is taken; returns the name too.
+    /// `EEXIST` when the name is taken.
     fn create<T>(
         dir: BorrowedFd<'d>,
         mut create: impl FnMut(&str) -> Result<T, Errno>,

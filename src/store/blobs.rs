@@ -200,7 +200,7 @@ impl Store {
             let path = dir.join(&name);
             let (file, _) = trust::open(&path, OpenOptions::new().write(true).create_new(true))?;
             // Where there are no locks, the sweep goes by age instead.
-            let _ = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+            let _ = file.try_lock();
             // A sweep that came between the create and the lock took the
             // pack for an orphan (it had to be seconds old: a stalled
             // machine): another one, then.

@@ -10,11 +10,8 @@
 //! old instead. The sweep runs when a writer finds a dead writer's pending
 //! record, and after about one commit in 64; never on a hit.
 
-use std::fs::{self, File};
+use std::fs::{self, File, TryLockError};
 use std::time::{Duration, SystemTime};
-
-use rustix::fs::{flock, FlockOperation};
-use rustix::io::Errno;
 
 use super::blobs::PACK_SUFFIX;
 use super::{Store, BLOB_DIR};
@@ -100,9 +97,9 @@ fn writer_of(path: &std::path::Path) -> Writer {
     else {
         return Writer::Unknown;
     };
-    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+    match file.try_lock() {
         Ok(()) => Writer::Gone { _lock: file },
-        Err(Errno::WOULDBLOCK) => Writer::Alive,
-        Err(_) => Writer::Unknown,
+        Err(TryLockError::WouldBlock) => Writer::Alive,
+        Err(TryLockError::Error(_)) => Writer::Unknown,
     }
 }

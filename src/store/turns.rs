@@ -3,7 +3,7 @@
 //! that commits and begins again at once (a long store of outputs, batch
 //! after batch) takes the lock back before any poll finds it free. The
 //! waiting writer then gave up after 3 s and stored nothing. So a writer
-//! that waits says so, with a shared `flock` on `locks/.waiting` held while
+//! that waits says so, with a shared `flock` on `cache.db.waiting` held while
 //! it waits, and a writer between two batches that sees one stands aside
 //! until it has had its turn.
 
@@ -70,23 +70,29 @@ pub fn waited() -> Duration {
 
 /// Whether a writer of another process is waiting for the lock now.
 pub(super) fn others_waiting(dir: &Path) -> bool {
-    if let Ok(mut waiting) = WAITING.lock() {
-        // Our own mark is not another's.
-        waiting.take();
-    }
-    mark(dir).is_some_and(|file| matches!(file.try_lock(), Err(TryLockError::WouldBlock)))
+    others_mark(dir).is_some_and(|file| waited_on(&file))
 }
 
 /// Between two batches of a long write: while another writer waits, leaves
 /// it the lock, for [`STAND_ASIDE`] at most.
 pub(super) fn stand_aside(dir: &Path) {
-    if let Ok(mut waiting) = WAITING.lock() {
-        // Our own mark must not make us stand aside for ourselves.
-        waiting.take();
-    }
-    let Some(file) = mark(dir) else { return };
+    let Some(file) = others_mark(dir) else { return };
     let start = Instant::now();
-    while matches!(file.try_lock(), Err(TryLockError::WouldBlock)) && start.elapsed() < STAND_ASIDE {
+    while waited_on(&file) && start.elapsed() < STAND_ASIDE {
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// The mark file, to look for others' marks on: this process's own is
+/// taken away first, as it is no other's.
+fn others_mark(dir: &Path) -> Option<File> {
+    if let Ok(mut waiting) = WAITING.lock() {
+        waiting.take();
+    }
+    mark(dir)
+}
+
+/// Whether someone holds a mark on `file`: the lock of all is refused.
+fn waited_on(file: &File) -> bool {
+    matches!(file.try_lock(), Err(TryLockError::WouldBlock))
 }
