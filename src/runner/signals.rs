@@ -209,7 +209,6 @@ impl Signals {
 
     fn restore(&mut self) {
         ACT_AT.store(u64::MAX, Ordering::Relaxed);
-        PIPE.store(-1, Ordering::SeqCst);
         // SIGALRM comes last: the timer is disarmed once no handler can arm
         // it again, so no alarm outlives its handler and kills lcrun.
         for (signal, old) in std::mem::take(&mut self.saved) {
@@ -219,6 +218,9 @@ impl Signals {
             // SAFETY: putting back the action this signal had.
             unsafe { libc::sigaction(signal, &old, std::ptr::null_mut()) };
         }
+        // Only now: a signal the handler took while the actions were put
+        // back still goes to the pipe (which `close` reads), not nowhere.
+        PIPE.store(-1, Ordering::SeqCst);
     }
 }
 
