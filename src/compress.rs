@@ -118,9 +118,71 @@ pub fn pack(
     codec: Codec,
     stream: Stream,
     raw: Vec<u8>,
-    mut compressed: Vec<u8>,
+    compressed: Vec<u8>,
     known: Option<crate::blob::Digest>,
 ) -> std::io::Result<Packed> {
+    let packed = squeeze(compressor, (codec, stream, raw, compressed))?;
+    let digest = known.unwrap_or_else(|| crate::blob::Digest::of(&packed.raw));
+    Ok(packed.named(digest))
+}
+
+/// [`pack`] of `first`, and of the chunk `partner` hands over once `first`
+/// is compressed, if one is waiting by then: two digests computed side by
+/// side cost about 0.55 of two apart (see [`crate::blob::Digest::of_two`]).
+fn pack_with_partner(
+    compressor: &mut zstd::bulk::Compressor<'static>,
+    first: PackJob,
+    partner: &mut dyn FnMut() -> Option<PackJob>,
+) -> (std::io::Result<Packed>, Option<std::io::Result<Packed>>) {
+    let first = match squeeze(compressor, first) {
+        Ok(first) => first,
+        Err(err) => return (Err(err), None),
+    };
+    let Some(second) = partner() else {
+        let digest = crate::blob::Digest::of(&first.raw);
+        return (Ok(first.named(digest)), None);
+    };
+    match squeeze(compressor, second) {
+        Ok(second) => {
+            let (a, b) = crate::blob::Digest::of_two(&first.raw, &second.raw);
+            (Ok(first.named(a)), Some(Ok(second.named(b))))
+        }
+        Err(err) => {
+            let digest = crate::blob::Digest::of(&first.raw);
+            (Ok(first.named(digest)), Some(Err(err)))
+        }
+    }
+}
+
+/// A compressed chunk still to be named.
+struct Squeezed {
+    stream: Stream,
+    codec: Codec,
+    sum: u64,
+    raw: Vec<u8>,
+    compressed: Vec<u8>,
+    compressed_len: usize,
+}
+
+impl Squeezed {
+    fn named(self, digest: crate::blob::Digest) -> Packed {
+        Packed {
+            stream: self.stream,
+            codec: self.codec,
+            sum: self.sum,
+            digest,
+            raw: self.raw,
+            compressed: self.compressed,
+            compressed_len: self.compressed_len,
+        }
+    }
+}
+
+/// The compression and checksum of [`pack`].
+fn squeeze(
+    compressor: &mut zstd::bulk::Compressor<'static>,
+    (codec, stream, raw, mut compressed): PackJob,
+) -> std::io::Result<Squeezed> {
     let compressed_len = match codec {
         Codec::Lz4 => {
             let out = room(&mut compressed, lz4::block::compress_bound(raw.len())?);
@@ -136,11 +198,10 @@ pub fn pack(
     } else {
         Codec::Raw
     };
-    Ok(Packed {
+    Ok(Squeezed {
         stream,
         codec,
         sum: checksum(&raw),
-        digest: known.unwrap_or_else(|| crate::blob::Digest::of(&raw)),
         raw,
         compressed,
         compressed_len,
@@ -198,15 +259,24 @@ const IN_FLIGHT_PER_WORKER: usize = 4;
 /// A worker's function, run on the calling thread.
 type Here<J, R> = Box<dyn FnMut(J) -> R>;
 
+/// A worker's function for a job and, if `partner` gives one when asked,
+/// the next job of the same worker, where doing two together is cheaper
+/// than one after the other: the first result, and the second if taken.
+pub type WithPartner<S, J, R> = fn(&mut S, J, partner: &mut dyn FnMut() -> Option<J>) -> (R, Option<R>);
+
 /// Worker threads applying one function to jobs, results returned in
-/// submission order: job `i` goes to worker `i % n`, so reading the workers
-/// round-robin restores the order. Where no thread can start (a container's
+/// submission order: job `i` goes to worker `i % n` (or `i / 2 % n`, see
+/// [`Ordered::pairing`]), so reading the workers in the same turn restores
+/// the order. Where no thread can start (a container's
 /// pids limit, `ulimit -u`), the jobs run on the calling thread as they are
 /// queued: slower, never an error.
 pub struct Ordered<J, R> {
     workers: Vec<(mpsc::Sender<J>, mpsc::Receiver<R>)>,
     /// The work done here when no worker started, and its results in order.
     here: Option<(Here<J, R>, VecDeque<R>)>,
+    /// Consecutive jobs that go to the same worker: 2 when workers take
+    /// partners, else 1.
+    stride: usize,
     sent: usize,
     received: usize,
 }
@@ -219,6 +289,21 @@ impl<J: Send + 'static, R: Send + 'static> Ordered<J, R> {
         S: Send + 'static,
         F: Fn(&mut S, J) -> R + Send + Copy + 'static,
     {
+        Self::pairing(init, work, None)
+    }
+
+    /// [`Ordered::new`], with workers that run `two` instead of `work`
+    /// when given: jobs go to the workers two by two, so a worker's second
+    /// job is most often queued by the time its first wants a partner.
+    pub fn pairing<S, F>(
+        init: impl Fn() -> std::io::Result<S>,
+        work: F,
+        two: Option<WithPartner<S, J, R>>,
+    ) -> std::io::Result<Ordered<J, R>>
+    where
+        S: Send + 'static,
+        F: Fn(&mut S, J) -> R + Send + Copy + 'static,
+    {
         let n = thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
         let mut workers = Vec::with_capacity(n);
         for _ in 0..n {
@@ -226,8 +311,17 @@ impl<J: Send + 'static, R: Send + 'static> Ordered<J, R> {
             let (outbox, done) = mpsc::channel();
             let mut state = init()?;
             let spawned = thread::Builder::new().name("lcrun-zstd".into()).spawn(move || {
-                for job in inbox {
-                    if outbox.send(work(&mut state, job)).is_err() {
+                while let Ok(job) = inbox.recv() {
+                    let sent = match two {
+                        Some(two) => {
+                            let (first, second) = two(&mut state, job, &mut || inbox.try_recv().ok());
+                            outbox
+                                .send(first)
+                                .and_then(|()| second.map_or(Ok(()), |r| outbox.send(r)))
+                        }
+                        None => outbox.send(work(&mut state, job)),
+                    };
+                    if sent.is_err() {
                         return;
                     }
                 }
@@ -248,9 +342,16 @@ impl<J: Send + 'static, R: Send + 'static> Ordered<J, R> {
         Ok(Ordered {
             workers,
             here,
+            stride: if two.is_some() { 2 } else { 1 },
             sent: 0,
             received: 0,
         })
+    }
+
+    /// The worker job `index` goes to: round-robin, by twos when workers
+    /// take partners.
+    fn worker_of(&self, index: usize) -> usize {
+        index / self.stride % self.workers.len()
     }
 
     /// How many jobs may be in flight before `push` waits for the oldest.
@@ -269,7 +370,7 @@ impl<J: Send + 'static, R: Send + 'static> Ordered<J, R> {
         if let Some((run, done)) = &mut self.here {
             done.push_back(run(job));
         } else {
-            let (jobs, _) = &self.workers[self.sent % self.workers.len()];
+            let (jobs, _) = &self.workers[self.worker_of(self.sent)];
             jobs.send(job).map_err(|_| worker_gone())?;
         }
         self.sent += 1;
@@ -285,7 +386,7 @@ impl<J: Send + 'static, R: Send + 'static> Ordered<J, R> {
             self.received += 1;
             return Ok(done.pop_front());
         }
-        let (_, done) = &self.workers[self.received % self.workers.len()];
+        let (_, done) = &self.workers[self.worker_of(self.received)];
         match done.try_recv() {
             Ok(result) => {
                 self.received += 1;
@@ -311,7 +412,7 @@ impl<J: Send + 'static, R: Send + 'static> Ordered<J, R> {
             self.received += 1;
             return Ok(done.pop_front());
         }
-        let (_, done) = &self.workers[self.received % self.workers.len()];
+        let (_, done) = &self.workers[self.worker_of(self.received)];
         let result = done.recv().map_err(|_| worker_gone())?;
         self.received += 1;
         Ok(Some(result))
@@ -328,11 +429,12 @@ pub type Packer = Ordered<PackJob, std::io::Result<Packed>>;
 
 /// Starts compressing workers.
 pub fn packer() -> std::io::Result<Packer> {
-    Ordered::new(
+    Ordered::pairing(
         new_compressor,
         |compressor: &mut zstd::bulk::Compressor<'static>, (codec, stream, raw, out): PackJob| {
             pack(compressor, codec, stream, raw, out, None)
         },
+        Some(pack_with_partner),
     )
 }
 
@@ -386,6 +488,11 @@ mod tests {
         for (i, p) in packed.into_iter().enumerate() {
             let p = p.unwrap();
             assert_eq!(p.codec, if i % 2 == 0 { Codec::Zstd } else { Codec::Lz4 });
+            assert_eq!(
+                p.digest,
+                crate::blob::Digest::of(&p.raw),
+                "chunk {i} named by its bytes"
+            );
             let job = (
                 p.stream,
                 p.codec,
@@ -405,6 +512,36 @@ mod tests {
             assert_eq!(bytes, format!("chunk {i} ").repeat(1000 + i).into_bytes());
             assert_eq!(stream == Stream::Stderr, i % 3 == 0);
         }
+    }
+
+    #[test]
+    fn partnered_jobs_come_back_in_order() {
+        // Each result says whether it was done as a partner; the first of a
+        // worker's two waits a little, so its partner is queued by then.
+        let mut pool = Ordered::pairing(
+            || Ok(()),
+            |_: &mut (), job: usize| (job, false),
+            Some(
+                |_: &mut (), job: usize, partner: &mut dyn FnMut() -> Option<usize>| {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    ((job, false), partner().map(|next| (next, true)))
+                },
+            ),
+        )
+        .unwrap();
+        let mut results = Vec::new();
+        for job in 0..64 {
+            results.extend(pool.push(job).unwrap());
+        }
+        while let Some(r) = pool.oldest().unwrap() {
+            results.push(r);
+        }
+        let order: Vec<usize> = results.iter().map(|&(job, _)| job).collect();
+        assert_eq!(order, (0..64).collect::<Vec<_>>());
+        assert!(
+            results.iter().any(|&(_, partnered)| partnered),
+            "no job was taken as a partner"
+        );
     }
 
     #[test]
