@@ -358,3 +358,82 @@ fn a_full_cache_disk_while_storing_an_output_names_the_cache() {
     assert!(said[0].contains("cannot store it in the cache"), "{said:?}");
     assert!(said[0].contains("No space left on device"), "{said:?}");
 }
+
+/// The SHA-256 of each 256 KiB piece of `bytes`, as hex: the names its
+/// blobs must have.
+fn blob_names(bytes: &[u8]) -> Vec<String> {
+    use sha2::Digest as _;
+    bytes
+        .chunks(256 * 1024)
+        .map(|piece| {
+            sha2::Sha256::digest(piece)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+        .collect()
+}
+
+fn blobs_at<'a>(meta: &'a serde_json::Value, pointer: &str) -> Vec<&'a str> {
+    let list = meta
+        .pointer(pointer)
+        .unwrap_or_else(|| panic!("no {pointer} in {meta}"));
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect()
+}
+
+/// Blobs are hashed two at a time on the workers; a digest handed to the
+/// other blob of a pair would name bytes wrongly, and a later entry with
+/// those bytes would replay the wrong ones. Every blob of a large stdout,
+/// stderr and output file (odd counts, a short last blob) is named by
+/// the SHA-256 of its own bytes, and a second entry made of one blob from
+/// the middle replays exactly that blob.
+#[test]
+fn every_blob_of_a_large_output_is_named_by_its_own_bytes() {
+    let env = Env::new();
+    // Distinct 256 KiB pieces, so a swapped name cannot go unseen.
+    let bytes = noise(45 * 256 * 1024 + 777, 9);
+    env.write("src.bin", &bytes);
+    let err = noise(19 * 256 * 1024, 10);
+    env.write("err.bin", &err);
+    let out = env.run([
+        "-o",
+        "out.bin",
+        "--",
+        "sh",
+        "-c",
+        "cat src.bin; cat err.bin >&2; cp src.bin out.bin",
+    ]);
+    assert_code(&out, 0);
+    assert!(out.stdout == bytes && out.stderr == err, "the run's own output");
+    let meta: String = db(&env)
+        .query_row("SELECT meta FROM entries WHERE key IS NOT NULL", [], |r| r.get(0))
+        .unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    assert!(
+        blobs_at(&meta, "/stdout/blobs") == blob_names(&bytes),
+        "stdout's blobs misnamed"
+    );
+    assert!(
+        blobs_at(&meta, "/stderr/blobs") == blob_names(&err),
+        "stderr's blobs misnamed"
+    );
+    let file = "/outputs/outputs/0/entries/0/kind/file/contents/blobs";
+    assert!(
+        blobs_at(&meta, file) == blob_names(&bytes),
+        "out.bin's blobs misnamed"
+    );
+
+    // Pieces 1 and 2 were hashed as a pair; an entry whose output is piece
+    // 2 alone finds its blob stored, and replays piece 2.
+    let piece = &bytes[2 * 256 * 1024..3 * 256 * 1024];
+    env.write("piece.bin", piece);
+    for round in ["miss", "hit"] {
+        let out = env.run(["--", "cat", "piece.bin"]);
+        assert_code(&out, 0);
+        assert!(out.stdout == piece, "{round}: the piece's own bytes");
+    }
+}
