@@ -755,15 +755,24 @@ struct RunObserver<'s> {
     messages: Messages,
 }
 
+impl RunObserver<'_> {
+    /// Whether `stream`'s output failed to reach its reader. Nothing is
+    /// kept of such a run, and nothing more is written to the cache for it.
+    fn refused(&mut self, stream: Stream) -> bool {
+        if self.display.fault(stream).is_none() {
+            return false;
+        }
+        if let Some(recording) = self.recording.take() {
+            recording.abandon();
+        }
+        true
+    }
+}
+
 impl Observer for RunObserver<'_> {
     fn output(&mut self, stream: Stream, bytes: &[u8]) -> Delivery {
         self.display.output(stream, bytes);
-        if self.display.fault(stream).is_some() {
-            // Nothing is kept of a run whose output did not reach its reader,
-            // and nothing more is written to the cache for it.
-            if let Some(recording) = self.recording.take() {
-                recording.abandon();
-            }
+        if self.refused(stream) {
             return Delivery::Refused;
         }
         self.bytes_out += bytes.len() as u64;
@@ -771,6 +780,25 @@ impl Observer for RunObserver<'_> {
         // dropped is said once, at the end.
         if let Some(recording) = &mut self.recording {
             recording.write(stream, bytes);
+        }
+        Delivery::Delivered
+    }
+
+    fn room(&mut self, stream: Stream) -> Option<&mut [u8]> {
+        self.recording.as_mut()?.room(stream)
+    }
+
+    fn output_in_room(&mut self, stream: Stream, n: usize) -> Delivery {
+        let Some(recording) = &mut self.recording else {
+            return Delivery::Delivered;
+        };
+        self.display.output(stream, recording.in_room(stream, n));
+        if self.refused(stream) {
+            return Delivery::Refused;
+        }
+        self.bytes_out += n as u64;
+        if let Some(recording) = &mut self.recording {
+            recording.commit(stream, n);
         }
         Delivery::Delivered
     }

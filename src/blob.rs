@@ -171,14 +171,44 @@ impl Contents {
 
 /// A command's output cut into blobs as it arrives: per stream, exactly
 /// [`BLOB_BYTES`] each, so the same output gives the same blobs however
-/// its reads were split.
+/// its reads were split. Output may be read straight into the blob being
+/// filled ([`Cutter::room`], then [`Cutter::advance`]) or copied in
+/// ([`Cutter::fill`]).
 #[derive(Default)]
 pub struct Cutter {
-    /// Per stream (stdout, stderr), the blob being filled.
-    filling: [Vec<u8>; 2],
+    /// Per stream (stdout, stderr), the blob being filled: a buffer
+    /// [`BLOB_BYTES`] long once it has been handed out, and how much of it
+    /// holds output.
+    filling: [(Vec<u8>, usize); 2],
 }
 
 impl Cutter {
+    /// The part of `stream`'s blob not filled yet (the blob a buffer from
+    /// `fresh` when it has none), to read output into; never empty.
+    pub fn room(&mut self, stream: crate::output::Stream, fresh: impl FnOnce() -> Vec<u8>) -> &mut [u8] {
+        let (blob, len) = &mut self.filling[stream as usize - 1];
+        if blob.len() < BLOB_BYTES {
+            if blob.capacity() == 0 {
+                *blob = fresh();
+            }
+            // Zeroes only what the buffer never held: a reused one is full
+            // length already.
+            blob.resize(BLOB_BYTES, 0);
+        }
+        &mut blob[*len..]
+    }
+
+    /// Counts the next `n` bytes of [`Cutter::room`] as output, and returns
+    /// the blob if that filled it.
+    pub fn advance(&mut self, stream: crate::output::Stream, n: usize) -> Option<Vec<u8>> {
+        let (blob, len) = &mut self.filling[stream as usize - 1];
+        *len = (*len + n).min(blob.len());
+        (*len == BLOB_BYTES).then(|| {
+            *len = 0;
+            std::mem::take(blob)
+        })
+    }
+
     /// Moves bytes from the front of `bytes` into `stream`'s blob (a buffer
     /// from `fresh` when it has none) and returns the blob if that filled
     /// it; call again while `bytes` is not empty.
@@ -188,19 +218,26 @@ impl Cutter {
         bytes: &mut &[u8],
         fresh: impl FnOnce() -> Vec<u8>,
     ) -> Option<Vec<u8>> {
-        let blob = &mut self.filling[stream as usize - 1];
-        if blob.capacity() == 0 {
-            *blob = fresh();
-        }
-        let take = bytes.len().min(BLOB_BYTES - blob.len());
-        blob.extend_from_slice(&bytes[..take]);
+        let room = self.room(stream, fresh);
+        let take = bytes.len().min(room.len());
+        room[..take].copy_from_slice(&bytes[..take]);
         *bytes = &bytes[take..];
-        (blob.len() == BLOB_BYTES).then(|| std::mem::take(blob))
+        self.advance(stream, take)
+    }
+
+    /// The first `n` bytes of [`Cutter::room`], once output was read there
+    /// and before [`Cutter::advance`] counts it.
+    pub fn in_room(&self, stream: crate::output::Stream, n: usize) -> &[u8] {
+        let (blob, len) = &self.filling[stream as usize - 1];
+        &blob[*len..(*len + n).min(blob.len())]
     }
 
     /// `stream`'s last, shorter blob (empty if none), taken.
     pub fn rest(&mut self, stream: crate::output::Stream) -> Vec<u8> {
-        std::mem::take(&mut self.filling[stream as usize - 1])
+        let (blob, len) = &mut self.filling[stream as usize - 1];
+        let mut rest = std::mem::take(blob);
+        rest.truncate(std::mem::take(len));
+        rest
     }
 }
 
@@ -306,6 +343,60 @@ mod tests {
 
     use super::dir::DirBlobs;
     use super::*;
+
+    /// Output read straight into the cutter's room, in pieces of every
+    /// size and into reused buffers still holding old bytes, gives the
+    /// same blobs as copying it in: exactly BLOB_BYTES each, per stream.
+    #[test]
+    fn reading_into_the_room_cuts_as_copying_does() {
+        use crate::output::Stream;
+        let out: Vec<u8> = (0..3 * BLOB_BYTES + 1000).map(|i| (i * 7 % 251) as u8).collect();
+        let err: Vec<u8> = (0..BLOB_BYTES + 5).map(|i| (i % 13) as u8).collect();
+        let cut = |read: &mut dyn FnMut(&mut Cutter, Stream, &[u8]) -> Vec<Vec<u8>>| {
+            let mut cutter = Cutter::default();
+            let mut blobs = Vec::new();
+            let (mut o, mut e) = (&out[..], &err[..]);
+            let mut size = 1;
+            while !o.is_empty() || !e.is_empty() {
+                size = size * 5 % 70_001 + 1;
+                for (stream, rest) in [(Stream::Stdout, &mut o), (Stream::Stderr, &mut e)] {
+                    let take = size.min(rest.len());
+                    blobs.extend(read(&mut cutter, stream, &rest[..take]).into_iter().map(|b| (stream, b)));
+                    *rest = &rest[take..];
+                }
+            }
+            blobs.push((Stream::Stdout, cutter.rest(Stream::Stdout)));
+            blobs.push((Stream::Stderr, cutter.rest(Stream::Stderr)));
+            blobs
+        };
+        let copied = cut(&mut |cutter, stream, mut bytes| {
+            let mut blobs = Vec::new();
+            while !bytes.is_empty() {
+                blobs.extend(cutter.fill(stream, &mut bytes, Vec::new));
+            }
+            blobs
+        });
+        let read = cut(&mut |cutter, stream, mut bytes| {
+            let mut blobs = Vec::new();
+            while !bytes.is_empty() {
+                // A reused buffer, full length and full of old bytes.
+                let room = cutter.room(stream, || vec![0xEE; BLOB_BYTES]);
+                let n = bytes.len().min(room.len());
+                room[..n].copy_from_slice(&bytes[..n]);
+                assert_eq!(cutter.in_room(stream, n), &bytes[..n]);
+                bytes = &bytes[n..];
+                blobs.extend(cutter.advance(stream, n));
+            }
+            blobs
+        });
+        assert!(copied == read, "the two ways cut differently");
+        let (outs, errs): (Vec<_>, Vec<_>) = read.iter().partition(|(s, _)| *s == Stream::Stdout);
+        assert!(outs.iter().flat_map(|(_, b)| b.iter().copied()).eq(out.iter().copied()));
+        assert!(errs.iter().flat_map(|(_, b)| b.iter().copied()).eq(err.iter().copied()));
+        assert!(outs[..3].iter().all(|(_, b)| b.len() == BLOB_BYTES));
+        assert_eq!(outs[3].1.len(), 1000);
+        assert_eq!(errs[1].1.len(), 5);
+    }
 
     #[test]
     fn digest_hex_round_trips_and_matches_sha256sum() {

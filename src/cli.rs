@@ -66,7 +66,8 @@ fail. Start one with its output redirected:
         "A busy cache",
         "A busy cache never delays the command or holds up its output: the result is
 written by a thread of its own, and when another process (a `sqlite3` shell
-left in a transaction, a stuck lcrun) still holds the database locked 3 s
+left in a transaction, a stuck lcrun) holds the database locked for 500 ms
+while the output waiting for it fills its 1 MiB queue, or still holds it 3 s
 after the command ended, the result is dropped with one warning. Writers of
 one cache take turns: a long store (a large output file) commits in
 batches of at most 10 ms and, between two, stands aside for a writer

@@ -99,6 +99,18 @@ pub enum Delivery {
 pub trait Observer {
     /// A chunk of the command's output.
     fn output(&mut self, stream: Stream, bytes: &[u8]) -> Delivery;
+    /// Where the next read of `stream` may go instead of the runner's own
+    /// buffer, to spare a copy; what is read there is handed back to
+    /// [`Observer::output_in_room`]. None: the runner's buffer, and
+    /// [`Observer::output`].
+    fn room(&mut self, _stream: Stream) -> Option<&mut [u8]> {
+        None
+    }
+    /// The next `n` bytes of the command's output, read into
+    /// [`Observer::room`].
+    fn output_in_room(&mut self, _stream: Stream, _n: usize) -> Delivery {
+        Delivery::Delivered
+    }
     /// Called at least every 50 ms (the loop's tick) while the command runs.
     fn tick(&mut self) {}
     /// The command could not start for a limit of tasks (EAGAIN): ends the
@@ -177,8 +189,11 @@ pub fn run(mut job: Job, signals: &Signals, observer: &mut dyn Observer) -> Resu
                 continue;
             }
             let Some(pipe) = &pipes[i] else { continue };
-            // SAFETY: reads into our buffer from a pipe we own.
-            let n = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            let room = observer.room(stream);
+            let in_room = room.is_some();
+            let into = room.unwrap_or(&mut buf);
+            // SAFETY: reads into a buffer we hold from a pipe we own.
+            let n = unsafe { libc::read(pipe.as_raw_fd(), into.as_mut_ptr().cast(), into.len()) };
             match n {
                 0 => pipes[i] = None,
                 n if n > 0 => {
@@ -191,7 +206,11 @@ pub fn run(mut job: Job, signals: &Signals, observer: &mut dyn Observer) -> Resu
                     if act_at.is_some() {
                         signals::act_at(act_at);
                     }
-                    let delivery = observer.output(stream, &buf[..n as usize]);
+                    let delivery = if in_room {
+                        observer.output_in_room(stream, n as usize)
+                    } else {
+                        observer.output(stream, &buf[..n as usize])
+                    };
                     if act_at.is_some() {
                         signals::act_at(None);
                     }

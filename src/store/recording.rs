@@ -335,10 +335,9 @@ impl Recording<'_> {
         };
         contents.size += packed.raw.len() as u64;
         contents.blobs.push(packed.digest);
-        let Packed {
-            mut raw, compressed, ..
-        } = packed;
-        raw.clear();
+        // Not cleared: the cutters read into a full-length buffer again
+        // without zeroing it.
+        let Packed { raw, compressed, .. } = packed;
         self.spare.push(raw);
         self.spare_compressed.push(compressed);
         Ok(())
