@@ -361,7 +361,11 @@ mod tests {
                 size = size * 5 % 70_001 + 1;
                 for (stream, rest) in [(Stream::Stdout, &mut o), (Stream::Stderr, &mut e)] {
                     let take = size.min(rest.len());
-                    blobs.extend(read(&mut cutter, stream, &rest[..take]).into_iter().map(|b| (stream, b)));
+                    blobs.extend(
+                        read(&mut cutter, stream, &rest[..take])
+                            .into_iter()
+                            .map(|b| (stream, b)),
+                    );
                     *rest = &rest[take..];
                 }
             }
@@ -391,8 +395,14 @@ mod tests {
         });
         assert!(copied == read, "the two ways cut differently");
         let (outs, errs): (Vec<_>, Vec<_>) = read.iter().partition(|(s, _)| *s == Stream::Stdout);
-        assert!(outs.iter().flat_map(|(_, b)| b.iter().copied()).eq(out.iter().copied()));
-        assert!(errs.iter().flat_map(|(_, b)| b.iter().copied()).eq(err.iter().copied()));
+        assert!(outs
+            .iter()
+            .flat_map(|(_, b)| b.iter().copied())
+            .eq(out.iter().copied()));
+        assert!(errs
+            .iter()
+            .flat_map(|(_, b)| b.iter().copied())
+            .eq(err.iter().copied()));
         assert!(outs[..3].iter().all(|(_, b)| b.len() == BLOB_BYTES));
         assert_eq!(outs[3].1.len(), 1000);
         assert_eq!(errs[1].1.len(), 5);

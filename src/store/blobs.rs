@@ -1,8 +1,8 @@
 //! The local tier's blobs: small ones as rows of SQLite, large ones as
 //! ranges of pack files `blobs/<token>.pack`, one per recording, appended to
 //! as its output arrives. Each is stored compressed (zstd or LZ4) with the
-//! XXH3 of its raw bytes, which every read verifies: a full SHA-256 of every
-//! byte would double a large local replay. Bytes from another tier are
+//! XXH3 of its stored bytes, which every read verifies before decoding: a
+//! full SHA-256 of every byte would double a large local replay. Bytes from another tier are
 //! verified by SHA-256 against their name instead (see [`super::chain`]).
 //!
 //! Why packs, not a file per blob: a 1 GiB output is 4096 blobs, and

@@ -48,8 +48,9 @@ pub use record::Record;
 pub use recording::Recording;
 
 /// The schema this build writes; `PRAGMA user_version` carries it.
-/// Version 5: action records and content-addressed blobs.
-const SCHEMA_VERSION: i64 = 5;
+/// Version 5: action records and content-addressed blobs. Version 6: a
+/// blob's checksum is of its stored bytes (see `compress::checksum`).
+const SCHEMA_VERSION: i64 = 6;
 
 /// The directory of blob files, in the cache directory.
 const BLOB_DIR: &str = "blobs";
@@ -76,7 +77,7 @@ const OUTCOME_KEEP_MS: i64 = 60_000;
 ///   `last_used_ms` (ms since the epoch), `bytes` (stored size of the blobs
 ///   it put), `hits`, `meta` (JSON, see [`Record`]).
 /// - `blobs`: `digest` (32 bytes, SHA-256 of the raw bytes), `codec`
-///   ([`Codec`](crate::compress::Codec)), `raw_len`, `xxh3` (the raw bytes'
+///   ([`Codec`](crate::compress::Codec)), `raw_len`, `xxh3` (the stored bytes'
 ///   checksum, verified on every read, see [`crate::compress::checksum`]),
 ///   and the stored bytes: `data`, or, when that is NULL, `len` bytes at
 ///   offset `at` of the pack file `blobs/<pack>`.
@@ -327,8 +328,9 @@ impl Store {
         // Version 1 was the layout before the hit path was slimmed (four
         // tables, a `complete` flag), version 2 the one before data files; a
         // cache is disposable, so it is rebuilt. Version 3 had no checksums,
-        // version 4 kept chunks per entry, not blobs by digest. The old data
-        // files go too: no row of the new layout names them.
+        // version 4 kept chunks per entry, not blobs by digest, version 5
+        // summed the raw bytes of a blob. The old data and pack files go too:
+        // no row of the new layout names them.
         if version > 0 {
             tx.execute_batch(
                 "DROP TABLE IF EXISTS chunks; DROP TABLE IF EXISTS entries; DROP TABLE IF EXISTS jobs; \
@@ -559,6 +561,31 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert!(store.lookup(&key.hex).unwrap().is_none(), "a miss, not a misread");
         assert!(!dir.path().join(OLD_DATA_DIR).exists(), "its data files went too");
+        record(&store, &key, b"new\n");
+        assert_eq!(
+            replay_all(&store, &key.hex),
+            vec![(Stream::Stdout, b"new\n".to_vec())]
+        );
+    }
+
+    #[test]
+    fn a_cache_whose_blobs_sum_their_raw_bytes_is_rebuilt_not_misread() {
+        // Version 5: the same tables, each blob's checksum of its raw bytes.
+        // Read as version 6, every blob would look damaged.
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::key::KeyBuilder::new().finish();
+        let store = Store::open(dir.path()).unwrap();
+        record(&store, &key, &noise(3 << 20, 5));
+        store.conn.pragma_update(None, "user_version", 5).unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.lookup(&key.hex).unwrap().is_none(), "a miss, not a misread");
+        let left: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0, "its blobs went too");
+        assert!(!dir.path().join(BLOB_DIR).exists(), "and their packs");
         record(&store, &key, b"new\n");
         assert_eq!(
             replay_all(&store, &key.hex),
