@@ -352,7 +352,9 @@ mod tests {
         use crate::output::Stream;
         let out: Vec<u8> = (0..3 * BLOB_BYTES + 1000).map(|i| (i * 7 % 251) as u8).collect();
         let err: Vec<u8> = (0..BLOB_BYTES + 5).map(|i| (i % 13) as u8).collect();
-        let cut = |read: &mut dyn FnMut(&mut Cutter, Stream, &[u8]) -> Vec<Vec<u8>>| {
+        // Hands one read's bytes to the cutter; the blobs that filled.
+        type Read<'a> = dyn FnMut(&mut Cutter, Stream, &[u8]) -> Vec<Vec<u8>> + 'a;
+        let cut = |read: &mut Read| {
             let mut cutter = Cutter::default();
             let mut blobs = Vec::new();
             let (mut o, mut e) = (&out[..], &err[..]);
