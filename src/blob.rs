@@ -27,14 +27,24 @@ pub const BLOB_BYTES: usize = 256 * 1024;
 pub struct Digest([u8; 32]);
 
 impl Digest {
-    /// The digest of `bytes`.
+    /// The digest of `bytes`. A whole blob of zeros (a sparse file's hole,
+    /// a zero-filled image) is named without hashing: checking 256 KiB for
+    /// zeros stops at the first byte that is not, and a blob that is all
+    /// zeros costs a memory scan instead of 80 us of SHA-256.
     pub fn of(bytes: &[u8]) -> Digest {
+        if bytes.len() == BLOB_BYTES && all_zero(bytes) {
+            return *zero_blob();
+        }
         Digest(Sha256::digest(bytes).into())
     }
 
     /// The digests of `a` and of `b`, computed side by side: on a CPU with
     /// the SHA extensions in about 0.55 of the time of two [`Digest::of`].
     pub fn of_two(a: &[u8], b: &[u8]) -> (Digest, Digest) {
+        let zeros = |bytes: &[u8]| bytes.len() == BLOB_BYTES && all_zero(bytes);
+        if zeros(a) || zeros(b) {
+            return (Digest::of(a), Digest::of(b));
+        }
         two_lanes::digest_two(a, b)
     }
 
@@ -73,6 +83,19 @@ impl Digest {
         }
         Some(Digest(bytes))
     }
+}
+
+/// The digest of a whole blob of zeros.
+pub fn zero_blob() -> &'static Digest {
+    static ZERO: std::sync::OnceLock<Digest> = std::sync::OnceLock::new();
+    ZERO.get_or_init(|| Digest(Sha256::digest(vec![0u8; BLOB_BYTES]).into()))
+}
+
+/// Whether every byte is zero; stops within 4 KiB of the first that is not.
+pub fn all_zero(bytes: &[u8]) -> bool {
+    bytes
+        .chunks(4096)
+        .all(|chunk| chunk.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 impl fmt::Debug for Digest {
@@ -408,6 +431,22 @@ mod tests {
         assert!(outs[..3].iter().all(|(_, b)| b.len() == BLOB_BYTES));
         assert_eq!(outs[3].1.len(), 1000);
         assert_eq!(errs[1].1.len(), 5);
+    }
+
+    #[test]
+    fn a_blob_of_zeros_is_named_by_its_sha256() {
+        let zeros = vec![0u8; BLOB_BYTES];
+        let sha256 = Digest(Sha256::digest(&zeros).into());
+        assert_eq!(Digest::of(&zeros), sha256);
+        let mut nearly = zeros.clone();
+        nearly[BLOB_BYTES - 1] = 1;
+        assert_eq!(Digest::of(&nearly), Digest(Sha256::digest(&nearly).into()));
+        assert_eq!(Digest::of_two(&zeros, &nearly).0, sha256);
+        assert_eq!(Digest::of_two(&nearly, &zeros).1, sha256);
+        assert_eq!(
+            Digest::of(&zeros[1..]),
+            Digest(Sha256::digest(&zeros[1..]).into())
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use rustix::io::Errno;
 
 use super::beneath::{self, display_path, Created, Step};
 use super::{DeclaredPath, Entry, Kind, Output, OutputTree};
-use crate::blob::{stream_matches, BlobError, BlobStore, Contents, Digest, BLOB_BYTES};
+use crate::blob::{all_zero, stream_matches, zero_blob, BlobError, BlobStore, Contents, BLOB_BYTES};
 
 /// Why a restore failed, and whether it changed anything on disk first.
 #[derive(Debug, thiserror::Error)]
@@ -413,19 +413,6 @@ impl Restorer<'_> {
 
 /// Zeros left as a hole rather than written, at least: a filesystem block.
 const HOLE_BYTES: usize = 4096;
-
-/// The digest of a whole blob of zeros: a file that has one has holes worth
-/// keeping (see `Restore::file`).
-fn zero_blob() -> &'static Digest {
-    static ZERO: std::sync::OnceLock<Digest> = std::sync::OnceLock::new();
-    ZERO.get_or_init(|| Digest::of(&vec![0u8; BLOB_BYTES]))
-}
-
-fn all_zero(bytes: &[u8]) -> bool {
-    bytes
-        .chunks(HOLE_BYTES)
-        .all(|chunk| chunk.iter().fold(0u8, |acc, &b| acc | b) == 0)
-}
 
 /// The permissions a restored file gets.
 #[derive(Clone, Copy)]
