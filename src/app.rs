@@ -994,8 +994,9 @@ impl Cache {
         let (store, _) = self.tiers.take()?.into_parts();
         store.set_max_size(max_size);
         self.lent = Some(store.dir().to_owned());
-        // Only a miss reads the secret, to key the stored digests of secret inputs.
-        let key = key.sealed(Secret::load_or_create(store.dir()).ok().as_ref());
+        // Only a miss with secret inputs reads the secret, to key their
+        // stored digests.
+        let key = key.sealed(|| Secret::load_or_create(store.dir()).ok());
         let cwd = invocation.cwd.to_string_lossy().into_owned();
         Some(Recorder::start(
             store,

@@ -57,11 +57,7 @@ pub fn run(args: &RunArgs, json: bool) -> anyhow::Result<Exit> {
     let (key, _stdin) = invocation.key(args, &program, None)?;
     let dir = cache_dir(args.cache_dir.clone())?;
     let store = open_existing(&dir)?;
-    let secret = match &store {
-        Some(store) => Secret::load_or_create(store.dir()).ok(),
-        None => None,
-    };
-    let sealed = key.sealed(secret.as_ref());
+    let sealed = key.sealed(|| Secret::load_or_create(store.as_ref()?.dir()).ok());
     let context = Context {
         invocation: &invocation,
         program: &program,

@@ -109,8 +109,16 @@ impl Key {
     /// with the cache's `secret` (HMAC-SHA256), so a low-entropy value (a
     /// PIN) cannot be found by hashing guesses. Without a secret those
     /// digests are left out. The key itself is unchanged: it must be the
-    /// same on every machine.
-    pub fn sealed(&self, secret: Option<&Secret>) -> Key {
+    /// same on every machine. `secret` is asked for only when there is a
+    /// secret input: most keys have none, and their misses need not read
+    /// (or, in a new cache, create and fsync) the secret's file.
+    pub fn sealed(&self, secret: impl FnOnce() -> Option<Secret>) -> Key {
+        let secret = if self.inputs.iter().any(|input| input.secret) {
+            secret()
+        } else {
+            None
+        };
+        let secret = secret.as_ref();
         let inputs = self
             .inputs
             .iter()
@@ -303,14 +311,22 @@ mod tests {
         builder.field("argv", b"x");
         builder.secret_field("cache-by env:PIN", Sha256::digest(b"set:1234").into());
         let key = builder.finish();
-        let secret = Secret::from_bytes([7; 32]);
-        let sealed = key.sealed(Some(&secret));
+        let sealed = key.sealed(|| Some(Secret::from_bytes([7; 32])));
         assert_eq!(sealed.hex, key.hex);
         assert_eq!(sealed.inputs[0], key.inputs[0]);
         assert_ne!(sealed.inputs[1].digest, key.inputs[1].digest);
         assert_eq!(sealed.inputs[1].digest.len(), 64);
-        assert_eq!(key.sealed(None).inputs[1].digest, "");
-        let other = Secret::from_bytes([8; 32]);
-        assert_ne!(key.sealed(Some(&other)).inputs[1].digest, sealed.inputs[1].digest);
+        assert_eq!(key.sealed(|| None).inputs[1].digest, "");
+        let other = key.sealed(|| Some(Secret::from_bytes([8; 32])));
+        assert_ne!(other.inputs[1].digest, sealed.inputs[1].digest);
+    }
+
+    #[test]
+    fn a_key_without_secret_inputs_never_asks_for_the_secret() {
+        let mut builder = KeyBuilder::new();
+        builder.field("argv", b"x");
+        let key = builder.finish();
+        let sealed = key.sealed(|| panic!("the secret was asked for"));
+        assert_eq!(sealed.inputs, key.inputs);
     }
 }

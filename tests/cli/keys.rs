@@ -536,6 +536,18 @@ fn the_key_is_the_same_in_every_cache() {
     assert_eq!(key_of("one"), key_of("two"));
 }
 
+/// The secret keys only the digests of secret inputs: a miss without any
+/// neither creates nor reads it (a create and an fsync in a new cache).
+#[test]
+fn a_miss_without_secret_inputs_leaves_the_secret_alone() {
+    let env = Env::new();
+    env.write("f", "x");
+    assert_code(&env.run(["-c", "hash:f", "--", "true"]), 0);
+    assert!(!env.cache.join("secret").exists(), "a secret for no secret input");
+    assert_code(&env.run(["-c", "env:PIN", "--", "true"]), 0);
+    assert!(env.cache.join("secret").is_file(), "none for a secret input");
+}
+
 #[test]
 fn a_refused_secret_withholds_the_digests_and_the_command_runs() {
     let env = Env::new();
