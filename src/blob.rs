@@ -349,15 +349,27 @@ pub fn load_stream<S: BlobStore + ?Sized>(
 /// digest, so a file already in place can be recognised without its blobs.
 /// Stops at the first blob that differs.
 pub fn stream_matches(mut reader: impl Read, contents: &Contents) -> io::Result<bool> {
-    let mut buf = vec![0u8; BLOB_BYTES];
-    for (index, digest) in contents.blobs.iter().enumerate() {
-        let len = fill(&mut reader, &mut buf)?;
-        if len as u64 != contents.blob_len(index) || Digest::of(&buf[..len]) != *digest {
+    // Two blobs at a time, hashed side by side (see `Digest::of_two`).
+    let mut bufs = [vec![0u8; BLOB_BYTES], vec![0u8; BLOB_BYTES]];
+    for (pair, digests) in contents.blobs.chunks(2).enumerate() {
+        let mut lens = [0; 2];
+        for (i, (buf, len)) in bufs.iter_mut().zip(&mut lens).take(digests.len()).enumerate() {
+            *len = fill(&mut reader, buf)?;
+            if *len as u64 != contents.blob_len(2 * pair + i) {
+                return Ok(false);
+            }
+        }
+        let [a, b] = &bufs;
+        let named = match digests {
+            [first, second] => Digest::of_two(&a[..lens[0]], &b[..lens[1]]) == (*first, *second),
+            _ => Digest::of(&a[..lens[0]]) == digests[0],
+        };
+        if !named {
             return Ok(false);
         }
     }
     // Nothing may follow the last blob.
-    Ok(contents.blob_len(contents.blobs.len()) == 0 && fill(&mut reader, &mut buf[..1])? == 0)
+    Ok(contents.blob_len(contents.blobs.len()) == 0 && fill(&mut reader, &mut bufs[0][..1])? == 0)
 }
 
 #[cfg(test)]
@@ -491,16 +503,37 @@ mod tests {
     fn a_stream_matches_only_its_own_contents() {
         let dir = tempfile::tempdir().unwrap();
         let store = DirBlobs::new(dir.path());
-        let data: Vec<u8> = (0..BLOB_BYTES + 3).map(|i| (i % 7) as u8).collect();
-        let contents = store_stream(&store, &data[..]).unwrap();
-        assert!(stream_matches(&data[..], &contents).unwrap());
-        assert!(!stream_matches(&data[..data.len() - 1], &contents).unwrap());
-        let mut longer = data.clone();
-        longer.push(0);
-        assert!(!stream_matches(&longer[..], &contents).unwrap());
-        let mut changed = data.clone();
-        changed[BLOB_BYTES + 1] ^= 1;
-        assert!(!stream_matches(&changed[..], &contents).unwrap());
+        // Blobs are compared two by two: odd and even counts, a whole last
+        // blob, a change in either blob of a pair.
+        for size in [
+            3,
+            BLOB_BYTES,
+            BLOB_BYTES + 3,
+            2 * BLOB_BYTES,
+            3 * BLOB_BYTES - 1,
+            4 * BLOB_BYTES + 5,
+        ] {
+            let data: Vec<u8> = (0..size).map(|i| (i % 7) as u8).collect();
+            let contents = store_stream(&store, &data[..]).unwrap();
+            assert!(stream_matches(&data[..], &contents).unwrap(), "{size}");
+            assert!(
+                !stream_matches(&data[..data.len() - 1], &contents).unwrap(),
+                "{size}"
+            );
+            let mut longer = data.clone();
+            longer.push(0);
+            assert!(!stream_matches(&longer[..], &contents).unwrap(), "{size}");
+            for at in [0, size / 2, size - 1, BLOB_BYTES + 1] {
+                let mut changed = data.clone();
+                if let Some(byte) = changed.get_mut(at) {
+                    *byte ^= 1;
+                    assert!(
+                        !stream_matches(&changed[..], &contents).unwrap(),
+                        "{size} at {at}"
+                    );
+                }
+            }
+        }
         let empty = store_stream(&store, io::empty()).unwrap();
         assert!(stream_matches(io::empty(), &empty).unwrap());
         assert!(!stream_matches(&b"x"[..], &empty).unwrap());
