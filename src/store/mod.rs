@@ -330,15 +330,15 @@ impl Store {
         // cache is disposable, so it is rebuilt. Version 3 had no checksums,
         // version 4 kept chunks per entry, not blobs by digest, version 5
         // summed the raw bytes of a blob. The old data and pack files go too:
-        // no row of the new layout names them.
-        if version > 0 {
-            tx.execute_batch(
-                "DROP TABLE IF EXISTS chunks; DROP TABLE IF EXISTS entries; DROP TABLE IF EXISTS jobs; \
-                 DROP TABLE IF EXISTS blobs; DROP TABLE IF EXISTS uses;",
-            )?;
-            let _ = fs::remove_dir_all(self.dir.join(OLD_DATA_DIR));
-            let _ = fs::remove_dir_all(self.dir.join(BLOB_DIR));
-        }
+        // no row of the new layout names them. Version 0 is a new file, or
+        // one whose version was reset with its tables left: dropping what
+        // is not there costs nothing.
+        tx.execute_batch(
+            "DROP TABLE IF EXISTS chunks; DROP TABLE IF EXISTS entries; DROP TABLE IF EXISTS jobs; \
+             DROP TABLE IF EXISTS blobs; DROP TABLE IF EXISTS uses;",
+        )?;
+        let _ = fs::remove_dir_all(self.dir.join(OLD_DATA_DIR));
+        let _ = fs::remove_dir_all(self.dir.join(BLOB_DIR));
         tx.execute_batch(SCHEMA)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;

@@ -493,3 +493,32 @@ fn a_sparse_output_is_stored_as_its_bytes_holes_and_all() {
         );
     }
 }
+
+/// A cache whose schema version was reset (0, or a negative number) while
+/// its tables remain is rebuilt like any other older cache, not left
+/// failing "table entries already exists" on every run for good.
+#[test]
+fn a_cache_with_its_version_reset_is_rebuilt() {
+    for version in [0, -1] {
+        let env = Env::new();
+        let script = format!("{}; echo hi", env.tally("c"));
+        let args = ["--", "sh", "-c", script.as_str()];
+        assert_code(&env.run(args), 0);
+        db(&env).pragma_update(None, "user_version", version).unwrap();
+        let out = env.run(args);
+        assert_code(&out, 0);
+        assert!(
+            !stderr(&out).contains("cannot open"),
+            "version {version}: {}",
+            stderr(&out)
+        );
+        let out = env.run(args);
+        assert_code(&out, 0);
+        assert_eq!(
+            env.count("c"),
+            2,
+            "version {version}: rebuilt, then a hit: {}",
+            stderr(&out)
+        );
+    }
+}
