@@ -249,12 +249,12 @@ impl Store {
         let Some(row) = rows.next()? else {
             return Ok(None);
         };
-        let codec =
-            Codec::from_tag(row.get(0)?).ok_or_else(|| StoreError::Damaged("unknown codec".into()))?;
+        let codec = Codec::from_tag(row.get(0).map_err(|e| row_damage(digest, e))?)
+            .ok_or_else(|| StoreError::Damaged("unknown codec".into()))?;
         let stored = Stored {
             codec,
-            raw_len: row.get::<_, i64>(1)?.max(0) as usize,
-            sum: row.get::<_, i64>(2)? as u64,
+            raw_len: row.get::<_, i64>(1).map_err(|e| row_damage(digest, e))?.max(0) as usize,
+            sum: row.get::<_, i64>(2).map_err(|e| row_damage(digest, e))? as u64,
         };
         // Lengths read from the database size buffers: one damaged integer
         // must be damage, not an allocation of a petabyte.
@@ -264,14 +264,18 @@ impl Store {
                 stored.raw_len
             )));
         }
-        if let Some(data) = row.get_ref(3)?.as_blob_or_null().map_err(rusqlite::Error::from)? {
+        if let Some(data) = row
+            .get_ref(3)?
+            .as_blob_or_null()
+            .map_err(|e| row_damage(digest, e.into()))?
+        {
             buf.clear();
             buf.extend_from_slice(data);
             return Ok(Some(stored));
         }
-        let name: String = row.get(4)?;
-        let at = row.get::<_, i64>(5)?.max(0) as u64;
-        let len = row.get::<_, i64>(6)?.max(0) as usize;
+        let name: String = row.get(4).map_err(|e| row_damage(digest, e))?;
+        let at = row.get::<_, i64>(5).map_err(|e| row_damage(digest, e))?.max(0) as u64;
+        let len = row.get::<_, i64>(6).map_err(|e| row_damage(digest, e))?.max(0) as usize;
         if len > MAX_STORED_BYTES {
             return Err(StoreError::Damaged(format!(
                 "blob {digest} claims {len} stored bytes"
@@ -510,6 +514,19 @@ impl LocalBlobs<'_> {
         buf: &mut Vec<u8>,
     ) -> Result<Option<Stored>, StoreError> {
         self.store.read_blob(digest, buf)
+    }
+}
+
+/// A value of the wrong type in a blob's row (a text codec, a NULL length):
+/// that blob's damage, and so its entry's, not the whole database's.
+fn row_damage(digest: &Digest, err: rusqlite::Error) -> StoreError {
+    use rusqlite::Error as E;
+    match err {
+        E::FromSqlConversionFailure(..)
+        | E::InvalidColumnType(..)
+        | E::IntegralValueOutOfRange(..)
+        | E::Utf8Error(..) => StoreError::Damaged(format!("blob {digest}'s row: {err}")),
+        err => err.into(),
     }
 }
 

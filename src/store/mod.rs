@@ -350,29 +350,34 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT id, created_ms, meta FROM entries WHERE key = ?1")?;
+        // The id is the rowid, always an integer; a value of the wrong type
+        // in the other columns is this record's damage, as bad JSON is.
         let row = stmt
             .query_row([key], |row| {
                 Ok((
                     row.get::<_, i64>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(1),
+                    row.get::<_, String>(2),
                 ))
             })
             .optional()?;
         let Some((id, created_ms, meta)) = row else {
             return Ok(None);
         };
-        let parsed = serde_json::from_str::<Record>(&meta)
-            .map_err(|e| e.to_string())
-            .and_then(|r| {
-                if r.is_consistent() {
-                    Ok(r)
-                } else {
-                    Err("its layout or sizes do not add up".into())
-                }
-            });
-        let record = match parsed {
-            Ok(record) => record,
+        let parsed = match (created_ms, meta) {
+            (Ok(created_ms), Ok(meta)) => serde_json::from_str::<Record>(&meta)
+                .map_err(|e| e.to_string())
+                .and_then(|record| {
+                    if record.is_consistent() {
+                        Ok((created_ms, record))
+                    } else {
+                        Err("its layout or sizes do not add up".into())
+                    }
+                }),
+            (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+        };
+        let (created_ms, record) = match parsed {
+            Ok(parsed) => parsed,
             Err(e) => {
                 // One damaged record is that entry's loss, not the database's:
                 // it is dropped, and the run goes on as a miss.

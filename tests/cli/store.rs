@@ -522,3 +522,41 @@ fn a_cache_with_its_version_reset_is_rebuilt() {
         );
     }
 }
+
+/// A blob row or an entry row holding a value of the wrong type (a text
+/// codec, a NULL length, a text id) is that entry's damage: the entry is
+/// dropped with one warning and its command runs, while every other entry
+/// stays, rather than the whole database moved aside as corrupt.
+#[test]
+fn a_row_of_the_wrong_type_drops_its_entry_not_the_cache() {
+    let spoils = [
+        "UPDATE blobs SET codec = '0' WHERE pack IS NOT NULL",
+        "UPDATE blobs SET raw_len = NULL WHERE pack IS NOT NULL",
+        "UPDATE blobs SET xxh3 = 1.5 WHERE pack IS NOT NULL",
+        "UPDATE blobs SET at = 'x' WHERE pack IS NOT NULL",
+        "UPDATE entries SET created_ms = 'x' WHERE meta LIKE '%big.bin%'",
+    ];
+    for spoil in spoils {
+        let env = Env::new();
+        env.write("big.bin", noise(3 << 20, 11));
+        let big = format!("{}; cat big.bin", env.tally("big"));
+        let other = format!("{}; echo other", env.tally("other"));
+        assert_code(&env.run(["--", "sh", "-c", &big]), 0);
+        assert_code(&env.run(["--", "sh", "-c", &other]), 0);
+        let changed = db(&env).execute(spoil, []).unwrap();
+        assert!(changed > 0, "{spoil}: changed nothing");
+        let out = env.run(["--", "sh", "-c", &big]);
+        assert_code(&out, 0);
+        let text = stderr(&out);
+        assert!(!text.contains("corrupt"), "{spoil}: {text}");
+        assert!(
+            out.stdout == fs::read(env.path("big.bin")).unwrap(),
+            "{spoil}: output"
+        );
+        assert_eq!(env.count("big"), 2, "{spoil}: ran again: {text}");
+        assert_code(&env.run(["--", "sh", "-c", &other]), 0);
+        assert_eq!(env.count("other"), 1, "{spoil}: the other entry was lost");
+        assert_code(&env.run(["--", "sh", "-c", &big]), 0);
+        assert_eq!(env.count("big"), 2, "{spoil}: stored afresh");
+    }
+}
