@@ -807,7 +807,7 @@ impl Observer for RunObserver<'_> {
         let Some(recording) = self.recording.take() else {
             return false;
         };
-        recording.abandon();
+        recording.give_up_threads();
         self.messages
             .warn("no task left to record the result (a limit of processes); running uncached");
         true

@@ -13,9 +13,13 @@ use crate::trust;
 pub struct KeyLock {
     file: File,
     path: PathBuf,
-    /// Stops the heartbeat thread (see [`KeyLock::keep_alive`]) when dropped.
-    _beat: Option<std::sync::mpsc::Sender<()>>,
+    /// The heartbeat thread (see [`KeyLock::keep_alive`]), which the sender
+    /// stops when dropped.
+    beat: std::sync::Mutex<Option<Beat>>,
 }
+
+/// The heartbeat thread and what stops it.
+type Beat = (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>);
 
 /// How often an owner's lock file shows that its owner is alive.
 pub const BEAT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -47,7 +51,7 @@ impl KeyLock {
                     return Ok(Some(KeyLock {
                         file,
                         path,
-                        _beat: None,
+                        beat: std::sync::Mutex::new(None),
                     }));
                 }
                 _ => continue,
@@ -138,12 +142,21 @@ impl KeyLock {
                 let _ = file.set_modified(std::time::SystemTime::now());
             }
         };
-        if std::thread::Builder::new()
-            .name("lcrun-beat".into())
-            .spawn(beat)
-            .is_ok()
-        {
-            self._beat = Some(tx);
+        if let Ok(thread) = std::thread::Builder::new().name("lcrun-beat".into()).spawn(beat) {
+            if let Ok(slot) = self.beat.get_mut() {
+                *slot = Some((tx, thread));
+            }
+        }
+    }
+
+    /// Ends the heartbeat thread and waits until it is gone, for a command
+    /// that needs its place under a limit of tasks: runs waiting on this
+    /// one then see no sign of life, and stop waiting after theirs.
+    pub fn stop_beating(&self) {
+        let beat = self.beat.lock().ok().and_then(|mut beat| beat.take());
+        if let Some((stop, thread)) = beat {
+            drop(stop);
+            let _ = thread.join();
         }
     }
 

@@ -128,6 +128,9 @@ pub struct Recorder {
     dropped: Option<String>,
     /// Where the store's thread's notes are said, by this thread.
     messages: Messages,
+    /// The key's lock, whose heartbeat thread goes with the recorder's
+    /// under a limit of tasks (see [`Recorder::give_up_threads`]).
+    lock: Arc<KeyLock>,
 }
 
 /// The cache the recorder writes, for the busy handler to say it waits
@@ -177,6 +180,7 @@ impl Recorder {
         let hex = key.hex.clone();
         let key = key.clone();
         let theirs = Arc::clone(&shared);
+        let ours = Arc::clone(&lock);
         let spawned = thread::Builder::new()
             .name("lcrun-recorder".into())
             .spawn(move || {
@@ -199,6 +203,7 @@ impl Recorder {
             shared,
             dropped: None,
             messages,
+            lock: ours,
         };
         if let Err(err) = spawned {
             recorder.drop_with(format!("cannot start the recorder: {err}"));
@@ -354,6 +359,15 @@ impl Recorder {
             Msg::Finish(status, duration, keep, outputs.to_vec())
         };
         self.wait_for(msg, Some(interrupted))
+    }
+
+    /// Ends lcrun's own threads for a command that could not start for a
+    /// limit of tasks (a container's pids limit, `ulimit -u`): the
+    /// recording is dropped, and the key's heartbeat stops.
+    pub fn give_up_threads(self) {
+        let lock = Arc::clone(&self.lock);
+        self.abandon();
+        lock.stop_beating();
     }
 
     /// Drops the recording (a cancelled run): nothing of it is kept.
