@@ -148,7 +148,7 @@ fi
 big_cache=$work/cache-100k
 # Filled again whenever it lacks the entries. A run first: lcrun rebuilds a
 # cache of an older schema, entries and all, and the rows below would
-# silently measure one entry (schema 6 did that to a kept cache of schema 5).
+# silently measure one entry (a new schema did that to a kept cache).
 LCRUN_CACHE_DIR=$big_cache "$lcrun" -- echo hi >/dev/null
 filled=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from entries').fetchone()[0])" "$big_cache/cache.db" 2>/dev/null || echo 0)
 if [ "$filled" -lt 100000 ]; then
@@ -162,7 +162,7 @@ rows = []
 for i in range(100_000):
     key = hashlib.sha256(f"filler {i}".encode()).hexdigest()
     rows.append((key, f"echo filler {i}", now))
-# Records of the current layout (schema 6), each naming the one blob of
+# Records of the current layout (schema 7; no hit reads them, so no sum), each naming the one blob of
 # "hi\n" that the run above stored; a blob shared by every entry, as
 # identical outputs are.
 blob = hashlib.sha256(b"hi\n").hexdigest()

@@ -50,7 +50,8 @@ pub use recording::Recording;
 /// The schema this build writes; `PRAGMA user_version` carries it.
 /// Version 5: action records and content-addressed blobs. Version 6: a
 /// blob's checksum is of its stored bytes (see `compress::checksum`).
-const SCHEMA_VERSION: i64 = 6;
+/// Version 7: a visible record has a checksum too (see `record_sum`).
+const SCHEMA_VERSION: i64 = 7;
 
 /// The directory of blob files, in the cache directory.
 const BLOB_DIR: &str = "blobs";
@@ -89,7 +90,7 @@ const OUTCOME_KEEP_MS: i64 = 60_000;
 ///   A blob goes
 ///   when its last use does, in the same transaction.
 const SCHEMA: &str = "
-CREATE TABLE entries(id INTEGER PRIMARY KEY,key TEXT UNIQUE,created_ms,last_used_ms,bytes,hits,meta);
+CREATE TABLE entries(id INTEGER PRIMARY KEY,key TEXT UNIQUE,created_ms,last_used_ms,bytes,hits,meta,sum);
 CREATE TABLE blobs(digest PRIMARY KEY,codec,raw_len,xxh3,data,pack,at,len)WITHOUT ROWID;
 CREATE INDEX blobs_pack ON blobs(pack);
 CREATE TABLE uses(digest,entry_id,PRIMARY KEY(digest,entry_id))WITHOUT ROWID;
@@ -329,7 +330,8 @@ impl Store {
         // tables, a `complete` flag), version 2 the one before data files; a
         // cache is disposable, so it is rebuilt. Version 3 had no checksums,
         // version 4 kept chunks per entry, not blobs by digest, version 5
-        // summed the raw bytes of a blob. The old data and pack files go too:
+        // summed the raw bytes of a blob, version 6 had no checksum of a
+        // record. The old data and pack files go too:
         // no row of the new layout names them. Version 0 is a new file, or
         // one whose version was reset with its tables left: dropping what
         // is not there costs nothing.
@@ -349,7 +351,7 @@ impl Store {
     pub fn lookup(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT id, created_ms, meta FROM entries WHERE key = ?1")?;
+            .prepare_cached("SELECT id, created_ms, meta, sum FROM entries WHERE key = ?1")?;
         // The id is the rowid, always an integer; a value of the wrong type
         // in the other columns is this record's damage, as bad JSON is.
         let row = stmt
@@ -358,14 +360,18 @@ impl Store {
                     row.get::<_, i64>(0)?,
                     row.get::<_, i64>(1),
                     row.get::<_, String>(2),
+                    row.get::<_, i64>(3),
                 ))
             })
             .optional()?;
-        let Some((id, created_ms, meta)) = row else {
+        let Some((id, created_ms, meta, sum)) = row else {
             return Ok(None);
         };
-        let parsed = match (created_ms, meta) {
-            (Ok(created_ms), Ok(meta)) => serde_json::from_str::<Record>(&meta)
+        let parsed = match (created_ms, meta, sum) {
+            (Ok(_), Ok(meta), Ok(sum)) if sum != record_sum(key, &meta) => {
+                Err("its checksum does not match".to_owned())
+            }
+            (Ok(created_ms), Ok(meta), Ok(_)) => serde_json::from_str::<Record>(&meta)
                 .map_err(|e| e.to_string())
                 .and_then(|record| {
                     if record.is_consistent() {
@@ -374,7 +380,7 @@ impl Store {
                         Err("its layout or sizes do not add up".into())
                     }
                 }),
-            (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e.to_string()),
         };
         let (created_ms, record) = match parsed {
             Ok(parsed) => parsed,
@@ -504,6 +510,15 @@ fn damaged(err: std::io::Error) -> StoreError {
 
 fn to_json(record: &Record) -> String {
     serde_json::to_string(record).unwrap_or_else(|_| "{}".into())
+}
+
+/// The checksum stored with a visible record: XXH3-64 of its key and its
+/// JSON, checked on every lookup. A record's damage would otherwise pass
+/// unseen where its JSON still parses and adds up (a status 0 become 1),
+/// and a record moved to another key would replay there.
+fn record_sum(key: &str, meta: &str) -> i64 {
+    let key = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+    xxhash_rust::xxh3::xxh3_64_with_seed(meta.as_bytes(), key) as i64
 }
 
 /// Takes an exclusive lock on a lock file in the cache, waiting for it.

@@ -12,7 +12,9 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::blobs::{LocalBlobs, Pending};
 use super::record::RECORD_VERSION;
-use super::{damaged, now_ms, to_json, Record, Store, StoreError, OUTCOME_KEEP_MS, OUTCOME_PREFIX};
+use super::{
+    damaged, now_ms, record_sum, to_json, Record, Store, StoreError, OUTCOME_KEEP_MS, OUTCOME_PREFIX,
+};
 use crate::blob::{Cutter, Digest, BLOB_BYTES};
 use crate::compress::{self, Codec, Packed, Packer};
 use crate::lock::KeyLock;
@@ -447,14 +449,17 @@ impl Recording<'_> {
         // already uses it.
         self.store.delete_rows(&tx, &older)?;
         self.store.delete_rows(&tx, &stale)?;
+        let meta = to_json(&self.record);
         tx.execute(
-            "UPDATE entries SET key = ?2, created_ms = ?3, last_used_ms = ?3, bytes = ?4, meta = ?5 WHERE id = ?1",
+            "UPDATE entries SET key = ?2, created_ms = ?3, last_used_ms = ?3, bytes = ?4, meta = ?5, sum = ?6 \
+             WHERE id = ?1",
             params![
                 self.pending.id,
                 self.key,
                 now_ms(),
                 self.stored as i64,
-                to_json(&self.record)
+                meta,
+                record_sum(&self.key, &meta)
             ],
         )?;
         tx.commit()?;

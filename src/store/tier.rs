@@ -8,7 +8,7 @@ use rusqlite::{params, TransactionBehavior};
 
 use super::blobs::LocalBlobs;
 use super::record::Record;
-use super::{now_ms, to_json, Store, StoreError};
+use super::{now_ms, record_sum, to_json, Store, StoreError};
 use crate::blob::{BlobError, BlobStore, Digest};
 
 /// Action records by key (the hex SHA-256 of an invocation).
@@ -62,9 +62,10 @@ impl ActionCache for Store {
         }
         // The older record goes after the new one uses the shared blobs.
         self.delete_rows(&tx, &older)?;
+        let meta = to_json(record);
         tx.execute(
-            "UPDATE entries SET key = ?2, meta = ?3 WHERE id = ?1",
-            params![id, key, to_json(record)],
+            "UPDATE entries SET key = ?2, meta = ?3, sum = ?4 WHERE id = ?1",
+            params![id, key, meta, record_sum(key, &meta)],
         )?;
         tx.commit()?;
         Ok(())
