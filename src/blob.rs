@@ -85,6 +85,21 @@ impl Digest {
     }
 }
 
+/// Bytes no codec shrinks and no two blobs share (xorshift), the same for
+/// a seed on every run: for tests.
+#[cfg(test)]
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// The digest of a whole blob of zeros.
 pub fn zero_blob() -> &'static Digest {
     static ZERO: std::sync::OnceLock<Digest> = std::sync::OnceLock::new();

@@ -192,17 +192,8 @@ mod shani {
 mod tests {
     use super::*;
 
-    /// Bytes that repeat nowhere: a xorshift stream.
     fn noise(len: usize) -> Vec<u8> {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        super::super::noise(len, 0x9E37_79B9_7F4A_7C15)
     }
 
     fn sha2(bytes: &[u8]) -> Digest {

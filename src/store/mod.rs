@@ -679,18 +679,8 @@ mod tests {
         recording.finish(0, Duration::ZERO).unwrap();
     }
 
-    /// Bytes no codec shrinks (xorshift), so large blobs go to a pack.
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    /// Bytes no codec shrinks, so large blobs go to a pack.
+    use crate::blob::noise;
 
     #[test]
     fn an_entry_replaced_after_its_lookup_is_gone_not_damaged() {
