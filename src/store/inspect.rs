@@ -202,10 +202,16 @@ impl Store {
              ORDER BY created_ms DESC, id DESC",
         )?;
         let mut rows = stmt.query([])?;
+        // A value of the wrong type (damage, a planted row) does not stop the
+        // listing: a key that is not text is left out, a number shows as 0.
+        let number = |value: rusqlite::types::ValueRef<'_>| value.as_i64().unwrap_or(0);
+        let text = |value: rusqlite::types::ValueRef<'_>| value.as_str().ok().map(str::to_owned);
         while let Some(row) = rows.next()? {
-            let key: String = row.get(0)?;
-            let prev: Option<String> = row.get(6)?;
-            let next: Option<String> = row.get(7)?;
+            let Some(key) = text(row.get_ref(0)?) else {
+                continue;
+            };
+            let prev = text(row.get_ref(6)?);
+            let next = text(row.get_ref(7)?);
             // Only the two fields listed are decoded, not the whole record.
             let brief: Brief =
                 serde_json::from_str(row.get_ref(5)?.as_str().unwrap_or("")).unwrap_or_default();
@@ -219,10 +225,10 @@ impl Store {
             let listed = Listed {
                 short,
                 command: brief.command,
-                created_ms: row.get(1)?,
-                last_used_ms: row.get(2)?,
-                bytes: row.get(3)?,
-                hits: row.get(4)?,
+                created_ms: number(row.get_ref(1)?),
+                last_used_ms: number(row.get_ref(2)?),
+                bytes: number(row.get_ref(3)?),
+                hits: number(row.get_ref(4)?),
                 status: brief.status,
                 key,
             };

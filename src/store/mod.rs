@@ -469,7 +469,7 @@ impl Store {
         for &id in ids {
             let named = tx
                 .prepare_cached("SELECT meta FROM entries WHERE id = ?1 AND key IS NOT NULL")?
-                .query_row([id], |row| row.get::<_, String>(0))
+                .query_row([id], |row| Ok(text_or_empty(row.get_ref(0)?)))
                 .optional()?
                 .and_then(|meta| serde_json::from_str::<Record>(&meta).ok());
             let digests: Vec<Vec<u8>> = match named {
@@ -506,6 +506,13 @@ impl Store {
 
 fn damaged(err: std::io::Error) -> StoreError {
     StoreError::Damaged(format!("stored output: {err}"))
+}
+
+/// A column's text, or "" where it holds something else (a number, a blob,
+/// NULL: damage, or a planted row): read as no record rather than failing
+/// the whole statement, which would condemn the database for one row.
+fn text_or_empty(value: rusqlite::types::ValueRef<'_>) -> String {
+    value.as_str().map(str::to_owned).unwrap_or_default()
 }
 
 fn to_json(record: &Record) -> String {

@@ -103,9 +103,11 @@ impl Store {
         // writer could otherwise finish its record and exit, and its finished
         // record would be taken for the abandoned one it was a moment ago.
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        // A meta that is not text (damage, or planted) reads as no record:
+        // no key it could be locked by.
         let pending: Vec<(i64, String)> = tx
             .prepare_cached("SELECT id, meta FROM entries WHERE key IS NULL")?
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .query_map([], |row| Ok((row.get(0)?, super::text_or_empty(row.get_ref(1)?))))?
             .collect::<Result<_, _>>()?;
         // The locks of dead writers, held until their records are gone.
         let mut taken = Vec::new();

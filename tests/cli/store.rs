@@ -9,7 +9,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::util::{assert_code, noise, stderr, Env};
+use crate::util::{assert_code, noise, stderr, stdout, Env};
 
 /// `lcrun [flags] -o OUT -- sh -c 'tally NAME; cp SRC OUT'`.
 fn copy_args(env: &Env, flags: &[&str], name: &str, src: &str, out: &str) -> Vec<String> {
@@ -604,6 +604,9 @@ fn a_row_of_the_wrong_type_drops_its_entry_not_the_cache() {
         "UPDATE blobs SET xxh3 = 1.5 WHERE pack IS NOT NULL",
         "UPDATE blobs SET at = 'x' WHERE pack IS NOT NULL",
         "UPDATE entries SET created_ms = 'x' WHERE meta LIKE '%big.bin%'",
+        "UPDATE entries SET meta = 123 WHERE meta LIKE '%big.bin%'",
+        "UPDATE entries SET meta = NULL WHERE meta LIKE '%big.bin%'",
+        "UPDATE entries SET meta = CAST(meta AS BLOB) WHERE meta LIKE '%big.bin%'",
     ];
     for spoil in spoils {
         let env = Env::new();
@@ -614,6 +617,13 @@ fn a_row_of_the_wrong_type_drops_its_entry_not_the_cache() {
         assert_code(&env.run(["--", "sh", "-c", &other]), 0);
         let changed = db(&env).execute(spoil, []).unwrap();
         assert!(changed > 0, "{spoil}: changed nothing");
+        let listed = env.run(["cache", "list"]);
+        assert_code(&listed, 0);
+        assert!(
+            stdout(&listed).contains("echo other"),
+            "{spoil}: {}",
+            stdout(&listed)
+        );
         let out = env.run(["--", "sh", "-c", &big]);
         assert_code(&out, 0);
         let text = stderr(&out);
@@ -627,5 +637,35 @@ fn a_row_of_the_wrong_type_drops_its_entry_not_the_cache() {
         assert_eq!(env.count("other"), 1, "{spoil}: the other entry was lost");
         assert_code(&env.run(["--", "sh", "-c", &big]), 0);
         assert_eq!(env.count("big"), 2, "{spoil}: stored afresh");
+    }
+}
+
+/// A pending row (an unfinished record) whose meta is not text, planted or
+/// damaged, is removed as abandoned by the next writer; the database and
+/// its other entries stay, and `cache clear` still clears.
+#[test]
+fn a_pending_row_of_the_wrong_type_is_removed_not_the_cache() {
+    for meta in ["NULL", "42", "x'7b7d'"] {
+        let env = Env::new();
+        let other = format!("{}; echo other", env.tally("other"));
+        assert_code(&env.run(["--", "sh", "-c", &other]), 0);
+        db(&env)
+            .execute(
+                &format!("INSERT INTO entries (key, meta) VALUES (NULL, {meta})"),
+                [],
+            )
+            .unwrap();
+        let out = env.run(["--", "echo", "C"]);
+        assert_code(&out, 0);
+        assert!(stderr(&out).is_empty(), "{meta}: {}", stderr(&out));
+        let pending: i64 = db(&env)
+            .query_row("SELECT count(*) FROM entries WHERE key IS NULL", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(pending, 0, "{meta}: the planted row stayed");
+        assert_code(&env.run(["--", "sh", "-c", &other]), 0);
+        assert_eq!(env.count("other"), 1, "{meta}: the other entry was lost");
+        assert_code(&env.run(["cache", "clear"]), 0);
+        assert_code(&env.run(["--", "sh", "-c", &other]), 0);
+        assert_eq!(env.count("other"), 2, "{meta}: cleared");
     }
 }
