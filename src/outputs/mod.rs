@@ -20,6 +20,7 @@ use crate::blob::{Contents, Digest};
 mod beneath;
 pub mod capture;
 pub mod declared;
+mod holes;
 mod path_bytes;
 pub mod restore;
 #[cfg(test)]
