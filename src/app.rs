@@ -995,8 +995,18 @@ impl Cache {
         store.set_max_size(max_size);
         self.lent = Some(store.dir().to_owned());
         // Only a miss with secret inputs reads the secret, to key their
-        // stored digests.
-        let key = key.sealed(|| Secret::load_or_create(store.dir()).ok());
+        // stored digests. One refused (not a private file of ours) keys
+        // none: the run is stored without them, and says so.
+        let messages = self.messages;
+        let key = key.sealed(|| {
+            Secret::load_or_create(store.dir())
+                .map_err(|err| {
+                    messages.warn(format!(
+                        "cannot use the cache's secret ({err}); the digests of secret inputs are not stored"
+                    ))
+                })
+                .ok()
+        });
         let cwd = invocation.cwd.to_string_lossy().into_owned();
         Some(Recorder::start(
             store,

@@ -558,7 +558,7 @@ fn a_refused_secret_withholds_the_digests_and_the_command_runs() {
     symlink(&planted, env.cache.join("secret")).unwrap();
     let pin = "7391";
     let script = format!("{}; echo ran", env.tally("run"));
-    for _ in 0..2 {
+    for round in 0..2 {
         let output = env
             .lcrun()
             .env("PIN", pin)
@@ -567,6 +567,14 @@ fn a_refused_secret_withholds_the_digests_and_the_command_runs() {
             .unwrap();
         assert_code(&output, 0);
         assert_eq!(stdout(&output), "ran\n");
+        // The miss says once why the digests are withheld; the hit nothing.
+        let said = stderr(&output);
+        let expected = if round == 0 { 1 } else { 0 };
+        assert_eq!(
+            said.lines().filter(|l| l.contains("secret")).count(),
+            expected,
+            "{said}"
+        );
     }
     assert_eq!(env.count("run"), 1, "stored, then a hit");
     for encoding in [pin.to_owned(), format!("set:{pin}")] {
