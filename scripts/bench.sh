@@ -162,7 +162,7 @@ rows = []
 for i in range(100_000):
     key = hashlib.sha256(f"filler {i}".encode()).hexdigest()
     rows.append((key, f"echo filler {i}", now))
-# Records of the current layout (schema 7; no hit reads them, so no sum), each naming the one blob of
+# Records of the current layout (schema 8; no hit reads them, so no sum), each naming the one blob of
 # "hi\n" that the run above stored; a blob shared by every entry, as
 # identical outputs are.
 blob = hashlib.sha256(b"hi\n").hexdigest()

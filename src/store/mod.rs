@@ -50,8 +50,9 @@ pub use recording::Recording;
 /// The schema this build writes; `PRAGMA user_version` carries it.
 /// Version 5: action records and content-addressed blobs. Version 6: a
 /// blob's checksum is of its stored bytes (see `compress::checksum`).
-/// Version 7: a visible record has a checksum too (see `record_sum`).
-const SCHEMA_VERSION: i64 = 7;
+/// Version 7: a visible record has a checksum too; version 8: the
+/// checksum covers its creation time (see `record_sum`).
+const SCHEMA_VERSION: i64 = 8;
 
 /// The directory of blob files, in the cache directory.
 const BLOB_DIR: &str = "blobs";
@@ -331,10 +332,10 @@ impl Store {
         // cache is disposable, so it is rebuilt. Version 3 had no checksums,
         // version 4 kept chunks per entry, not blobs by digest, version 5
         // summed the raw bytes of a blob, version 6 had no checksum of a
-        // record. The old data and pack files go too:
-        // no row of the new layout names them. Version 0 is a new file, or
-        // one whose version was reset with its tables left: dropping what
-        // is not there costs nothing.
+        // record, version 7 one without its creation time. The old data and
+        // pack files go too: no row of the new layout names them. Version 0
+        // is a new file, or one whose version was reset with its tables
+        // left: dropping what is not there costs nothing.
         tx.execute_batch(
             "DROP TABLE IF EXISTS chunks; DROP TABLE IF EXISTS entries; DROP TABLE IF EXISTS jobs; \
              DROP TABLE IF EXISTS blobs; DROP TABLE IF EXISTS uses;",
@@ -368,7 +369,7 @@ impl Store {
             return Ok(None);
         };
         let parsed = match (created_ms, meta, sum) {
-            (Ok(_), Ok(meta), Ok(sum)) if sum != record_sum(key, &meta) => {
+            (Ok(created_ms), Ok(meta), Ok(sum)) if sum != record_sum(key, created_ms, &meta) => {
                 Err("its checksum does not match".to_owned())
             }
             (Ok(created_ms), Ok(meta), Ok(_)) => serde_json::from_str::<Record>(&meta)
@@ -519,13 +520,15 @@ fn to_json(record: &Record) -> String {
     serde_json::to_string(record).unwrap_or_else(|_| "{}".into())
 }
 
-/// The checksum stored with a visible record: XXH3-64 of its key and its
-/// JSON, checked on every lookup. A record's damage would otherwise pass
-/// unseen where its JSON still parses and adds up (a status 0 become 1),
-/// and a record moved to another key would replay there.
-fn record_sum(key: &str, meta: &str) -> i64 {
-    let key = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
-    xxhash_rust::xxh3::xxh3_64_with_seed(meta.as_bytes(), key) as i64
+/// The checksum stored with a visible record: XXH3-64 of its JSON, seeded
+/// with the XXH3-64 of its key and its creation time, checked on every
+/// lookup. A record's damage would otherwise pass unseen where its JSON
+/// still parses and adds up (a status 0 become 1), a record moved to
+/// another key would replay there, and one whose time moved would never
+/// expire.
+fn record_sum(key: &str, created_ms: i64, meta: &str) -> i64 {
+    let seed = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), created_ms as u64);
+    xxhash_rust::xxh3::xxh3_64_with_seed(meta.as_bytes(), seed) as i64
 }
 
 /// Takes an exclusive lock on a lock file in the cache, waiting for it.

@@ -452,16 +452,17 @@ impl Recording<'_> {
         self.store.delete_rows(&tx, &older)?;
         self.store.delete_rows(&tx, &stale)?;
         let meta = to_json(&self.record);
+        let created_ms = now_ms();
         tx.execute(
             "UPDATE entries SET key = ?2, created_ms = ?3, last_used_ms = ?3, bytes = ?4, meta = ?5, sum = ?6 \
              WHERE id = ?1",
             params![
                 self.pending.id,
                 self.key,
-                now_ms(),
+                created_ms,
                 self.stored as i64,
                 meta,
-                record_sum(&self.key, &meta)
+                record_sum(&self.key, created_ms, &meta)
             ],
         )?;
         tx.commit()?;

@@ -51,9 +51,10 @@ impl ActionCache for Store {
             .prepare("SELECT id FROM entries WHERE key = ?1")?
             .query_map([key], |row| row.get(0))?
             .collect::<Result<_, _>>()?;
+        let created_ms = now_ms();
         tx.execute(
             "INSERT INTO entries (key, created_ms, last_used_ms, bytes, hits, meta) VALUES (NULL, ?1, ?1, 0, 0, '{}')",
-            [now_ms()],
+            [created_ms],
         )?;
         let id = tx.last_insert_rowid();
         for digest in record.blobs() {
@@ -65,7 +66,7 @@ impl ActionCache for Store {
         let meta = to_json(record);
         tx.execute(
             "UPDATE entries SET key = ?2, meta = ?3, sum = ?4 WHERE id = ?1",
-            params![id, key, meta, record_sum(key, &meta)],
+            params![id, key, meta, record_sum(key, created_ms, &meta)],
         )?;
         tx.commit()?;
         Ok(())

@@ -208,19 +208,20 @@ fn a_deleted_or_altered_blob_makes_the_next_run_execute_the_command() {
 }
 
 /// Rewrites the one visible record with `change`, and its checksum to
-/// match (XXH3-64 of the JSON, seeded with the XXH3-64 of the key).
+/// match (XXH3-64 of the JSON, seeded with the XXH3-64 of the key seeded
+/// with the creation time).
 fn rewrite_record(env: &Env, change: impl Fn(&str) -> String) {
     let conn = db(env);
-    let (id, key, meta): (i64, String, String) = conn
+    let (id, key, created_ms, meta): (i64, String, i64, String) = conn
         .query_row(
-            "SELECT id, key, meta FROM entries WHERE key IS NOT NULL",
+            "SELECT id, key, created_ms, meta FROM entries WHERE key IS NOT NULL",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .unwrap();
     let changed = change(&meta);
     assert_ne!(changed, meta, "the change changed nothing");
-    let seed = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+    let seed = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), created_ms as u64);
     let sum = xxhash_rust::xxh3::xxh3_64_with_seed(changed.as_bytes(), seed) as i64;
     conn.execute(
         "UPDATE entries SET meta = ?2, sum = ?3 WHERE id = ?1",
@@ -230,52 +231,51 @@ fn rewrite_record(env: &Env, change: impl Fn(&str) -> String) {
 }
 
 /// A record changed where it still parses and adds up (a status 0 become
-/// 1), or moved to another command's key, fails its checksum: one
-/// warning, the command runs with its own output and status, and its entry
-/// is stored afresh.
+/// 1), moved to another command's key, or given another creation time
+/// (never to expire) fails its checksum: one warning, the command runs
+/// with its own output and status, and its entry is stored afresh.
 #[test]
 fn a_record_changed_or_moved_fails_its_checksum() {
-    for moved in [false, true] {
+    for spoil in ["status", "key", "time"] {
         let env = Env::new();
         let a = format!("{}; echo a", env.tally("a"));
         let b = format!("{}; echo b", env.tally("b"));
         assert_code(&env.run(["--", "sh", "-c", &a]), 0);
         assert_code(&env.run(["--", "sh", "-c", &b]), 0);
         let conn = db(&env);
-        if moved {
-            // a's record under b's key: b would replay "a".
-            let key_b: String = conn
-                .query_row("SELECT key FROM entries WHERE meta LIKE '%echo b%'", [], |r| {
-                    r.get(0)
-                })
-                .unwrap();
-            conn.execute("DELETE FROM entries WHERE key = ?1", [&key_b])
-                .unwrap();
-            let changed = conn
-                .execute("UPDATE entries SET key = ?1 WHERE meta LIKE '%echo a%'", [&key_b])
-                .unwrap();
-            assert_eq!(changed, 1);
-        } else {
-            let changed = conn
-                .execute(
-                    r#"UPDATE entries SET meta = replace(meta, '"status":0', '"status":1') WHERE meta LIKE '%echo b%'"#,
-                    [],
-                )
-                .unwrap();
-            assert_eq!(changed, 1);
-        }
+        let b_row = "meta LIKE '%echo b%'";
+        let changed = match spoil {
+            "status" => conn.execute(
+                &format!(
+                    r#"UPDATE entries SET meta = replace(meta, '"status":0', '"status":1') WHERE {b_row}"#
+                ),
+                [],
+            ),
+            "time" => conn.execute(
+                &format!("UPDATE entries SET created_ms = 9223372036854775807 WHERE {b_row}"),
+                [],
+            ),
+            _ => {
+                // a's record under b's key: b would replay "a".
+                let key_b: String = conn
+                    .query_row(&format!("SELECT key FROM entries WHERE {b_row}"), [], |r| {
+                        r.get(0)
+                    })
+                    .unwrap();
+                conn.execute("DELETE FROM entries WHERE key = ?1", [&key_b])
+                    .unwrap();
+                conn.execute("UPDATE entries SET key = ?1 WHERE meta LIKE '%echo a%'", [&key_b])
+            }
+        };
+        assert_eq!(changed.unwrap(), 1, "{spoil}");
         drop(conn);
         let out = env.run(["--", "sh", "-c", &b]);
         assert_code(&out, 0);
-        assert_eq!(out.stdout, b"b\n", "moved: {moved}");
-        assert!(
-            stderr(&out).contains("damaged"),
-            "moved: {moved}: {}",
-            stderr(&out)
-        );
-        assert_eq!(env.count("b"), 2, "moved: {moved}: ran");
+        assert_eq!(out.stdout, b"b\n", "{spoil}");
+        assert!(stderr(&out).contains("damaged"), "{spoil}: {}", stderr(&out));
+        assert_eq!(env.count("b"), 2, "{spoil}: ran");
         assert_code(&env.run(["--", "sh", "-c", &b]), 0);
-        assert_eq!(env.count("b"), 2, "moved: {moved}: stored afresh");
+        assert_eq!(env.count("b"), 2, "{spoil}: stored afresh");
     }
 }
 
