@@ -161,17 +161,25 @@ impl Walk<'_> {
         if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
             return Err(self.io(&rel, changed()));
         }
+        let mut reader = Stoppable {
+            file: File::from(fd),
+            stop: self.stop,
+            holes: Holes::new(stat.st_size as u64),
+        };
         let contents = self
             .store
-            .put_stream(&mut Stoppable {
-                file: File::from(fd),
-                stop: self.stop,
-                holes: Holes::new(stat.st_size as u64),
-            })
+            .put_stream(&mut reader)
             .map_err(|source| CaptureError::Blob {
                 path: display_path(self.declared, &rel),
                 source,
             })?;
+        // Written meanwhile (a child the command left running): what was
+        // read is no state the file ever had whole, and is not kept.
+        let after = rfs::fstat(&reader.file).map_err(|e| self.io(&rel, e))?;
+        let when = |stat: &rfs::Stat| (stat.st_size, stat.st_mtime, stat.st_mtime_nsec);
+        if when(&after) != when(&stat) || contents.size != stat.st_size as u64 {
+            return Err(self.io(&rel, changed()));
+        }
         self.entries.push(Entry {
             path: PathBytes(rel),
             kind: Kind::File {

@@ -507,3 +507,40 @@ fn a_link_where_a_file_belongs_is_replaced_not_written_through() {
         assert_eq!(fs::read(scene.path(path)).unwrap(), bytes);
     }
 }
+
+/// A file written while it is being stored (a child the command left
+/// running truncates or extends it) is refused as changed, not stored as
+/// bytes it never held whole.
+#[test]
+fn a_file_changed_while_it_is_stored_is_refused() {
+    for change in ["truncate", "extend", "rewrite"] {
+        let scene = Scene::new();
+        let len = 4 * BLOB_BYTES + 5;
+        scene.write("out.bin", &crate::blob::noise(len, 3), 0o644);
+        let path = scene.path("out.bin");
+        let reads = std::cell::Cell::new(0);
+        // Called before every read: the third one finds the file changed.
+        let stop = || {
+            reads.set(reads.get() + 1);
+            if reads.get() == 3 {
+                let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+                match change {
+                    "truncate" => file.set_len(BLOB_BYTES as u64).unwrap(),
+                    "extend" => file.set_len(len as u64 + 1).unwrap(),
+                    _ => {
+                        std::thread::sleep(Duration::from_millis(20));
+                        std::os::unix::fs::FileExt::write_all_at(&file, b"new", 0).unwrap();
+                    }
+                }
+            }
+            false
+        };
+        let result = capture(&scene.cwd, &declared(&[b"out.bin"]), &scene.blobs, &stop);
+        match result {
+            Err(CaptureError::Io { source, .. }) => {
+                assert!(source.to_string().contains("changed"), "{change}: {source}")
+            }
+            other => panic!("{change}: {other:?}"),
+        }
+    }
+}
