@@ -204,7 +204,7 @@ impl Store {
         let mut rows = stmt.query([])?;
         // A value of the wrong type (damage, a planted row) does not stop the
         // listing: a key that is not text is left out, a number shows as 0.
-        let number = |value: rusqlite::types::ValueRef<'_>| value.as_i64().unwrap_or(0);
+        let number = super::number_or_zero;
         let text = |value: rusqlite::types::ValueRef<'_>| value.as_str().ok().map(str::to_owned);
         while let Some(row) = rows.next()? {
             let Some(key) = text(row.get_ref(0)?) else {
@@ -221,7 +221,9 @@ impl Store {
                 .map(|other| common_prefix(&key, other))
                 .max()
                 .unwrap_or(0);
-            let short = key[..(shared + 1).clamp(8, key.len())].to_owned();
+            // Keys are hex; a damaged one may be short or not ASCII.
+            let end = (shared + 1).max(8).min(key.len());
+            let short = String::from_utf8_lossy(&key.as_bytes()[..end]).into_owned();
             let listed = Listed {
                 short,
                 command: brief.command,
@@ -248,7 +250,7 @@ impl Store {
         let (entries, first) = self.conn.query_row(
             "SELECT count(*), min(created_ms) FROM entries WHERE key IS NOT NULL AND key NOT LIKE '~%'",
             [],
-            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?)),
+            |row| Ok((row.get::<_, i64>(0)?, row.get_ref(1)?.as_i64().ok())),
         )?;
         let mut stats = Stats {
             entries,
@@ -262,7 +264,7 @@ impl Store {
             )?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
-                let hits: i64 = row.get(0)?;
+                let hits = super::number_or_zero(row.get_ref(0)?);
                 let brief: Brief =
                     serde_json::from_str(row.get_ref(1)?.as_str().unwrap_or("")).unwrap_or_default();
                 stats.hits += hits;
@@ -278,7 +280,8 @@ impl Store {
                 .prepare_cached("SELECT meta FROM entries WHERE key = ?1")?;
             let keys = text.lines().filter_map(|l| l.split_once(' ')).map(|(k, _)| k);
             for key in keys.filter(|k| !k.starts_with(OUTCOME_PREFIX)) {
-                if let Some(text) = meta.query_row([key], |row| row.get::<_, String>(0)).optional()? {
+                let found = meta.query_row([key], |row| Ok(super::text_or_empty(row.get_ref(0)?)));
+                if let Some(text) = found.optional()? {
                     let brief: Brief = serde_json::from_str(&text).unwrap_or_default();
                     stats.hits += 1;
                     stats.time_saved_ms += brief.duration_ms as i64;
@@ -337,7 +340,10 @@ impl Store {
         Ok(self
             .conn
             .query_row("SELECT hits, bytes FROM entries WHERE key = ?1", [key], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+                Ok((
+                    super::number_or_zero(r.get_ref(0)?),
+                    super::number_or_zero(r.get_ref(1)?),
+                ))
             })
             .optional()?
             .unwrap_or((0, 0)))
@@ -355,7 +361,10 @@ impl Store {
             )?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
-                let key: String = row.get(1)?;
+                // A key or meta of the wrong type (damage, a planted row)
+                // reads as empty: such a row goes with a clear of all, or of
+                // all older, and matches no key or scope.
+                let key = super::text_or_empty(row.get_ref(1)?);
                 if !filter.keys.is_empty() && !filter.keys.contains(&key) {
                     continue;
                 }
@@ -366,7 +375,7 @@ impl Store {
                     continue;
                 }
                 if let Some(scope) = &filter.scope_digest {
-                    let meta: String = row.get(3)?;
+                    let meta = super::text_or_empty(row.get_ref(3)?);
                     let in_scope = serde_json::from_str::<Record>(&meta)
                         .ok()
                         .is_some_and(|r| r.inputs.iter().any(|i| i.label == "scope" && &i.digest == scope));
@@ -407,7 +416,7 @@ impl Store {
         let lru: Vec<(i64, i64)> = self
             .conn
             .prepare("SELECT id, bytes + length(meta) FROM entries WHERE key IS NOT NULL ORDER BY last_used_ms, id")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map([], |r| Ok((r.get(0)?, super::number_or_zero(r.get_ref(1)?))))?
             .collect::<Result<_, _>>()?;
         // One at a time, least recently used first, counting down what each
         // put; a blob it shares stays, so the exact size is counted again

@@ -516,6 +516,15 @@ fn text_or_empty(value: rusqlite::types::ValueRef<'_>) -> String {
     value.as_str().map(str::to_owned).unwrap_or_default()
 }
 
+/// A column's integer (a real's whole part), or 0 where it holds something
+/// else: a count or size of the wrong type does not fail a listing.
+fn number_or_zero(value: rusqlite::types::ValueRef<'_>) -> i64 {
+    value
+        .as_i64()
+        .or_else(|_| value.as_f64().map(|real| real as i64))
+        .unwrap_or(0)
+}
+
 fn to_json(record: &Record) -> String {
     serde_json::to_string(record).unwrap_or_else(|_| "{}".into())
 }

@@ -698,3 +698,48 @@ fn a_pending_row_of_the_wrong_type_is_removed_not_the_cache() {
         assert_eq!(env.count("other"), 2, "{meta}: cleared");
     }
 }
+
+/// The cache's own commands read every row leniently: a key short, not
+/// ASCII or not text, a meta or a count of the wrong type (damage, or a
+/// planted row) neither fails nor panics `cache list`, `stats` or `clear`.
+#[test]
+fn the_cache_commands_get_through_rows_of_the_wrong_type() {
+    let spoils = [
+        "UPDATE entries SET key = 'abc' WHERE meta LIKE '%echo one%'",
+        "UPDATE entries SET key = '€€€€€€€€' WHERE meta LIKE '%echo one%'",
+        "UPDATE entries SET key = CAST(key AS BLOB) WHERE meta LIKE '%echo one%'",
+        "UPDATE entries SET meta = NULL WHERE meta LIKE '%echo one%'",
+        "UPDATE entries SET hits = 'x'",
+        "UPDATE entries SET bytes = 1.5e300",
+    ];
+    for spoil in spoils {
+        let env = Env::new();
+        // A hit of "one" stays in the hit log until a command folds it in.
+        for _ in 0..2 {
+            assert_code(&env.run(["--", "echo", "one"]), 0);
+        }
+        assert_code(&env.run(["--", "echo", "two"]), 0);
+        assert_eq!(
+            db(&env).execute(spoil, []).unwrap(),
+            if spoil.contains("WHERE") { 1 } else { 2 },
+            "{spoil}"
+        );
+        for args in [
+            &["cache", "stats"][..],
+            &["cache", "list"],
+            &["cache", "list", "--json"],
+            &["cache", "clear", "--scope", "s"],
+            &["cache", "clear"],
+        ] {
+            let out = env.run(args);
+            assert_code(&out, 0);
+            assert!(stderr(&out).is_empty(), "{spoil}: {args:?}: {}", stderr(&out));
+        }
+        let left: i64 = db(&env)
+            .query_row("SELECT count(*) FROM entries WHERE key IS NOT NULL", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(left, 0, "{spoil}: cleared");
+    }
+}
