@@ -216,20 +216,13 @@ impl Recorder {
     /// blocked behind another process's lock has the recording dropped
     /// instead.
     pub fn write(&mut self, stream: Stream, mut bytes: &[u8]) {
-        if self.dropped.is_some() || bytes.is_empty() {
-            return;
-        }
-        self.interleave(stream, bytes.len());
         while !bytes.is_empty() {
-            let shared = &self.shared;
-            if let Some(blob) = self.cutter.fill(stream, &mut bytes, || spare_buffer(shared)) {
-                self.send(Some((stream, blob)));
-                if self.dropped.is_some() {
-                    return;
-                }
-            }
+            let Some(room) = self.room(stream) else { return };
+            let n = room.len().min(bytes.len());
+            room[..n].copy_from_slice(&bytes[..n]);
+            self.commit(stream, n);
+            bytes = &bytes[n..];
         }
-        self.bound_runs();
     }
 
     /// Where the next output of `stream` may be read: straight into the
