@@ -520,13 +520,10 @@ impl LocalBlobs<'_> {
 /// A value of the wrong type in a blob's row (a text codec, a NULL length):
 /// that blob's damage, and so its entry's, not the whole database's.
 fn row_damage(digest: &Digest, err: rusqlite::Error) -> StoreError {
-    use rusqlite::Error as E;
-    match err {
-        E::FromSqlConversionFailure(..)
-        | E::InvalidColumnType(..)
-        | E::IntegralValueOutOfRange(..)
-        | E::Utf8Error(..) => StoreError::Damaged(format!("blob {digest}'s row: {err}")),
-        err => err.into(),
+    if super::is_wrong_type(&err) {
+        StoreError::Damaged(format!("blob {digest}'s row: {err}"))
+    } else {
+        err.into()
     }
 }
 

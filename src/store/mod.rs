@@ -137,19 +137,12 @@ impl StoreError {
     /// page, or a column the code writes came back with a type it never
     /// writes (random bytes in a page still parse, as the wrong values).
     pub fn is_corrupt(&self) -> bool {
-        use rusqlite::Error as E;
         match self {
             StoreError::Sqlite(err) => {
                 matches!(
                     err.sqlite_error_code(),
                     Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
-                ) || matches!(
-                    err,
-                    E::FromSqlConversionFailure(..)
-                        | E::InvalidColumnType(..)
-                        | E::IntegralValueOutOfRange(..)
-                        | E::Utf8Error(..)
-                )
+                ) || is_wrong_type(err)
             }
             _ => false,
         }
@@ -507,6 +500,19 @@ impl Store {
 
 fn damaged(err: std::io::Error) -> StoreError {
     StoreError::Damaged(format!("stored output: {err}"))
+}
+
+/// Whether `err` is a value of another type than the code reads there: a
+/// row's damage where only that row is read (see `blobs::row_damage`).
+fn is_wrong_type(err: &rusqlite::Error) -> bool {
+    use rusqlite::Error as E;
+    matches!(
+        err,
+        E::FromSqlConversionFailure(..)
+            | E::InvalidColumnType(..)
+            | E::IntegralValueOutOfRange(..)
+            | E::Utf8Error(..)
+    )
 }
 
 /// A column's text, or "" where it holds something else (a number, a blob,
