@@ -14,7 +14,7 @@ use rustix::fs::{self as rfs, AtFlags, Dir, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::beneath::{self, display_path, Step};
-use super::holes::Holes;
+use super::holes::Sparse;
 use super::{DeclaredPath, Entry, Kind, Output, OutputTree, PathBytes};
 use crate::blob::{BlobError, BlobStore};
 
@@ -161,10 +161,10 @@ impl Walk<'_> {
         if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
             return Err(self.io(&rel, changed()));
         }
+        let file = File::from(fd);
         let mut reader = Stoppable {
-            file: File::from(fd),
+            file: Sparse::new(&file, stat.st_size as u64),
             stop: self.stop,
-            holes: Holes::new(stat.st_size as u64),
         };
         let contents = self
             .store
@@ -175,7 +175,7 @@ impl Walk<'_> {
             })?;
         // Written meanwhile (a child the command left running): what was
         // read is no state the file ever had whole, and is not kept.
-        let after = rfs::fstat(&reader.file).map_err(|e| self.io(&rel, e))?;
+        let after = rfs::fstat(&file).map_err(|e| self.io(&rel, e))?;
         let when = |stat: &rfs::Stat| (stat.st_size, stat.st_mtime, stat.st_mtime_nsec);
         if when(&after) != when(&stat) || contents.size != stat.st_size as u64 {
             return Err(self.io(&rel, changed()));
@@ -230,11 +230,11 @@ impl Walk<'_> {
     }
 }
 
-/// A file being stored that stops giving bytes once `stop` says so.
+/// A file being stored (read hole by hole) that stops giving bytes once
+/// `stop` says so.
 struct Stoppable<'a> {
-    file: File,
+    file: Sparse<'a>,
     stop: &'a dyn Fn() -> bool,
-    holes: Holes,
 }
 
 impl io::Read for Stoppable<'_> {
@@ -242,7 +242,7 @@ impl io::Read for Stoppable<'_> {
         if (self.stop)() {
             return Err(stopped());
         }
-        self.holes.read(&self.file, buf)
+        self.file.read(buf)
     }
 }
 

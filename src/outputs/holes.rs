@@ -14,7 +14,7 @@ use rustix::io::Errno;
 /// zeros (capturing a 4 GiB image with 4 bytes of data took 2.5-2.8 s of
 /// system time). Where the filesystem cannot tell holes from data,
 /// `SEEK_DATA` calls all of it data.
-pub struct Holes {
+struct Holes {
     /// Where the next read starts.
     at: u64,
     /// Whether `at` is in a hole, and where that hole or data ends.
@@ -29,7 +29,7 @@ pub struct Holes {
 
 impl Holes {
     /// For a file of `size` bytes (as `fstat` saw it), read from its start.
-    pub fn new(size: u64) -> Holes {
+    fn new(size: u64) -> Holes {
         Holes {
             at: 0,
             in_hole: false,
@@ -40,7 +40,7 @@ impl Holes {
     }
 
     /// The next bytes of `file` into `buf`, as a `read` would give them.
-    pub fn read(&mut self, file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    fn read(&mut self, file: &File, buf: &mut [u8]) -> io::Result<usize> {
         use std::os::unix::fs::FileExt;
         if self.seeking && self.at >= self.region_end && self.find_region(file).is_err() {
             self.seeking = false;
